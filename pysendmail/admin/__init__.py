@@ -1,0 +1,1 @@
+"""Human-facing commands: pysendmail, mailq, newaliases."""

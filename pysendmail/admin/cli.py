@@ -1,0 +1,347 @@
+"""The ``pysendmail`` command, and mailq/newaliases/-bv/-q behind sendmail.
+
+Contract:   ``main(argv)`` runs one subcommand and returns a sysexits.h
+            code; every PysendmailError becomes one sentence on stderr.
+            Subcommands: daemon, flush, status, mailq, newaliases, queue
+            (list, show, delete, hold, release), spool init, config check.
+Security:   run as root, commands that touch the queue first drop to the
+            spool's owner, so every file they create belongs to the daemon
+            user; other users get NoPermission for the queue.
+See also:   pysendmail(8), mailq(1), newaliases(1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pwd
+import sys
+import time
+
+from pysendmail import __version__
+from pysendmail.core import aliases, config, errors, layout, queue, spoolfile
+from pysendmail.core.qid import is_qid
+
+
+def _load(path: str | None) -> config.Config:
+    cfg = config.load(path)
+    config.write_cache(cfg)  # admin commands keep the submitter's cache fresh
+    return cfg
+
+
+def _spool_owner(cfg: config.Config) -> tuple[int, int, str]:
+    """(uid, gid, name) of the daemon's user for a spool created by root."""
+    name = cfg.get("spool", "user")
+    if name is None:
+        try:
+            st = os.stat(cfg.spool_path)
+            entry = pwd.getpwuid(st.st_uid)
+        except (OSError, KeyError):
+            try:
+                entry = pwd.getpwnam("pysendmail")
+            except KeyError:
+                entry = pwd.getpwuid(os.geteuid())
+    else:
+        try:
+            entry = pwd.getpwnam(str(name))
+        except KeyError:
+            raise errors.ConfigError(f"spool.user {name!r} in {cfg.path} is not a user on this system") from None
+    return entry.pw_uid, entry.pw_gid, entry.pw_name
+
+
+def drop_privileges(cfg: config.Config) -> None:
+    """As root, become the spool's owner before touching the queue."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.stat(cfg.spool_path)
+    except OSError:
+        return
+    if st.st_uid == 0:
+        return
+    entry = pwd.getpwuid(st.st_uid)
+    os.initgroups(entry.pw_name, entry.pw_gid)
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+
+
+def _ready_spool(cfg: config.Config) -> layout.Spool:
+    spool = layout.Spool(cfg.spool_path)
+    if not os.path.isdir(spool.incoming):
+        cmd_spool_init(cfg)
+    drop_privileges(cfg)
+    if not os.access(spool.queue, os.R_OK | os.W_OK | os.X_OK):
+        raise errors.NoPermission(
+            f"permission denied: the queue in {spool.queue} belongs to uid {os.stat(spool.path).st_uid}; "
+            "run this as root or as that user"
+        )
+    return spool
+
+
+def cmd_spool_init(cfg: config.Config) -> int:
+    spool = layout.Spool(cfg.spool_path)
+    uid, gid, name = _spool_owner(cfg)
+    shared = os.geteuid() == 0
+    layout.ensure_layout(spool, shared=shared, owner=(uid, gid))
+    return 0
+
+
+def cmd_mailq(cfg: config.Config, as_json: bool) -> int:
+    from pysendmail.admin import mailq
+
+    spool = layout.Spool(cfg.spool_path)
+    if not os.path.isdir(spool.path):
+        entries = []
+    else:
+        drop_privileges(cfg)
+        entries = mailq.collect(spool)
+    sys.stdout.write(mailq.render_json(entries) if as_json else mailq.render_text(entries))
+    return 0
+
+
+def cmd_newaliases(cfg: config.Config) -> int:
+    path = str(cfg.get("host", "aliases_file"))
+    try:
+        table = aliases.load(path, cfg.aliases, cfg.path or "config")
+    except aliases.AliasError as exc:
+        raise errors.DataError(str(exc)) from None
+    checker = aliases.Aliases(table, "localhost")
+    loops = checker.loops()
+    if loops:
+        shown = "; ".join(" -> ".join(cycle) for cycle in loops)
+        raise errors.DataError(f"alias loop: {shown}; break the cycle in {path} or [aliases]")
+    sys.stdout.write(f"newaliases: {len(table)} aliases checked ({path} and [aliases]): ok\n")
+    return 0
+
+
+def verify(config_path: str | None, addresses: list[str]) -> int:
+    """sendmail -bv: what each address resolves to, after aliases."""
+    from pysendmail.core import rfc5322
+    from pysendmail.daemon.qmgr import make_context
+
+    cfg = _load(config_path)
+    if not addresses:
+        raise errors.UsageError("no recipients: -bv needs addresses to verify")
+    try:
+        ctx = make_context(cfg)
+    except aliases.AliasError as exc:
+        raise errors.DataError(str(exc)) from None
+    for arg in addresses:
+        try:
+            found = rfc5322.parse_recipient_arg(arg)
+        except rfc5322.AddressError as exc:
+            raise errors.DataError(str(exc)) from None
+        for addr in found:
+            final = ctx.aliases.expand(addr)
+            sys.stdout.write(f"{addr}... deliverable: {', '.join(final)}\n")
+    return 0
+
+
+def cmd_flush(cfg: config.Config) -> int:
+    from pysendmail.daemon.qmgr import QueueManager
+
+    _ready_spool(cfg)
+    manager = QueueManager(cfg)
+    counts = asyncio.run(manager.flush())
+    if sys.stderr.isatty():
+        sys.stderr.write(
+            f"flush: {counts.messages} messages tried: {counts.sent} recipients sent, "
+            f"{counts.deferred} deferred, {counts.failed} failed\n"
+        )
+    return 0
+
+
+def cmd_daemon(cfg: config.Config, interval: int | None) -> int:
+    from pysendmail.daemon import main as daemon_main
+
+    _ready_spool(cfg)
+    return daemon_main.run(cfg, interval)
+
+
+def _counts(spool: layout.Spool) -> dict[str, int]:
+    counts = {"incoming": 0, "active": 0, "deferred": 0, "held": 0, "failed": 0, "quarantine": 0}
+    counts["incoming"] = len(queue.list_ids(spool.incoming))
+    for qid in queue.list_ids(spool.queue):
+        try:
+            state = queue.QueuedMessage.load(os.path.join(spool.queue, qid)).state
+        except (OSError, spoolfile.SpoolFormatError):
+            continue
+        if state in counts:
+            counts[state] += 1
+    counts["failed"] = len(queue.list_ids(spool.failed))
+    try:
+        counts["quarantine"] = len(os.listdir(spool.quarantine))
+    except OSError:
+        pass
+    return counts
+
+
+def cmd_status(cfg: config.Config, as_json: bool) -> int:
+    from pysendmail.daemon.main import lock_holder
+
+    spool = layout.Spool(cfg.spool_path)
+    if os.path.isdir(spool.path):
+        drop_privileges(cfg)
+    if cfg.relay_configured:
+        mode = f"relay via {cfg.get('relay', 'host') or cfg.get('relay', 'provider')}"
+    else:
+        mode = f"local Maildir capture into {cfg.maildir_path} (no [relay] configured: run 'pysendmail setup')"
+    pid = lock_holder(spool)
+    try:
+        counts = _counts(spool)
+    except PermissionError:
+        raise errors.NoPermission(f"permission denied reading {spool.path}: run this as root or the spool's owner") from None
+    data = {
+        "config": cfg.path or "built-in defaults",
+        "mode": mode,
+        "spool": spool.path,
+        "daemon_pid": pid,
+        "counts": counts,
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return 0
+    lines = [
+        f"config:  {data['config']}",
+        f"mode:    {mode}",
+        f"spool:   {spool.path}",
+        f"daemon:  {'running, pid %d' % pid if pid else 'not running'}",
+        "queue:   " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def cmd_queue(cfg: config.Config, action: str, ids: list[str], all_: bool) -> int:
+    spool = _ready_spool(cfg)
+    if action == "list":
+        return cmd_mailq(cfg, False)
+    if all_:
+        ids = queue.list_ids(spool.queue)
+    if not ids:
+        raise errors.UsageError(f"queue {action} needs queue ids (or --all)")
+    for qid in ids:
+        if not is_qid(qid):
+            raise errors.UsageError(f"{qid!r} is not a queue id; mailq lists them")
+        path = os.path.join(spool.queue, qid)
+        if not os.path.exists(path):
+            raise errors.DataError(f"queue id {qid} is not in the queue")
+        now = f"{time.time():.3f}"
+        if action == "show":
+            msg = queue.QueuedMessage.load(path)
+            env = msg.envelope
+            sys.stdout.write(f"queue id: {qid}\nstate: {msg.state}\nsender: <{env.sender}>\n")
+            for i, rcpt in enumerate(env.recipients):
+                status = "sent" if i in msg.done else "failed" if i in msg.failed else "pending"
+                sys.stdout.write(f"recipient: <{rcpt}> {status}\n")
+            sys.stdout.write("\n")
+            sys.stdout.buffer.write(msg.message.replace(b"\r\n", b"\n"))
+        elif action == "delete":
+            queue.remove(path)
+            sys.stdout.write(f"{qid}: deleted\n")
+        elif action == "hold":
+            queue.append(path, spoolfile.encode_record("hold", now, "held by the administrator"))
+            sys.stdout.write(f"{qid}: held\n")
+        elif action in ("release", "retry"):
+            queue.append(path, spoolfile.encode_record("release", now))
+            sys.stdout.write(f"{qid}: {'released' if action == 'release' else 'due now'}\n")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 64 (EX_USAGE) instead of 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: {message}\n")
+        sys.exit(errors.EX_USAGE)
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="pysendmail: a durable sendmail with DKIM and an SMTP relay.")
+    p.add_argument("-C", "--config", help="configuration file (default: $PYSENDMAIL_CONFIG, /etc, user config)")
+    p.add_argument("--version", action="version", version=f"pysendmail {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+    d = sub.add_parser("daemon", help="run the queue daemon in the foreground until SIGTERM")
+    d.add_argument("--interval", type=int, help="also run the whole queue every N seconds")
+    sub.add_parser("flush", help="try every queued message now, ignoring backoff, then exit")
+    s = sub.add_parser("status", help="mode, daemon, queue counts")
+    s.add_argument("--json", action="store_true")
+    m = sub.add_parser("mailq", help="list the queue (Postfix's layout)")
+    m.add_argument("--json", action="store_true")
+    sub.add_parser("newaliases", help="check the aliases file and [aliases]")
+    q = sub.add_parser("queue", help="list, show, delete, hold, release or retry queued messages")
+    q.add_argument("action", choices=["list", "show", "delete", "hold", "release", "retry"])
+    q.add_argument("ids", nargs="*")
+    q.add_argument("--all", action="store_true", help="every queued message")
+    sp = sub.add_parser("spool", help="spool maintenance")
+    sp.add_argument("action", choices=["init"])
+    c = sub.add_parser("config", help="configuration checks")
+    c.add_argument("action", choices=["check"])
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    cmd = args.command
+    if cmd == "daemon":
+        return cmd_daemon(cfg, args.interval)
+    if cmd == "flush":
+        return cmd_flush(cfg)
+    if cmd == "status":
+        return cmd_status(cfg, args.json)
+    if cmd == "mailq":
+        return cmd_mailq(cfg, args.json)
+    if cmd == "newaliases":
+        return cmd_newaliases(cfg)
+    if cmd == "queue":
+        return cmd_queue(cfg, args.action, args.ids, args.all)
+    if cmd == "spool":
+        return cmd_spool_init(cfg)
+    if cmd == "config":
+        sys.stdout.write(f"{cfg.path or 'built-in defaults'}: ok\n")
+        return 0
+    raise AssertionError(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    prog = "pysendmail"
+    if argv and argv[0] in ("mailq", "newaliases") and not (len(argv) > 1 and argv[1] in ("-h", "--help")):
+        prog = argv[0]
+        parser = _Parser(prog=prog)
+        parser.add_argument("-C", "--config")
+        if prog == "mailq":
+            parser.add_argument("--json", action="store_true")
+        args = parser.parse_args(argv[1:])
+        args.command = prog
+    else:
+        parser = build_parser(prog)
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return errors.EX_USAGE
+    try:
+        return run(args)
+    except errors.PysendmailError as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return exc.exit_code
+    except aliases.AliasError as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return errors.EX_DATAERR
+    except KeyboardInterrupt:
+        return errors.EX_TEMPFAIL
+
+
+def console_main() -> None:
+    sys.exit(main())
+
+
+def mailq_main() -> None:
+    sys.exit(main(["mailq"] + sys.argv[1:]))
+
+
+def newaliases_main() -> None:
+    sys.exit(main(["newaliases"] + sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""Shared, lean code: standard library only, safe for the submission path."""

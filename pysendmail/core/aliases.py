@@ -1,0 +1,177 @@
+"""Local aliases: /etc/aliases syntax, the [aliases] table, and expansion.
+
+Contract:   ``parse(text, filename)`` returns {name: [(target, line)]} or
+            raises AliasError naming file and line; ``Aliases.expand`` maps
+            one envelope address to its final addresses, following chains,
+            stopping at loops, qualifying what stays unqualified.
+Security:   pysendmail only relays: a pipe ("|cmd"), a file ("/path") or
+            ":include:" is refused, because running commands or writing
+            files on behalf of whoever sent the mail is exactly what a
+            null client must never do.
+See also:   aliases(5); Postfix local(8) "ALIAS EXPANSION"; newaliases(1).
+"""
+
+from __future__ import annotations
+
+from pysendmail.core import rfc5322
+
+DEFAULT_ALIASES_FILE = "/etc/aliases"
+MAX_DEPTH = 20
+
+
+class AliasError(ValueError):
+    """A bad alias definition; the text names the file and line."""
+
+
+def _refusal(target: str) -> str | None:
+    bare = target.strip().strip('"')
+    if bare.startswith("|"):
+        return "is a pipe to a command"
+    if bare.startswith("/"):
+        return "is a file"
+    if bare.lower().startswith(":include:"):
+        return "is an :include: list"
+    return None
+
+
+def parse_targets(text: str, where: str) -> list[str]:
+    """The addresses of one alias's right-hand side."""
+    targets: list[str] = []
+    for item in _split_commas(text):
+        item = item.strip()
+        if not item:
+            continue
+        why = _refusal(item)
+        if why:
+            raise AliasError(f"{where}: {item!r} {why}; pysendmail only relays mail, so aliases may only name addresses")
+        try:
+            targets.extend(rfc5322.parse_address_list(item))
+        except rfc5322.AddressError as exc:
+            raise AliasError(f"{where}: {exc}") from None
+    if not targets:
+        raise AliasError(f"{where}: the alias has no target address")
+    return targets
+
+
+def _split_commas(text: str) -> list[str]:
+    """Split on commas outside quotes (an alias may target "a,b"@x)."""
+    parts, current, quoted = [], [], False
+    for c in text:
+        if c == '"':
+            quoted = not quoted
+        if c == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(c)
+    parts.append("".join(current))
+    return parts
+
+
+def parse(text: str, filename: str) -> dict[str, list[str]]:
+    """Parse aliases(5) text: ``name: a, b``, # comments, indented continuations."""
+    entries: dict[str, list[str]] = {}
+    logical: list[tuple[int, str]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if line[:1] in (" ", "\t"):
+            if not logical:
+                raise AliasError(f"{filename}, line {number}: a continuation line with nothing to continue")
+            first, previous = logical[-1]
+            logical[-1] = (first, previous + " " + stripped)
+        else:
+            logical.append((number, line))
+    for number, line in logical:
+        name, colon, rest = line.partition(":")
+        name = name.strip().strip('"').lower()
+        where = f"{filename}, line {number}"
+        if not colon or not name or any(c in name for c in " \t@,"):
+            raise AliasError(f"{where}: expected 'name: address, ...'")
+        if name in entries:
+            raise AliasError(f"{where}: alias {name!r} is defined twice")
+        entries[name] = parse_targets(rest, where)
+    return entries
+
+
+class Aliases:
+    """The merged alias table: [aliases] in the config wins over the file."""
+
+    def __init__(self, table: dict[str, list[str]], default_domain: str, local_domains: tuple[str, ...] = ()) -> None:
+        self.table = table
+        self.default_domain = default_domain
+        self.local_domains = {d.lower() for d in local_domains} | {"localhost"}
+
+    def _local_name(self, addr: str) -> str | None:
+        local, at, domain = addr.rpartition("@")
+        if not at:
+            return addr.lower()
+        if domain.lower() in self.local_domains:
+            return local.lower()
+        return None
+
+    def qualify(self, addr: str) -> str:
+        return addr if "@" in addr.lstrip('"').split('"')[-1] else f"{addr}@{self.default_domain}"
+
+    def expand(self, addr: str) -> list[str]:
+        """Final addresses for ``addr``; a name that aliases itself ends the chain."""
+        out: list[str] = []
+        self._expand(addr, [], out)
+        seen: set[str] = set()
+        unique = []
+        for a in out:
+            key = a.lower()
+            if key not in seen:
+                seen.add(key)
+                unique.append(a)
+        return unique
+
+    def _expand(self, addr: str, chain: list[str], out: list[str]) -> None:
+        name = self._local_name(addr)
+        if name is None or name not in self.table or name in chain or len(chain) >= MAX_DEPTH:
+            # Not an alias, or a loop/self-reference: deliver to the name itself
+            # (sendmail's rule), qualified with the default domain.
+            out.append(self.qualify(addr))
+            return
+        for target in self.table[name]:
+            self._expand(target, chain + [name], out)
+
+    def loops(self) -> list[list[str]]:
+        """Alias cycles (a -> b -> a), for newaliases to report."""
+        found: list[list[str]] = []
+        for start in sorted(self.table):
+            stack = [(start, [start])]
+            while stack:
+                name, path = stack.pop()
+                for target in self.table.get(name, ()):
+                    nxt = self._local_name(target)
+                    if nxt is None or nxt not in self.table:
+                        continue
+                    if nxt == start and len(path) > 1:
+                        found.append(path + [start])
+                    elif nxt not in path and len(path) < MAX_DEPTH:
+                        stack.append((nxt, path + [nxt]))
+        unique: list[list[str]] = []
+        seen: set[frozenset[str]] = set()
+        for cycle in found:
+            key = frozenset(cycle)
+            if key not in seen:
+                seen.add(key)
+                unique.append(cycle)
+        return unique
+
+
+def load(aliases_file: str, config_table: dict[str, list[str]], config_name: str) -> dict[str, list[str]]:
+    """Merge the aliases file (if present) with the config's [aliases]."""
+    merged: dict[str, list[str]] = {}
+    try:
+        with open(aliases_file, encoding="utf-8", errors="surrogateescape") as fh:
+            merged.update(parse(fh.read(), aliases_file))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise AliasError(f"cannot read {aliases_file}: {exc.strerror}") from None
+    for name, targets in config_table.items():
+        merged[name.lower()] = parse_targets(", ".join(targets), f"{config_name} [aliases] {name}")
+    return merged

@@ -1,0 +1,378 @@
+"""Finding, reading and checking the configuration; the submitter's cache.
+
+Contract:   ``find_config(cli_path)`` says which file applies (or none);
+            ``load(path)`` returns a Config with every key type-checked and
+            defaults filled, or raises ConfigError naming the key and file;
+            ``submit_settings(cli_path)`` returns the few values sendmail
+            needs, from a cache when its stamp matches the TOML file.
+Security:   the TOML file is trusted as its owner's word.  The cache is
+            trusted only when owned by the config file's owner and not
+            writable by anyone else, and only while the stamp (device,
+            inode, size, mtime) matches: a user cannot plant settings.
+Crashes:    the cache is written to a temporary name and renamed, so a
+            reader sees the old cache, the new one, or none.
+See also:   ../shared/DESIGN.md "Interface contract"; pysendmail.toml(5).
+
+Order of search (DESIGN.md): ``sendmail -C FILE``, ``$PYSENDMAIL_CONFIG``,
+/etc/pysendmail/pysendmail.toml, then the user config directory (XDG, as
+platformdirs computes it).  Without any file, pysendmail runs in user mode
+on built-in defaults: the spool and a local Maildir in the user data dir.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pysendmail.core.errors import ConfigError
+
+SYSTEM_CONFIG = "/etc/pysendmail/pysendmail.toml"
+SYSTEM_SPOOL = "/var/spool/pysendmail"
+DEFAULT_MAX_MESSAGE_SIZE = 35 * 1024 * 1024
+CACHE_VERSION = 1
+
+
+def user_dir(kind: str) -> str:
+    """platformdirs' user_config_dir / user_data_dir for "pysendmail", without importing it.
+
+    platformdirs costs 9 ms of start-up; on Linux its answer is the XDG
+    rule below (tests/qa checks that the two agree).
+    """
+    if sys.platform != "linux":  # pragma: no cover - pysendmail targets Linux
+        import platformdirs
+
+        return str(getattr(platformdirs, f"user_{kind}_dir")("pysendmail"))
+    env, fallback = {"config": ("XDG_CONFIG_HOME", ".config"), "data": ("XDG_DATA_HOME", ".local/share")}[kind]
+    base = os.environ.get(env, "").strip()
+    if not base:
+        base = os.path.join(os.path.expanduser("~"), fallback)
+    return os.path.join(base, "pysendmail")
+
+
+def find_config(cli_path: str | None = None) -> tuple[str | None, str]:
+    """(path or None, how it was found). An explicit path must exist."""
+    if cli_path is not None:
+        if not os.path.isfile(cli_path):
+            raise ConfigError(f"configuration file {cli_path} given with -C does not exist")
+        return cli_path, "-C"
+    env = os.environ.get("PYSENDMAIL_CONFIG")
+    if env:
+        if not os.path.isfile(env):
+            raise ConfigError(f"configuration file {env} named by PYSENDMAIL_CONFIG does not exist")
+        return env, "PYSENDMAIL_CONFIG"
+    if os.path.isfile(SYSTEM_CONFIG):
+        return SYSTEM_CONFIG, "system"
+    user = os.path.join(user_dir("config"), "pysendmail.toml")
+    if os.path.isfile(user):
+        return user, "user"
+    return None, "built-in defaults"
+
+
+# ---------------------------------------------------------------- schema
+# Each key: (type, default).  Types: "str", "int", "bool", "strlist",
+# "str|strlist".  A default of None means "absent unless given".
+_STR, _INT, _BOOL, _LIST = "str", "int", "bool", "strlist"
+
+SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
+    "spool": {
+        "path": (_STR, None),
+        "user": (_STR, None),
+        "max_message_size": (_INT, DEFAULT_MAX_MESSAGE_SIZE),
+    },
+    "host": {
+        "name": (_STR, None),
+        "default_domain": (_STR, None),
+        "aliases_file": (_STR, "/etc/aliases"),
+    },
+    "maildir": {
+        "path": (_STR, None),
+    },
+    "relay": {
+        "provider": (_STR, None),
+        "host": (_STR, None),
+        "port": (_INT, None),
+        "tls": (_STR, None),
+        "username": (_STR, None),
+        "password_file": (_STR, None),
+        "password_command": (_LIST, None),
+        "ca_file": (_STR, None),
+        "tls_fingerprint": (_STR, None),
+        "helo": (_STR, None),
+        "timeout": (_INT, 60),
+    },
+    "queue": {
+        "lifetime": (_INT, 5 * 86400),
+        "retry_schedule": (_LIST, None),
+        "postmaster": (_STR, None),
+    },
+}
+# [[dkim]] is an array of tables with these keys.
+DKIM_SCHEMA: dict[str, tuple[str, object]] = {
+    "domain": (_STR, None),
+    "selector": (_STR, None),
+    "key_file": (_STR, None),
+    "algorithm": (_STR, "rsa-sha256"),
+    "headers": (_LIST, None),
+}
+_DKIM_REQUIRED = ("domain", "selector", "key_file")
+
+
+class Config:
+    """The effective configuration: ``cfg.get("spool", "path")`` etc."""
+
+    def __init__(
+        self,
+        path: str | None,
+        source: str,
+        values: dict[str, dict[str, object]],
+        dkim: list[dict[str, object]],
+        aliases: dict[str, list[str]],
+        present: set[str],
+    ) -> None:
+        self.path = path
+        self.source = source
+        self.values = values
+        self.dkim = dkim
+        self.aliases = aliases
+        self.present = present  # "section.key" that the file set
+
+    def get(self, section: str, key: str) -> object:
+        return self.values[section][key]
+
+    @property
+    def spool_path(self) -> str:
+        return str(self.values["spool"]["path"])
+
+    @property
+    def maildir_path(self) -> str:
+        return str(self.values["maildir"]["path"])
+
+    @property
+    def max_message_size(self) -> int:
+        return int(self.values["spool"]["max_message_size"])  # type: ignore[call-overload]
+
+    @property
+    def relay_configured(self) -> bool:
+        return "relay" in {p.split(".", 1)[0] for p in self.present}
+
+    @property
+    def system_mode(self) -> bool:
+        return self.path == SYSTEM_CONFIG
+
+    def hostname(self) -> str:
+        """host.name, else the host's FQDN (for Received, Message-ID, HELO)."""
+        name = self.values["host"]["name"]
+        if name:
+            return str(name)
+        import socket
+
+        return socket.getfqdn() or socket.gethostname()
+
+    def default_domain(self) -> str:
+        """The domain given to unqualified addresses (root, www-data)."""
+        domain = self.values["host"]["default_domain"]
+        return str(domain) if domain else self.hostname()
+
+
+def _typecheck(kind: str, value: object) -> bool:
+    if kind == _STR:
+        return isinstance(value, str)
+    if kind == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if kind == _LIST:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    raise AssertionError(kind)
+
+
+_TYPE_WORDS = {_STR: "a string", _INT: "an integer", _BOOL: "true or false", _LIST: "a list of strings"}
+
+
+def load(cli_path: str | None = None) -> Config:
+    """Find and load the configuration; defaults when there is none."""
+    path, source = find_config(cli_path)
+    data: dict[str, object] = {}
+    if path is not None:
+        data = _read_toml(path)
+    return build(data, path, source)
+
+
+def _read_toml(path: str) -> dict[str, object]:
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+
+def build(data: dict[str, object], path: str | None, source: str) -> Config:
+    where = path or "the built-in defaults"
+    values: dict[str, dict[str, object]] = {}
+    present: set[str] = set()
+    for section, table in data.items():
+        if section in ("dkim", "aliases"):
+            continue
+        if section not in SCHEMA:
+            raise ConfigError(f"unknown section [{section}] in {where}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] in {where} must be a table")
+        for key, value in table.items():
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"unknown key {section}.{key} in {where}")
+            kind = SCHEMA[section][key][0]
+            if not _typecheck(kind, value):
+                raise ConfigError(f"{section}.{key} in {where} must be {_TYPE_WORDS[kind]}")
+            present.add(f"{section}.{key}")
+    for section, keys in SCHEMA.items():
+        given = data.get(section, {})
+        assert isinstance(given, dict)
+        values[section] = {key: given.get(key, default) for key, (_, default) in keys.items()}
+
+    dkim: list[dict[str, object]] = []
+    raw_dkim = data.get("dkim", [])
+    if not isinstance(raw_dkim, list):
+        raise ConfigError(f"dkim in {where} must be written [[dkim]] (an array of tables)")
+    for n, table in enumerate(raw_dkim, 1):
+        if not isinstance(table, dict):
+            raise ConfigError(f"[[dkim]] number {n} in {where} must be a table")
+        for key, value in table.items():
+            if key not in DKIM_SCHEMA:
+                raise ConfigError(f"unknown key dkim.{key} in {where}")
+            if not _typecheck(DKIM_SCHEMA[key][0], value):
+                raise ConfigError(f"dkim.{key} in {where} must be {_TYPE_WORDS[DKIM_SCHEMA[key][0]]}")
+        for key in _DKIM_REQUIRED:
+            if key not in table:
+                raise ConfigError(f"[[dkim]] number {n} in {where} lacks {key}")
+        dkim.append({key: table.get(key, default) for key, (_, default) in DKIM_SCHEMA.items()})
+
+    aliases: dict[str, list[str]] = {}
+    raw_aliases = data.get("aliases", {})
+    if not isinstance(raw_aliases, dict):
+        raise ConfigError(f"[aliases] in {where} must be a table")
+    for name, target in raw_aliases.items():
+        if isinstance(target, str):
+            aliases[name.lower()] = [target]
+        elif _typecheck(_LIST, target):
+            aliases[name.lower()] = list(target)  # type: ignore[arg-type]
+        else:
+            raise ConfigError(f"aliases.{name} in {where} must be a string or a list of strings")
+
+    spool = values["spool"]
+    if spool["path"] is None:
+        spool["path"] = SYSTEM_SPOOL if path == SYSTEM_CONFIG else os.path.join(user_dir("data"), "spool")
+    if not os.path.isabs(str(spool["path"])):
+        raise ConfigError(f"spool.path in {where} must be an absolute path")
+    if int(spool["max_message_size"]) < 1024:  # type: ignore[call-overload]
+        raise ConfigError(f"spool.max_message_size in {where} must be at least 1024 bytes")
+    maildir = values["maildir"]
+    if maildir["path"] is None:
+        maildir["path"] = (
+            os.path.join(str(spool["path"]), "maildir")
+            if "spool.path" in present or path == SYSTEM_CONFIG
+            else os.path.join(user_dir("data"), "Maildir")
+        )
+    tls = values["relay"]["tls"]
+    if tls is not None and tls not in ("implicit", "starttls", "none"):
+        raise ConfigError(f"relay.tls in {where} must be implicit, starttls or none, not {tls!r}")
+    return Config(path, source, values, dkim, aliases, present)
+
+
+# ---------------------------------------------------------------- cache
+class SubmitSettings:
+    """What the submission path needs; nothing more."""
+
+    __slots__ = ("config_path", "spool_path", "max_message_size")
+
+    def __init__(self, config_path: str | None, spool_path: str, max_message_size: int) -> None:
+        self.config_path = config_path
+        self.spool_path = spool_path
+        self.max_message_size = max_message_size
+
+
+def cache_path(config_path: str) -> str:
+    return config_path + ".cache"
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def submit_settings(cli_path: str | None = None) -> SubmitSettings:
+    """The submitter's settings: from the cache when fresh, else from the TOML."""
+    path, source = find_config(cli_path)
+    if path is None:
+        cfg = build({}, None, source)
+        return SubmitSettings(None, cfg.spool_path, cfg.max_message_size)
+    cached = _read_cache(path)
+    if cached is not None:
+        return cached
+    cfg = build(_read_toml(path), path, source)
+    write_cache(cfg)
+    return SubmitSettings(path, cfg.spool_path, cfg.max_message_size)
+
+
+def _read_cache(path: str) -> SubmitSettings | None:
+    import marshal
+
+    try:
+        st = os.stat(path)
+        fd = os.open(cache_path(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        cst = os.fstat(fd)
+        # Trust a cache only from the config's owner, writable by nobody
+        # else: otherwise a local user could redirect the spool.
+        if cst.st_uid != st.st_uid or cst.st_mode & 0o022 or cst.st_size > 65536:
+            return None
+        data = marshal.loads(os.read(fd, 65536))
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    finally:
+        os.close(fd)
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or data.get("stamp") != _stamp(st):
+        return None
+    spool, size = data.get("spool_path"), data.get("max_message_size")
+    if not isinstance(spool, str) or not isinstance(size, int):
+        return None
+    return SubmitSettings(path, spool, size)
+
+
+def write_cache(cfg: Config) -> bool:
+    """Write the submitter's cache beside the config, if we may. True if written."""
+    import marshal
+
+    if cfg.path is None:
+        return False
+    try:
+        st = os.stat(cfg.path)
+        if st.st_uid != os.geteuid():
+            return False  # only the config's owner writes its cache
+        data = {
+            "version": CACHE_VERSION,
+            "stamp": _stamp(st),
+            "spool_path": cfg.spool_path,
+            "max_message_size": cfg.max_message_size,
+        }
+        target = cache_path(cfg.path)
+        tmp = f"{target}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            os.fchmod(fd, 0o644)
+            os.write(fd, marshal.dumps(data))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, target)
+        return True
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except (OSError, UnboundLocalError):
+            pass
+        return False

@@ -1,0 +1,201 @@
+"""The spool's directories, their owners and modes, and the enqueue steps.
+
+Contract:   ``Spool(path)`` names every path under the spool (the only
+            module that builds them).  ``ensure_layout`` creates or checks
+            the layout; ``enqueue`` is the submitter's durable commit:
+            create 0600 under the final name, write envelope + message +
+            end record, fchmod 0640 ("ready"), fsync, poke the daemon.
+Security:   incoming/ is 3733 in a shared (system) spool: anyone may create
+            a file, nobody but the owner may list, read or remove others'
+            files; the setgid bit gives each file the daemon's group, so
+            0640 lets the daemon read it and nobody else.  A private (user
+            mode) spool is 0700 throughout.  Anything else is refused.
+Crashes:    before fchmod the file is 0600 and the daemon ignores it (and
+            removes it once stale); after fchmod and fsync it is complete.
+            A failed enqueue removes its own file before reporting.
+See also:   ../shared/DESIGN.md "Privilege model"; Postfix postdrop(1).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from pysendmail.core import errors, qid, spoolfile
+from pysendmail.core.errors import ConfigError
+
+SHARED_INCOMING_MODE = 0o3733
+PRIVATE_MODE = 0o700
+NOT_READY_MODE = 0o600
+READY_MODE = 0o640
+PICKUP_FIFO = "pickup"
+
+
+class Spool:
+    """Paths under one spool directory."""
+
+    __slots__ = ("path", "incoming", "queue", "failed", "quarantine", "pickup", "lock", "state")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.incoming = os.path.join(path, "incoming")
+        self.queue = os.path.join(path, "queue")
+        self.failed = os.path.join(path, "failed")
+        self.quarantine = os.path.join(path, "quarantine")
+        self.pickup = os.path.join(path, PICKUP_FIFO)
+        self.lock = os.path.join(path, "lock")
+        self.state = os.path.join(path, "state")
+
+    def private_dirs(self) -> tuple[str, ...]:
+        return (self.queue, self.failed, self.quarantine, self.state)
+
+
+def _mode_text(mode: int) -> str:
+    return "%04o" % stat.S_IMODE(mode)
+
+
+def check_incoming(spool: Spool) -> bool:
+    """Check incoming/ before submitting; True when the spool is shared.
+
+    Raises ConfigError naming the directory when owner or mode are wrong,
+    so that a mistake never turns into mail readable by other users.
+    """
+    try:
+        top = os.lstat(spool.path)
+        st = os.lstat(spool.incoming)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"spool {spool.path} is not set up; run 'pysendmail spool init' as its owner or root"
+        ) from None
+    except OSError as exc:
+        raise errors.from_oserror(exc, f"examine spool {spool.path}") from None
+    if not stat.S_ISDIR(top.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"spool {spool.incoming} is not a directory (a symlink is refused)")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode == SHARED_INCOMING_MODE and st.st_uid == top.st_uid:
+        return True
+    if mode == PRIVATE_MODE and st.st_uid == top.st_uid:
+        return False
+    raise ConfigError(
+        f"spool directory {spool.incoming} has mode {_mode_text(st.st_mode)} and owner uid {st.st_uid}; "
+        f"expected 3733 or 0700 owned by the spool's owner (uid {top.st_uid}): "
+        "run 'pysendmail spool init' as root to repair it"
+    )
+
+
+def ensure_layout(spool: Spool, *, shared: bool | None = None, owner: tuple[int, int] | None = None) -> None:
+    """Create the layout where missing, or check it; as the spool's owner or root.
+
+    ``shared`` defaults to True when run as root (a system spool that every
+    user submits into) and False otherwise (user mode).  ``owner`` is
+    (uid, gid) for a new spool created by root.
+    """
+    euid = os.geteuid()
+    if shared is None:
+        shared = euid == 0
+    if owner is None:
+        owner = (euid, os.getegid())
+    try:
+        if not os.path.isdir(spool.path):
+            os.makedirs(spool.path, 0o755 if shared else PRIVATE_MODE, exist_ok=True)
+            os.chmod(spool.path, 0o755 if shared else PRIVATE_MODE)
+            if euid == 0:
+                os.chown(spool.path, *owner)
+        top = os.lstat(spool.path)
+        if not stat.S_ISDIR(top.st_mode):
+            raise ConfigError(f"spool {spool.path} is not a directory (a symlink is refused)")
+        if euid not in (0, top.st_uid):
+            raise errors.NoPermission(
+                f"spool {spool.path} belongs to uid {top.st_uid}; only that user or root may set it up"
+            )
+        uid, gid = top.st_uid, top.st_gid
+        wanted = [(spool.incoming, SHARED_INCOMING_MODE if shared else PRIVATE_MODE)]
+        wanted += [(d, PRIVATE_MODE) for d in spool.private_dirs()]
+        for path, mode in wanted:
+            try:
+                os.mkdir(path, mode)
+            except FileExistsError:
+                pass
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode):
+                raise ConfigError(f"{path} is not a directory (a symlink is refused)")
+            if st.st_uid != uid or stat.S_IMODE(st.st_mode) != mode or st.st_gid != gid:
+                os.chown(path, uid, gid)
+                os.chmod(path, mode)  # chmod after chown: chown clears setgid
+        if not os.path.exists(spool.pickup):
+            os.mkfifo(spool.pickup, 0o622 if shared else 0o600)
+            os.chown(spool.pickup, uid, gid)
+            os.chmod(spool.pickup, 0o622 if shared else 0o600)
+    except OSError as exc:
+        raise errors.from_oserror(exc, f"set up spool {spool.path}") from None
+
+
+def enqueue(spool: Spool, env: spoolfile.Envelope, message: bytes) -> str:
+    """Write one message into incoming/ durably; return its queue id.
+
+    The order is the crash-safety argument (DESIGN.md): the file exists
+    under its final name from the start, but stays 0600 ("not ready")
+    until the end record is written; only then 0640 and one fsync.  The
+    submitter cannot fsync incoming/ (it cannot open it), and needs not:
+    on ext4/XFS the file's fsync commits its directory entry too.
+    """
+    head = spoolfile.encode_head(env, len(message))
+    tail = spoolfile.end_record(len(message))
+    for _attempt in range(8):
+        name = qid.new_qid()
+        path = os.path.join(spool.incoming, name)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, NOT_READY_MODE)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise _enqueue_error(exc, spool) from None
+        break
+    else:
+        raise errors.TempFailure(f"cannot find a free queue id in {spool.incoming}; try again")
+    try:
+        try:
+            _write_all(fd, head)
+            _write_all(fd, message)
+            _write_all(fd, tail)
+            os.fchmod(fd, READY_MODE)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException as exc:
+        # Leave no debris: the caller will retry, and a half-written file
+        # must not linger (the daemon would only delete it later).
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise _enqueue_error(exc, spool) from None
+        raise
+    poke(spool)
+    return name
+
+
+def _enqueue_error(exc: OSError, spool: Spool) -> errors.PysendmailError:
+    return errors.from_oserror(exc, f"write the message into {spool.incoming}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def poke(spool: Spool) -> None:
+    """Wake the daemon if one listens; never block, never fail."""
+    try:
+        fd = os.open(spool.pickup, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # ENXIO: no daemon reads the FIFO; it will find the file at start
+    try:
+        os.write(fd, b"W")
+    except OSError:
+        pass  # EAGAIN: the FIFO is full of pokes already; the daemon is awake
+    finally:
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""The daemon's stages; runs as the spool's owner, treats incoming/ as hostile."""

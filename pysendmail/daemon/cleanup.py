@@ -1,0 +1,109 @@
+"""Cleanup: make a picked-up message fit to queue, once, before delivery.
+
+Contract:   ``clean(env, message, qid, ctx)`` returns the (envelope,
+            message) to write into queue/: every line ends CRLF; Bcc and
+            Resent-Bcc and any Return-Path removed; From, Date and
+            Message-ID added when missing (as a real MTA does); a Received
+            line naming the submitting user and uid prepended; sender and
+            recipients qualified and recipients expanded through aliases.
+Security:   the message and envelope come from any local user.  The uid
+            used in Received is the file owner's, which pickup supplies:
+            the envelope's own claim is never believed.
+See also:   Postfix cleanup(8); RFC 5322 3.6 (required fields), 3.6.3
+            (Bcc), 3.6.7 (trace fields); RFC 2047 (encoded display names).
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import time
+
+from pysendmail.core import rfc5322, spoolfile
+from pysendmail.core.aliases import Aliases
+from pysendmail.submit.intake import normalise_newlines
+
+_DROP = frozenset({"bcc", "resent-bcc", "return-path"})
+_SPECIALS = set('()<>[]:;@\\,."')
+
+
+class Context:
+    """What cleanup needs from the configuration."""
+
+    def __init__(self, hostname: str, aliases: Aliases) -> None:
+        self.hostname = hostname
+        self.aliases = aliases
+
+
+def display_name(name: str) -> str:
+    """A From display name: plain, quoted (RFC 5322 3.2.4) or encoded (RFC 2047)."""
+    if not name.isascii():
+        # RFC 2047 2: an encoded-word is at most 75 characters; split on
+        # character boundaries into pieces of at most 45 octets.
+        words, piece = [], b""
+        for ch in name:
+            raw = ch.encode("utf-8")
+            if len(piece) + len(raw) > 45:
+                words.append(piece)
+                piece = b""
+            piece += raw
+        words.append(piece)
+        return " ".join("=?utf-8?b?" + base64.b64encode(w).decode("ascii") + "?=" for w in words)
+    if any(c in _SPECIALS for c in name):
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return name
+
+
+def clean(
+    env: spoolfile.Envelope, message: bytes, qid: str, ctx: Context, owner: tuple[int, str]
+) -> tuple[spoolfile.Envelope, bytes]:
+    message = normalise_newlines(message)
+    head, body = rfc5322.split_message(message)
+    fields = rfc5322.header_fields(head)
+    kept = [(n, v) for n, v in fields if n.lower() not in _DROP]
+    names = {n.lower() for n, _ in kept}
+    now = time.time()
+    date = email.utils.formatdate(now, localtime=True)
+
+    sender = ctx.aliases.qualify(env.sender) if env.sender else ""
+    added: list[bytes] = []
+    if "from" not in names:
+        address = sender or f"MAILER-DAEMON@{ctx.hostname}"
+        if env.fullname:
+            added.append(f"From: {display_name(env.fullname)} <{address}>".encode())
+        else:
+            added.append(f"From: {address}".encode())
+    if "date" not in names:
+        added.append(f"Date: {date}".encode())
+    if "message-id" not in names:
+        added.append(f"Message-ID: <{qid}@{ctx.hostname}>".encode())
+
+    uid, login = owner
+    received = (
+        f"Received: from {login} (uid {uid})\r\n\tby {ctx.hostname} (pysendmail) id {qid};\r\n\t{date}"
+    ).encode()
+    out = [received]
+    out += [n.encode("ascii") + b":" + v for n, v in kept]
+    out += added
+    new_message = b"\r\n".join(out) + b"\r\n\r\n" + body
+
+    recipients: list[str] = []
+    seen: set[str] = set()
+    for rcpt in env.recipients:
+        for final in ctx.aliases.expand(rcpt):
+            if final.lower() not in seen:
+                seen.add(final.lower())
+                recipients.append(final)
+    new_env = spoolfile.Envelope(
+        sender,
+        recipients,
+        uid=uid,
+        login=login,
+        time=env.time,
+        fullname=env.fullname,
+        envid=env.envid,
+        notify=env.notify,
+        ret=env.ret,
+        body="7BIT" if new_message.isascii() else "8BITMIME",
+    )
+    return new_env, new_message

@@ -1,0 +1,205 @@
+"""The daemon's main loop: the spool lock, wake-ups, signals, sd_notify.
+
+Contract:   ``run(cfg, interval)`` runs until SIGTERM/SIGINT and returns
+            0; another daemon holding the spool's lock makes it raise
+            TempFailure naming that pid (exit 75).  It wakes at once when
+            a submitter pokes the pickup FIFO, otherwise sleeps until the
+            earliest due time in its in-memory index (rebuilt from queue/
+            at start), never polling.  SIGHUP reloads the configuration
+            between messages.  ``lock_holder`` tells status who runs.
+Crashes:    all state is in the spool; a SIGKILL at any instant is
+            recovered by the next start (see core/queue.py).
+See also:   sd_notify(3) (the protocol, spoken without libsystemd);
+            Postfix master(8) and qmgr(8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import heapq
+import os
+import signal
+import socket
+import time
+
+from pysendmail.core import config, errors, layout, log, queue
+from pysendmail.daemon.qmgr import Counts, QueueManager
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd our state when it asked (NOTIFY_SOCKET); else nothing."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as exc:
+        log.log(f"daemon: cannot notify systemd: {exc.strerror}")
+
+
+class SpoolLock:
+    """An exclusive flock on spool/lock, holding "<role> <pid>"."""
+
+    def __init__(self, spool: layout.Spool) -> None:
+        self.spool = spool
+        self.fd = -1
+
+    def acquire(self, role: str, wait: bool = False) -> bool:
+        self.fd = os.open(self.spool.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = -1
+            return False
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{role} {os.getpid()}\n".encode(), 0)
+        return True
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def lock_holder(spool: layout.Spool, role: str = "daemon") -> int | None:
+    """The pid of the process with ``role`` holding the lock, else None."""
+    try:
+        fd = os.open(spool.lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            words = os.pread(fd, 64, 0).split()
+            if len(words) == 2 and words[0].decode() == role and words[1].isdigit():
+                return int(words[1])
+            return None
+        return None
+    finally:
+        os.close(fd)
+
+
+class Daemon:
+    def __init__(self, cfg: config.Config, interval: int | None) -> None:
+        self.cfg = cfg
+        self.interval = interval
+        self.spool = layout.Spool(cfg.spool_path)
+        self.manager = QueueManager(cfg)
+        self.due: list[tuple[float, str]] = []
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self.reload_requested = False
+        self.flush_requested = False
+
+    def _rebuild_index(self) -> None:
+        self.due = []
+        for qid in queue.list_ids(self.spool.queue):
+            try:
+                state = queue.read_state(os.path.join(self.spool.queue, qid))
+            except Exception as exc:  # one bad file must not stop the daemon
+                log.log(f"{qid}: unreadable queue file left in place: {exc}")
+                continue
+            if state.pending() and not state.held:
+                self.due.append((state.due, qid))
+        heapq.heapify(self.due)
+
+    def _on_fifo(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        if b"F" in data:
+            self.flush_requested = True
+        self.wake.set()
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+        else:
+            self.stopping = True
+        self.wake.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        fifo = os.open(self.spool.pickup, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        loop.add_reader(fifo, self._on_fifo, fifo)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        self._rebuild_index()
+        log.log(f"daemon: started, pid {os.getpid()}, spool {self.spool.path}, {len(self.due)} messages queued")
+        sd_notify(f"READY=1\nSTATUS=queue: {len(self.due)} messages")
+        last_full = time.monotonic()
+        try:
+            while not self.stopping:
+                self.wake.clear()
+                if self.reload_requested:
+                    self._reload()
+                for qid in self.manager.pickup():
+                    heapq.heappush(self.due, (0.0, qid))
+                if self.flush_requested or (self.interval and time.monotonic() - last_full >= self.interval):
+                    self.flush_requested = False
+                    last_full = time.monotonic()
+                    self.due = [(0.0, qid) for _, qid in self.due]
+                await self._run_due()
+                if self.stopping:
+                    break
+                timeout = self.due[0][0] - time.time() if self.due else None
+                if self.interval:
+                    left = self.interval - (time.monotonic() - last_full)
+                    timeout = left if timeout is None else min(timeout, left)
+                if timeout is None or timeout > 0:
+                    try:
+                        await asyncio.wait_for(self.wake.wait(), timeout)
+                    except asyncio.TimeoutError:
+                        pass
+        finally:
+            sd_notify("STOPPING=1")
+            loop.remove_reader(fifo)
+            os.close(fifo)
+            await self.manager.transport.close()
+            log.log("daemon: stopped")
+
+    async def _run_due(self) -> None:
+        counts = Counts()
+        while self.due and self.due[0][0] <= time.time() and not self.stopping:
+            _, qid = heapq.heappop(self.due)
+            msg = await self.manager.attempt(qid, counts)
+            if msg is not None and msg.pending() and not msg.held and os.path.exists(msg.path):
+                heapq.heappush(self.due, (msg.due, qid))
+            if self.wake.is_set() and not self.stopping:
+                # A new submission arrived: pick it up before the backlog
+                # goes on, so one message never waits behind a long drain.
+                self.wake.clear()
+                for new in self.manager.pickup():
+                    heapq.heappush(self.due, (0.0, new))
+
+    def _reload(self) -> None:
+        self.reload_requested = False
+        try:
+            cfg = config.load(self.cfg.path)
+            manager = QueueManager(cfg)
+        except Exception as exc:
+            log.log(f"daemon: reload failed, keeping the old configuration: {exc}")
+            return
+        self.cfg, self.manager = cfg, manager
+        log.log("daemon: configuration reloaded")
+
+
+def run(cfg: config.Config, interval: int | None) -> int:
+    spool = layout.Spool(cfg.spool_path)
+    lock = SpoolLock(spool)
+    if not lock.acquire("daemon"):
+        pid = lock_holder(spool)
+        who = f"pid {pid}" if pid else "another pysendmail process (a flush?)"
+        raise errors.TempFailure(f"the spool {spool.path} is locked by {who}; only one daemon may run per spool")
+    try:
+        asyncio.run(Daemon(cfg, interval).serve())
+    finally:
+        lock.release()
+    return 0

@@ -1,0 +1,151 @@
+"""Pickup: move ready submissions from incoming/ into queue/, distrusting them.
+
+Contract:   ``pickup_all(spool, ctx, max_size)`` takes every ready file in
+            incoming/, validates it, runs cleanup, writes queue/<qid>
+            durably and only then unlinks the incoming file.  Returns the
+            queue ids it queued.  Never raises for what a user planted:
+            such entries are moved to quarantine/ with one log line.
+Security:   incoming/ is writable by every local user.  Each check below
+            names the attack it stops.  Files are opened with
+            O_NOFOLLOW|O_NONBLOCK after an lstat, and the open file is
+            compared with the lstat result, so nothing can be swapped in
+            between.  The submitting uid is the file's owner, never the
+            envelope's claim.
+Crashes:    queue/<qid> is complete before incoming/<qid> is unlinked; a
+            crash between the two leaves both, and the next pickup sees
+            queue/<qid> exists and only unlinks the incoming copy: no
+            duplicate.  Unready (0600) files are left alone until stale.
+See also:   Postfix pickup(8) and cleanup(8); ../shared/DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+from pysendmail.core import layout, log, queue, spoolfile
+from pysendmail.core.qid import is_qid
+from pysendmail.daemon import cleanup
+
+STALE_SECONDS = 3600  # an unready file older than this belongs to a dead submitter
+ENVELOPE_ALLOWANCE = 1 << 20  # room for the envelope above max_message_size
+
+
+def _quarantine(spool: layout.Spool, name: str, why: str) -> None:
+    target = os.path.join(spool.quarantine, f"{name}.{int(time.time())}")
+    try:
+        os.rename(os.path.join(spool.incoming, name), target)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.log(f"pickup: cannot quarantine incoming/{name!r} ({why}): {exc.strerror}")
+        return
+    log.log(f"pickup: incoming/{name!r} quarantined: {why}")
+
+
+def _owner_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def pickup_all(spool: layout.Spool, ctx: cleanup.Context, max_size: int) -> list[str]:
+    queued: list[str] = []
+    try:
+        names = sorted(os.listdir(spool.incoming))
+    except OSError as exc:
+        log.log(f"pickup: cannot read {spool.incoming}: {exc.strerror}")
+        return queued
+    for name in names:
+        qid = pickup_one(spool, name, ctx, max_size)
+        if qid:
+            queued.append(qid)
+    return queued
+
+
+def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: int) -> str | None:
+    path = os.path.join(spool.incoming, name)
+    if not is_qid(name):
+        # A name we never create: a user's planted file or a leftover.
+        _quarantine(spool, name, "not a queue file name")
+        return None
+    try:
+        lst = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(lst.st_mode):
+        # Symlink (would make us read another file), FIFO (would hang
+        # a blocking open), device, directory: never opened.
+        _quarantine(spool, name, f"not a regular file (mode {stat.filemode(lst.st_mode)})")
+        return None
+    mode = stat.S_IMODE(lst.st_mode)
+    if mode == layout.NOT_READY_MODE:
+        if time.time() - lst.st_mtime > STALE_SECONDS:
+            try:
+                os.unlink(path)
+                log.log(f"{name}: removed unfinished submission (uid {lst.st_uid}, older than {STALE_SECONDS} s)")
+            except OSError:
+                pass
+        return None  # still being written
+    if mode != layout.READY_MODE:
+        _quarantine(spool, name, f"unexpected mode {mode:04o}")
+        return None
+    if os.path.exists(os.path.join(spool.queue, name)):
+        os.unlink(path)  # crash after queueing, before this unlink: already queued
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        _quarantine(spool, name, f"cannot open: {exc.strerror}")
+        return None
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino) or not stat.S_ISREG(st.st_mode):
+            _quarantine(spool, name, "replaced while being opened")
+            return None
+        if st.st_nlink != 1:
+            # A hard link: a user could link another user's queue file (or
+            # any file it can name) here to have it mailed.
+            _quarantine(spool, name, f"has {st.st_nlink} links")
+            return None
+        if st.st_size > max_size + ENVELOPE_ALLOWANCE:
+            _quarantine(spool, name, f"larger ({st.st_size} bytes) than the size limit")
+            return None
+        chunks = []
+        remaining = st.st_size + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    try:
+        env, message, records = spoolfile.decode(data)
+        if records:
+            raise spoolfile.SpoolFormatError("state records in a submission")
+    except spoolfile.SpoolFormatError as exc:
+        _quarantine(spool, name, f"malformed: {exc}")
+        return None
+    if env.uid != st.st_uid:
+        # The envelope claims another uid than the file's owner: forged.
+        _quarantine(spool, name, f"envelope uid {env.uid} is not the file owner's uid {st.st_uid}")
+        return None
+    owner = (st.st_uid, _owner_name(st.st_uid))
+    new_env, new_message = cleanup.clean(env, message, name, ctx, owner)
+    queue.write_new(spool.queue, name, spoolfile.encode(new_env, new_message))
+    os.unlink(path)
+    log.event(
+        name,
+        f"uid={owner[0]} ({owner[1]})",
+        f"from=<{new_env.sender}>",
+        size=len(new_message),
+        nrcpt=len(new_env.recipients),
+    )
+    return name

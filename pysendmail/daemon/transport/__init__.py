@@ -1,0 +1,1 @@
+"""Transports: how a queued message leaves (smtp relay, local maildir)."""

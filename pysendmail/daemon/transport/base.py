@@ -1,0 +1,35 @@
+"""The transport seam: what the queue manager asks of any transport.
+
+Contract:   ``await transport.deliver(msg, indices)`` tries the recipients
+            ``indices`` of one queued message and returns one Result per
+            recipient, in any order.  It never raises for a delivery
+            problem: network, TLS, timeouts and replies all become Results
+            (partial success is data, as in aiosmtplib).  ``relay`` names
+            where it delivers, for the log line.
+See also:   outcome.py (reply codes to states), maildir.py, smtp.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from pysendmail.core.queue import QueuedMessage
+
+SENT, DEFERRED, FAILED = "sent", "deferred", "failed"
+
+
+@dataclass(frozen=True)
+class Result:
+    index: int
+    status: str  # SENT, DEFERRED or FAILED
+    dsn: str  # enhanced status code, e.g. "2.0.0"
+    text: str  # the reply or the error, one line, for logs and bounces
+
+
+class Transport(Protocol):
+    relay: str
+
+    async def deliver(self, msg: QueuedMessage, indices: list[int]) -> list[Result]: ...
+
+    async def close(self) -> None: ...

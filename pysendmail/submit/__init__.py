@@ -1,0 +1,1 @@
+"""The submission path: runs as the caller, imports only lean modules."""

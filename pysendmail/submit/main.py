@@ -1,0 +1,151 @@
+"""Entry point of sendmail (and of mailq and newaliases by argv[0]).
+
+Contract:   ``main()`` returns a sysexits.h code: 0 only when everything
+            the caller gave is queued durably.  Errors print one sentence
+            on stderr, prefixed with the program name.
+Security:   runs as the calling user, without privilege; trusts nothing
+            but the configuration file.
+Crashes:    an unexpected exception exits 75 (temporary) after enqueue()
+            removed its partial file, so the caller retries and no mail
+            is lost or half-written.
+See also:   sendmail(8); ../shared/DESIGN.md "Interface contract".
+
+Start-up time is the product: this module and what it imports at the top
+stay on the standard library's cheapest modules (tests/qa checks the list).
+Everything else is imported inside the branch that needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pysendmail.core import config, errors, layout, rfc5322, spoolfile
+from pysendmail.submit import flags, intake
+
+
+def _login(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _open_spool(settings: config.SubmitSettings) -> layout.Spool:
+    spool = layout.Spool(settings.spool_path)
+    if settings.config_path != config.SYSTEM_CONFIG and not os.path.exists(spool.path):
+        # User mode: the first submission creates the private spool.
+        layout.ensure_layout(spool, shared=False)
+    layout.check_incoming(spool)
+    return spool
+
+
+def make_envelope(opts: flags.Options, message: bytes, extra_recipients: list[str] | None = None) -> spoolfile.Envelope:
+    """Envelope for one message read from stdin under ``opts``."""
+    head, _body = rfc5322.split_message(message)
+    intake.check_header_section(head)
+    recipients: list[str] = []
+    if opts.extract:
+        recipients += intake.recipients_from_headers(rfc5322.header_fields(head))
+    for arg in opts.recipients:
+        try:
+            recipients += rfc5322.parse_recipient_arg(arg)
+        except rfc5322.AddressError as exc:
+            raise errors.DataError(f"{exc}; nothing was queued") from None
+    if not recipients:
+        if opts.extract:
+            raise errors.UsageError("no recipients: the message has no To, Cc or Bcc address; nothing was queued")
+        raise errors.UsageError("no recipients: give addresses as arguments or use -t; nothing was queued")
+    uid = os.getuid()
+    login = _login(uid)
+    if opts.sender is None:
+        sender = login  # qualified later by the daemon, as Postfix's myorigin
+    else:
+        try:
+            sender = rfc5322.parse_sender(opts.sender)
+        except rfc5322.AddressError as exc:
+            raise errors.DataError(f"{exc}; nothing was queued") from None
+    import time
+
+    return spoolfile.Envelope(
+        sender,
+        recipients,
+        uid=uid,
+        login=login,
+        time=time.time(),
+        fullname=opts.fullname,
+        envid=opts.envid,
+        notify=opts.notify,
+        ret=opts.ret,
+        body=opts.body or ("7BIT" if message.isascii() else "8BITMIME"),
+    )
+
+
+def submit(opts: flags.Options) -> int:
+    settings = config.submit_settings(opts.config)
+    spool = _open_spool(settings)
+    message = intake.read_message(sys.stdin.buffer, opts.ignore_dots, settings.max_message_size)
+    env = make_envelope(opts, message)
+    qid = layout.enqueue(spool, env, message)
+    if opts.verbose:
+        sys.stderr.write(f"sendmail: queued as {qid} for {', '.join(env.recipients)}\n")
+    return 0
+
+
+def dispatch(prog: str, args: list[str]) -> int:
+    if args and args[0] in ("--help", "-help"):
+        sys.stdout.write(flags.help_text(prog))
+        return 0
+    if args and args[0] == "--version":
+        from pysendmail import __version__
+
+        sys.stdout.write(f"pysendmail {__version__}\n")
+        return 0
+    opts = flags.parse(args)
+    if opts.mode == "deliver":
+        return submit(opts)
+    if opts.mode == "smtp":
+        from pysendmail.submit import bs
+
+        settings = config.submit_settings(opts.config)
+        return bs.serve(_open_spool(settings), settings.max_message_size, opts, sys.stdin.buffer, sys.stdout.buffer)
+    from pysendmail.admin import cli
+
+    if opts.mode == "mailq":
+        return cli.main(["mailq"] + (["-C", opts.config] if opts.config else []))
+    if opts.mode == "newaliases":
+        return cli.main(["newaliases"] + (["-C", opts.config] if opts.config else []))
+    if opts.mode == "verify":
+        return cli.verify(opts.config, opts.recipients)
+    if opts.mode == "flush":
+        return cli.main(["flush"] + (["-C", opts.config] if opts.config else []))
+    if opts.mode == "daemon":
+        extra = ["--interval", str(opts.queue_interval)] if opts.queue_interval else []
+        return cli.main(["daemon"] + extra + (["-C", opts.config] if opts.config else []))
+    raise AssertionError(opts.mode)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv if argv is None else argv
+    prog = os.path.basename(argv[0]) if argv else "sendmail"
+    if prog in ("mailq", "newaliases"):
+        from pysendmail.admin import cli
+
+        return cli.main([prog] + argv[1:])
+    try:
+        return dispatch("sendmail", argv[1:])
+    except errors.PysendmailError as exc:
+        sys.stderr.write(f"sendmail: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("sendmail: interrupted; nothing was queued\n")
+        return errors.EX_TEMPFAIL
+    except Exception as exc:  # the boundary: never a traceback, never exit 0
+        sys.stderr.write(f"sendmail: internal error ({type(exc).__name__}: {exc}); nothing was queued, try again\n")
+        return errors.EX_TEMPFAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
