@@ -1,0 +1,124 @@
+"""Shared fixtures: a real spool with its config, and the real console scripts.
+
+Tests drive pysendmail as users do: the installed ``sendmail``, ``mailq``,
+``newaliases`` and ``pysendmail`` programs, run as subprocesses, against a
+spool in a temporary directory chosen by a TOML config.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def program(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        pytest.fail(f"{path} is not installed: install pysendmail into the test venv (pip install '.[test]')")
+    return str(path)
+
+
+@dataclass
+class Env:
+    """One pysendmail installation: config, spool, Maildir, aliases file."""
+
+    root: Path
+    config: Path
+    spool: Path
+    maildir: Path
+    aliases_file: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def environ(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYSENDMAIL_CONFIG"] = str(self.config)
+        env.update(self.extra_env)
+        return env
+
+    def run(self, name: str, *args: str, input: bytes | None = b"", user: str | None = None,
+            timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[bytes]:
+        cmd = [program(name), *args]
+        if user is not None:
+            cmd = ["runuser", "-u", user, "--", "env", f"PYSENDMAIL_CONFIG={self.config}", *cmd]
+        proc = subprocess.run(cmd, input=input, capture_output=True, env=self.environ, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{name} {args} exited {proc.returncode}: {proc.stderr.decode(errors='replace')}")
+        return proc
+
+    def sendmail(self, *args: str, input: bytes = b"", **kw: object) -> subprocess.CompletedProcess[bytes]:
+        return self.run("sendmail", *args, input=input, **kw)  # type: ignore[arg-type]
+
+    def flush(self) -> subprocess.CompletedProcess[bytes]:
+        return self.run("sendmail", "-q", check=True)
+
+    def delivered(self) -> list[bytes]:
+        """Every message in the Maildir's new/, oldest first."""
+        new = self.maildir / "new"
+        if not new.is_dir():
+            return []
+        files = sorted(new.iterdir(), key=lambda p: p.name)
+        return [p.read_bytes() for p in files]
+
+    def incoming(self) -> list[str]:
+        return sorted(os.listdir(self.spool / "incoming"))
+
+    def queued(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.spool / "queue") if not n.startswith("."))
+
+
+def write_config(root: Path, extra: str = "", spool: Path | None = None) -> Env:
+    spool = spool or root / "spool"
+    maildir = root / "Maildir"
+    aliases_file = root / "aliases"
+    config = root / "pysendmail.toml"
+    config.write_text(
+        f'[spool]\npath = "{spool}"\n\n'
+        f'[maildir]\npath = "{maildir}"\n\n'
+        f'[host]\nname = "host.example.org"\ndefault_domain = "example.org"\naliases_file = "{aliases_file}"\n\n'
+        + extra
+    )
+    return Env(root, config, spool, maildir, aliases_file)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    """A private (user-mode style) spool owned by the test's user, set up."""
+    e = write_config(tmp_path)
+    e.run("pysendmail", "spool", "init", check=True)
+    return e
+
+
+@pytest.fixture
+def world_dir() -> Path:
+    """A directory that unprivileged test users can traverse (tmp_path cannot be)."""
+    path = Path("/var/tmp") / f"pysendmail-test-{uuid.uuid4().hex[:10]}"
+    path.mkdir(mode=0o755)
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def ensure_user(name: str) -> int:
+    """Create a real system user for the test (idempotent); return its uid."""
+    import pwd
+
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+        return pwd.getpwnam(name).pw_uid
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create users and tmpfs mounts")
+
+SIMPLE = b"To: someone@example.net\nSubject: test\n\nhello\n"
