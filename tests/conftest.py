@@ -122,3 +122,32 @@ def ensure_user(name: str) -> int:
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create users and tmpfs mounts")
 
 SIMPLE = b"To: someone@example.net\nSubject: test\n\nhello\n"
+
+
+@pytest.fixture
+def relay_factory(tmp_path: Path):
+    """Start loopback relays (tests/fakes/relay.py); all stopped at the end."""
+    from tests.fakes.relay import Relay
+
+    started: list[Relay] = []
+
+    def make(mode: str = "implicit", **kw: object) -> Relay:
+        r = Relay(mode, tmp_path, **kw).start()  # type: ignore[arg-type]
+        started.append(r)
+        return r
+
+    yield make
+    for r in started:
+        r.stop()
+
+
+def relay_env(tmp_path: Path, relay: object, password: str | None = None, extra: str = "") -> Env:
+    """A pysendmail config pointed at ``relay``, with a 0600 password file."""
+    from tests.fakes.relay import PASSWORD
+
+    pw = tmp_path / "relay-password"
+    pw.write_text((password or PASSWORD) + "\n")
+    pw.chmod(0o600)
+    e = write_config(tmp_path, relay.config(pw) + extra)  # type: ignore[attr-defined]
+    e.run("pysendmail", "spool", "init", check=True)
+    return e

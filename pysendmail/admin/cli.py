@@ -139,12 +139,45 @@ def verify(config_path: str | None, addresses: list[str]) -> int:
     return 0
 
 
+def _ask_daemon(spool: layout.Spool, pid: int) -> bool:
+    """Have the running daemon run the whole queue; wait until it has. False if it died."""
+    from pysendmail.daemon.main import lock_holder
+
+    marker = os.path.join(spool.state, "flushed")
+    start = time.time()
+    layout.poke(spool, b"F")
+    if sys.stderr.isatty():
+        sys.stderr.write(f"flush: asked the daemon (pid {pid}) to run the queue now; waiting\n")
+    while True:
+        try:
+            with open(marker) as fh:
+                if float(fh.read().strip() or 0) >= start:
+                    return True
+        except (OSError, ValueError):
+            pass
+        if lock_holder(spool) != pid:
+            return False
+        time.sleep(0.05)
+
+
 def cmd_flush(cfg: config.Config) -> int:
+    from pysendmail.daemon.main import SpoolLock, lock_holder
     from pysendmail.daemon.qmgr import QueueManager
 
-    _ready_spool(cfg)
-    manager = QueueManager(cfg)
-    counts = asyncio.run(manager.flush())
+    spool = _ready_spool(cfg)
+    lock = SpoolLock(spool)
+    if not lock.acquire("flush"):
+        pid = lock_holder(spool, "daemon")
+        # The daemon owns the queue: ask it instead of racing it (two
+        # runners would send the same message twice).
+        if pid and _ask_daemon(spool, pid):
+            return 0
+        lock.acquire("flush", wait=True)  # another flush: wait for it, then run
+    try:
+        manager = QueueManager(cfg)
+        counts = asyncio.run(manager.flush())
+    finally:
+        lock.release()
     if sys.stderr.isatty():
         sys.stderr.write(
             f"flush: {counts.messages} messages tried: {counts.sent} recipients sent, "

@@ -99,10 +99,17 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "tls_fingerprint": (_STR, None),
         "helo": (_STR, None),
         "timeout": (_INT, 60),
+        "oauth_token_command": (_LIST, None),
+        "auth": (_STR, "auto"),
+        "pool_size": (_INT, 2),
+        "max_recipients_per_message": (_INT, 0),
+        "rate_per_minute": (_INT, 0),
+        "rate_per_day": (_INT, 0),
+        "idle_timeout": (_INT, 5),
     },
     "queue": {
         "lifetime": (_INT, 5 * 86400),
-        "retry_schedule": (_LIST, None),
+        "retry_schedule": (_LIST, None),  # durations: ["1m", "5m", "15m", "1h", "4h"]
         "postmaster": (_STR, None),
     },
 }

@@ -187,14 +187,18 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def poke(spool: Spool) -> None:
-    """Wake the daemon if one listens; never block, never fail."""
+def poke(spool: Spool, what: bytes = b"W") -> None:
+    """Wake the daemon if one listens; never block, never fail.
+
+    ``W`` means "look at incoming/"; ``F`` (pysendmail flush) means "try
+    the whole queue now".
+    """
     try:
         fd = os.open(spool.pickup, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return  # ENXIO: no daemon reads the FIFO; it will find the file at start
     try:
-        os.write(fd, b"W")
+        os.write(fd, what)
     except OSError:
         pass  # EAGAIN: the FIFO is full of pokes already; the daemon is awake
     finally:

@@ -96,6 +96,8 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self.flush_requested = False
+        self.inflight: set[str] = set()
+        self.blocked_until = 0.0
 
     def _rebuild_index(self) -> None:
         self.due = []
@@ -140,24 +142,21 @@ class Daemon:
                 self.wake.clear()
                 if self.reload_requested:
                     self._reload()
-                for qid in self.manager.pickup():
-                    heapq.heappush(self.due, (0.0, qid))
-                if self.flush_requested or (self.interval and time.monotonic() - last_full >= self.interval):
+                self._pickup()
+                flushing = self.flush_requested
+                if flushing or (self.interval and time.monotonic() - last_full >= self.interval):
                     self.flush_requested = False
                     last_full = time.monotonic()
                     self.due = [(0.0, qid) for _, qid in self.due]
+                    reset = getattr(self.manager.transport, "reset_holds", None)
+                    if flushing and reset:
+                        reset()
                 await self._run_due()
+                if flushing:
+                    self._mark_flushed()
                 if self.stopping:
                     break
-                timeout = self.due[0][0] - time.time() if self.due else None
-                if self.interval:
-                    left = self.interval - (time.monotonic() - last_full)
-                    timeout = left if timeout is None else min(timeout, left)
-                if timeout is None or timeout > 0:
-                    try:
-                        await asyncio.wait_for(self.wake.wait(), timeout)
-                    except asyncio.TimeoutError:
-                        pass
+                await self._sleep(last_full)
         finally:
             sd_notify("STOPPING=1")
             loop.remove_reader(fifo)
@@ -166,18 +165,80 @@ class Daemon:
             log.log("daemon: stopped")
 
     async def _run_due(self) -> None:
-        counts = Counts()
-        while self.due and self.due[0][0] <= time.time() and not self.stopping:
-            _, qid = heapq.heappop(self.due)
-            msg = await self.manager.attempt(qid, counts)
-            if msg is not None and msg.pending() and not msg.held and os.path.exists(msg.path):
-                heapq.heappush(self.due, (msg.due, qid))
-            if self.wake.is_set() and not self.stopping:
+        """Attempt every due message, up to the transport's pool size at once."""
+        limit = int(getattr(self.manager.transport, "pool_size", 1))
+        running: set[asyncio.Task[None]] = set()
+        self.blocked_until = 0.0
+        while not self.stopping:
+            if self.wake.is_set():
                 # A new submission arrived: pick it up before the backlog
                 # goes on, so one message never waits behind a long drain.
                 self.wake.clear()
-                for new in self.manager.pickup():
-                    heapq.heappush(self.due, (0.0, new))
+                self._pickup()
+            if not self.due or self.due[0][0] > time.time():
+                break
+            blocked = self.manager.unavailable()
+            if blocked:
+                self.blocked_until = blocked[0]
+                break
+            if len(running) >= limit:
+                _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            _, qid = heapq.heappop(self.due)
+            if qid in self.inflight:
+                continue
+            self.inflight.add(qid)
+            running.add(asyncio.create_task(self._attempt(qid)))
+        if running:
+            await asyncio.wait(running)
+
+    async def _attempt(self, qid: str) -> None:
+        try:
+            msg = await self.manager.attempt(qid, Counts())
+        finally:
+            self.inflight.discard(qid)
+        if msg is not None and msg.pending() and not msg.held and os.path.exists(msg.path):
+            heapq.heappush(self.due, (msg.due, qid))
+        while self.manager.new_ids:
+            heapq.heappush(self.due, (0.0, self.manager.new_ids.pop()))
+
+    def _pickup(self) -> None:
+        for qid in self.manager.pickup():
+            heapq.heappush(self.due, (0.0, qid))
+
+    async def _sleep(self, last_full: float) -> None:
+        """Wait for a poke, a signal, the next due time, or idle connections to expire."""
+        if self.flush_requested or self.reload_requested or self.stopping:
+            return  # their wake-up may have been consumed by _run_due's pickup
+        now = time.time()
+        wake_at = self.due[0][0] if self.due else None
+        if self.blocked_until > now:
+            wake_at = self.blocked_until if wake_at is None else max(wake_at, self.blocked_until)
+        timeout = None if wake_at is None else max(0.0, wake_at - now)
+        if self.interval:
+            left = max(0.0, self.interval - (time.monotonic() - last_full))
+            timeout = left if timeout is None else min(timeout, left)
+        transport = self.manager.transport
+        idle = float(getattr(transport, "idle_timeout", 0))
+        if getattr(transport, "has_idle", lambda: False)():
+            timeout = idle if timeout is None else min(timeout, idle)
+        sd_notify(f"STATUS=queue: {len(self.due)} messages, next attempt in {timeout or 0:.0f} s")
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        close_idle = getattr(transport, "close_idle", None)
+        if close_idle:
+            await close_idle(idle)
+
+    def _mark_flushed(self) -> None:
+        """Tell a waiting 'pysendmail flush' that the run it asked for is over."""
+        path = os.path.join(self.spool.state, "flushed")
+        try:
+            with open(path, "w") as fh:
+                fh.write(f"{time.time():.6f}\n")
+        except OSError as exc:
+            log.log(f"daemon: cannot write {path}: {exc.strerror}")
 
     def _reload(self) -> None:
         self.reload_requested = False

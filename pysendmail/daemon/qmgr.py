@@ -21,18 +21,39 @@ import random
 import time
 import traceback
 
-from pysendmail.core import aliases, config, layout, log, queue, spoolfile
-from pysendmail.daemon import cleanup, pickup
+import collections
+
+from pysendmail.core import aliases, config, errors, layout, log, queue, spoolfile
+from pysendmail.daemon import bounce, cleanup, pickup
 from pysendmail.daemon.transport.base import DEFERRED, FAILED, SENT, Result, Transport
 from pysendmail.daemon.transport.maildir import MaildirTransport
 
-DEFAULT_RETRY = (60, 300, 900, 3600, 14400)
+DEFAULT_RETRY = (60, 300, 900, 3600, 14400)  # then every 4 h until the lifetime ends
 
 
 def next_delay(tries: int, schedule: tuple[int, ...] = DEFAULT_RETRY) -> float:
-    """Seconds until the next try after ``tries`` failed ones, with ±10 % jitter."""
+    """Seconds until the next try after ``tries`` failed ones, with ±10 % jitter.
+
+    The jitter spreads a queue that failed together (relay down) so that it
+    does not come back as one burst.
+    """
     base = schedule[min(tries, len(schedule)) - 1] if tries > 0 else schedule[0]
     return base * random.uniform(0.9, 1.1)
+
+
+def parse_schedule(values: list[str] | None, where: str) -> tuple[int, ...]:
+    if not values:
+        return DEFAULT_RETRY
+    from pysendmail.submit.flags import parse_interval
+
+    out = []
+    for v in values:
+        text = v[:-1] + "m" if v.endswith("min") else v
+        try:
+            out.append(parse_interval(text if not text.isdigit() else text + "s"))
+        except errors.UsageError:
+            raise errors.ConfigError(f"queue.retry_schedule in {where}: {v!r} is not a duration like 5m or 1h") from None
+    return tuple(out)
 
 
 def make_context(cfg: config.Config) -> cleanup.Context:
@@ -41,8 +62,56 @@ def make_context(cfg: config.Config) -> cleanup.Context:
     return cleanup.Context(hostname, aliases.Aliases(table, cfg.default_domain(), (hostname,)))
 
 
+_warned_helo = False
+
+
+def helo_name(cfg: config.Config) -> str:
+    global _warned_helo
+    name = str(cfg.get("relay", "helo") or cfg.hostname())
+    if not _warned_helo and (name == "localhost" or "." not in name):
+        _warned_helo = True
+        log.log(
+            f"warning: HELO name {name!r} is not a fully qualified domain name; providers may refuse or "
+            "score such mail as spam: set relay.helo (or host.name) to this host's public name"
+        )
+    return name
+
+
 def make_transport(cfg: config.Config) -> Transport:
+    if cfg.relay_configured:
+        from pysendmail.daemon.transport.smtp import SmtpTransport
+
+        return SmtpTransport(cfg.values["relay"], helo_name(cfg))
     return MaildirTransport(cfg.maildir_path)
+
+
+class RateLimit:
+    """Messages per minute and per day for one route; over budget waits, never fails.
+
+    XXX: the day's count lives in memory; a restart forgets it.  Keeping it
+    in spool/state would make the daily budget exact across restarts.
+    """
+
+    def __init__(self, per_minute: int, per_day: int) -> None:
+        self.per_minute = per_minute
+        self.per_day = per_day
+        self.minute: collections.deque[float] = collections.deque()
+        self.day: collections.deque[float] = collections.deque()
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before the next message may go (0: go now)."""
+        for window, limit, span in ((self.minute, self.per_minute, 60.0), (self.day, self.per_day, 86400.0)):
+            while window and window[0] <= now - span:
+                window.popleft()
+            if limit and len(window) >= limit:
+                return window[0] + span - now
+        return 0.0
+
+    def spend(self, now: float) -> None:
+        if self.per_minute:
+            self.minute.append(now)
+        if self.per_day:
+            self.day.append(now)
 
 
 class Counts:
@@ -58,6 +127,13 @@ class QueueManager:
         self.spool = layout.Spool(cfg.spool_path)
         self.ctx = make_context(cfg)
         self.transport = transport or make_transport(cfg)
+        self.lifetime = float(cfg.get("queue", "lifetime"))  # type: ignore[arg-type]
+        self.schedule = parse_schedule(cfg.get("queue", "retry_schedule"), cfg.path or "config")  # type: ignore[arg-type]
+        self.new_ids: list[str] = []  # queue ids this manager created (bounces), for the daemon's index
+        postmaster = cfg.get("queue", "postmaster")
+        self.postmaster = str(postmaster) if postmaster else None
+        relay = cfg.values["relay"]
+        self.rate = RateLimit(int(relay["rate_per_minute"] or 0), int(relay["rate_per_day"] or 0))  # type: ignore[call-overload]
 
     def pickup(self) -> list[str]:
         return pickup.pickup_all(self.spool, self.ctx, self.cfg.max_message_size)
@@ -65,8 +141,14 @@ class QueueManager:
     async def flush(self) -> Counts:
         counts = Counts()
         counts.picked = len(self.pickup())
+        reset = getattr(self.transport, "reset_holds", None)
+        if reset:
+            reset()  # the administrator asked: try now, whatever the backoff
         for qid in queue.list_ids(self.spool.queue):
             await self.attempt(qid, counts)
+        while self.new_ids:  # bounces made during this run go out in it too
+            await self.attempt(self.new_ids.pop(0), counts)
+        await self.transport.close()
         return counts
 
     async def attempt(self, qid: str, counts: Counts) -> queue.QueuedMessage | None:
@@ -90,19 +172,49 @@ class QueueManager:
             log.log(f"{qid}: internal error, message kept in the queue: " + traceback.format_exc())
             now = time.time()
             msg.tries += 1
-            msg.due = now + next_delay(msg.tries)
+            msg.due = now + next_delay(msg.tries, self.schedule)
             try:
-                queue.append(msg.path, spoolfile.encode_record("deferred", f"{now:.3f}", f"{msg.due:.3f}", "internal error"))
+                record = spoolfile.encode_record("deferred", f"{now:.3f}", f"{msg.due:.3f}", "internal error")
+                queue.append(msg.path, record)
             except OSError:
                 pass
         return msg
 
+    def _bounce(self, msg: queue.QueuedMessage) -> None:
+        """Queue the DSN for ``msg``'s failures, once (the id is derived from msg's)."""
+        made = bounce.make_bounce(msg, msg.failed, self.ctx, self.postmaster)
+        if made is None:
+            log.event(msg.qid, "no bounce: the sender is the null sender")
+            return
+        env, text, _ = made
+        # A deterministic id: a crash after queueing the bounce but before
+        # moving msg to failed/ must not queue a second bounce.
+        bounce_qid = msg.qid[:13] + "%05X" % (int(msg.qid[13:], 16) ^ 0xB0B0B)
+        if os.path.exists(os.path.join(self.spool.queue, bounce_qid)):
+            return
+        queue.write_new(self.spool.queue, bounce_qid, spoolfile.encode(env, text))
+        log.event(msg.qid, f"sender non-delivery notification: {bounce_qid}")
+        self.new_ids.append(bounce_qid)
+
     async def _deliver(self, msg: queue.QueuedMessage, counts: Counts) -> None:
         pending = msg.pending()
         if pending:
+            self.rate.spend(time.time())
             results = await self.transport.deliver(msg, pending)
             self.record(msg, results, counts)
         self.finish(msg)
+
+    def unavailable(self) -> tuple[float, str] | None:
+        """(until, why) when the route cannot take mail now (hold, down, rate)."""
+        check = getattr(self.transport, "unavailable", None)
+        blocked = check() if check else None
+        if blocked:
+            return blocked
+        now = time.time()
+        wait = self.rate.delay(now)
+        if wait > 0:
+            return now + wait, "sending budget (relay.rate_per_minute / rate_per_day) used up"
+        return None
 
     def record(self, msg: queue.QueuedMessage, results: list[Result], counts: Counts) -> None:
         now = time.time()
@@ -110,6 +222,10 @@ class QueueManager:
         for r in results:
             rcpt = msg.envelope.recipients[r.index]
             fields = dict(relay=self.transport.relay, delay=f"{now - msg.envelope.time:.2f}", tries=msg.tries + 1, dsn=r.dsn)
+            if r.status == DEFERRED and now - msg.envelope.time > self.lifetime:
+                days = self.lifetime / 86400
+                r = Result(r.index, FAILED, r.dsn.replace("4.", "5.", 1) if r.dsn.startswith("4.") else r.dsn,
+                           f"gave up after {days:g} days in the queue (queue.lifetime); last error: {r.text}")
             if r.status == SENT:
                 queue.append(msg.path, spoolfile.encode_record("done", r.index, f"{now:.3f}", r.text))
                 msg.done[r.index] = r.text
@@ -121,9 +237,10 @@ class QueueManager:
             else:
                 deferred.append(r)
                 counts.deferred += 1
-            log.event(msg.qid, f"to=<{rcpt}>", status=f"{r.status} ({r.text})", **fields)
+            shown = "bounced" if r.status == FAILED else r.status
+            log.event(msg.qid, f"to=<{rcpt}>", status=f"{shown} ({r.text})", **fields)
         if deferred:
-            due = now + next_delay(msg.tries + 1)
+            due = now + next_delay(msg.tries + 1, self.schedule)
             reason = deferred[0].text
             queue.append(msg.path, spoolfile.encode_record("deferred", f"{now:.3f}", f"{due:.3f}", reason))
             msg.tries += 1
@@ -134,6 +251,7 @@ class QueueManager:
         if msg.pending():
             return
         if msg.failed:
+            self._bounce(msg)
             queue.move_to_failed(self.spool, msg)
             log.event(msg.qid, "moved to failed/")
         else:

@@ -1,0 +1,378 @@
+"""The relay transport: authenticated SMTP over TLS, the one aiosmtplib user.
+
+Contract:   ``SmtpTransport(relay, helo)`` delivers queued messages through
+            the configured relay: implicit TLS (465) or STARTTLS (587),
+            certificates verified (system store plus ``ca_file``, optional
+            SHA-256 pin), AUTH PLAIN/LOGIN/XOAUTH2, a small pool of
+            authenticated connections reused across messages.  ``deliver``
+            returns one Result per recipient and never raises for a relay
+            problem.  An authentication failure puts the whole route on
+            hold (``hold_until``) with growing backoff; a connection
+            failure marks it down briefly so a long queue does not open a
+            connection per message.
+Security:   no plaintext fallback: a STARTTLS relay that does not offer
+            STARTTLS is an error, never a reason to continue in clear;
+            ``tls = "none"`` is refused for anything but loopback; the
+            password and token never reach a log or an exception text.
+See also:   RFC 5321, RFC 3207 (STARTTLS), RFC 8314 (implicit TLS), RFC 4954
+            (AUTH), RFC 1870 (SIZE), RFC 6531 (SMTPUTF8); Google's and
+            Microsoft's XOAUTH2 documentation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import ipaddress
+import ssl
+import time
+
+import aiosmtplib
+
+from pysendmail.core import log
+from pysendmail.core.errors import ConfigError
+from pysendmail.core.queue import QueuedMessage
+from pysendmail.daemon import outcome, secrets
+from pysendmail.daemon.transport.base import DEFERRED, FAILED, SENT, Result
+
+DEFAULT_PORTS = {"implicit": 465, "starttls": 587, "none": 25}
+DOWN_SECONDS = 30  # after a failed connection, defer the rest of the queue this long
+HOLD_BASE, HOLD_MAX = 300, 4 * 3600  # auth failure: 5 min, doubling, at most 4 h
+_NETWORK_ERRORS = (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError, EOFError)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class RelayError(Exception):
+    """A failure of the connection or session, for every recipient at once."""
+
+    def __init__(self, text: str, status: str = DEFERRED, dsn: str = "4.4.1", hold: bool = False) -> None:
+        super().__init__(text)
+        self.text = text
+        self.status = status
+        self.dsn = dsn
+        self.hold = hold
+
+
+class _Conn:
+    def __init__(self, smtp: aiosmtplib.SMTP, peer: str, tls_version: str) -> None:
+        self.smtp = smtp
+        self.peer = peer
+        self.tls_version = tls_version
+        self.last_used = time.monotonic()
+        ext = smtp.esmtp_extensions
+        size = ext.get("size", "")
+        self.max_size = int(size) if size.isdigit() else 0
+        self.eightbit = "8bitmime" in ext
+        self.smtputf8 = "smtputf8" in ext
+        self.messages = 0
+
+
+class SmtpTransport:
+    def __init__(self, relay: dict[str, object], helo: str) -> None:
+        self.settings = relay
+        self.tls = str(relay.get("tls") or "implicit")
+        host = relay.get("host")
+        if not host:
+            raise ConfigError("relay.host is not set: name the relay's host name (or a provider)")
+        self.host = str(host)
+        self.port = int(relay.get("port") or DEFAULT_PORTS[self.tls])  # type: ignore[call-overload]
+        if self.tls == "none" and not is_loopback(self.host):
+            raise ConfigError(
+                f"relay.tls = \"none\" is only allowed to a loopback address, not {self.host}: "
+                "use implicit (465) or starttls (587)"
+            )
+        self.username = str(relay["username"]) if relay.get("username") else None
+        self.helo = helo
+        self.timeout = float(relay.get("timeout") or 60)  # type: ignore[arg-type]
+        self.pool_size = max(1, int(relay.get("pool_size") or 2))  # type: ignore[call-overload]
+        self.max_rcpt = int(relay.get("max_recipients_per_message") or 0)  # type: ignore[call-overload]
+        self.idle_timeout = float(relay.get("idle_timeout") or 5)  # type: ignore[arg-type]
+        fingerprint = relay.get("tls_fingerprint")
+        self.fingerprint = str(fingerprint).replace(":", "").lower() if fingerprint else None
+        self.context = ssl.create_default_context()
+        if relay.get("ca_file"):
+            try:
+                self.context.load_verify_locations(cafile=str(relay["ca_file"]))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"relay.ca_file {relay['ca_file']} cannot be loaded: {exc}") from None
+        self.relay = f"{self.host}:{self.port}"
+        self.tls_version = ""
+        self._idle: list[_Conn] = []
+        self._slots: asyncio.Semaphore | None = None
+        self.hold_until = 0.0
+        self.hold_reason = ""
+        self._auth_failures = 0
+        self.down_until = 0.0
+        self.down_reason = ""
+
+    # ------------------------------------------------------------ connections
+    async def _open(self) -> _Conn:
+        implicit = self.tls == "implicit"
+        smtp = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            use_tls=implicit,
+            start_tls=False,  # we decide, and refuse to continue without it
+            tls_context=self.context if implicit else None,
+            local_hostname=self.helo,
+            timeout=self.timeout,
+        )
+        try:
+            await smtp.connect()
+            await smtp.ehlo()
+            if self.tls == "starttls":
+                if not smtp.supports_extension("starttls"):
+                    raise RelayError(f"relay {self.host} does not offer STARTTLS; refusing to send in plaintext")
+                await smtp.starttls(tls_context=self.context)
+                await smtp.ehlo()
+            tls_version, peer = self._check_peer(smtp)
+            await self._authenticate(smtp)
+        except BaseException:
+            smtp.close()
+            raise
+        return _Conn(smtp, peer, tls_version)
+
+    def _check_peer(self, smtp: aiosmtplib.SMTP) -> tuple[str, str]:
+        transport = smtp.transport
+        peername = transport.get_extra_info("peername") if transport else None
+        peer = f"{self.host}[{peername[0]}]:{peername[1]}" if peername else self.relay
+        sslobj = transport.get_extra_info("ssl_object") if transport else None
+        if sslobj is None:
+            if self.tls != "none":
+                raise RelayError(f"relay {self.host}: the connection is not encrypted; refusing to go on")
+            return "none", peer
+        if self.fingerprint:
+            der = sslobj.getpeercert(binary_form=True) or b""
+            seen = hashlib.sha256(der).hexdigest()
+            if seen != self.fingerprint:
+                raise RelayError(
+                    f"relay {self.host}: certificate fingerprint {seen} does not match relay.tls_fingerprint"
+                )
+        return str(sslobj.version() or "TLS"), peer
+
+    async def _authenticate(self, smtp: aiosmtplib.SMTP) -> None:
+        if not self.username:
+            return
+        offered = smtp.esmtp_extensions.get("auth", "").lower().split()
+        token = secrets.oauth_token(self.settings)
+        try:
+            if token is not None:
+                if "xoauth2" not in offered:
+                    raise RelayError(f"relay {self.host} does not offer AUTH XOAUTH2", hold=True)
+                raw = f"user={self.username}\x01auth=Bearer {token}\x01\x01".encode()
+                resp = await smtp.execute_command(b"AUTH", b"XOAUTH2", base64.b64encode(raw))
+                if resp.code == 334:  # the error details come base64-encoded; answer empty to end it
+                    resp = await smtp.execute_command(b"")
+                if resp.code != 235:
+                    raise aiosmtplib.SMTPAuthenticationError(resp.code, resp.message)
+                return
+            password = secrets.password(self.settings)
+            if password is None:
+                raise RelayError(
+                    "relay.username is set but no password: set relay.password_file or relay.password_command",
+                    hold=True,
+                )
+            if not offered:
+                raise RelayError(f"relay {self.host} does not offer AUTH after TLS", hold=True)
+            mech = str(self.settings.get("auth") or "auto").lower()
+            if mech == "auto":
+                mech = "plain" if "plain" in offered else "login" if "login" in offered else ""
+            if mech == "plain":
+                await smtp.auth_plain(self.username, password)
+            elif mech == "login":
+                await smtp.auth_login(self.username, password)
+            else:
+                raise RelayError(f"relay {self.host} offers AUTH {' '.join(offered)}, none of which pysendmail speaks", hold=True)
+        except aiosmtplib.SMTPResponseException as exc:
+            if outcome.is_auth_failure(exc.code, exc.message, "auth"):
+                raise RelayError(f"authentication as {self.username} refused: {exc.code} {exc.message}", hold=True) from None
+            raise
+        except ConfigError as exc:
+            raise RelayError(str(exc), hold=True) from None
+
+    async def _acquire(self) -> _Conn:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if now - conn.last_used < self.idle_timeout and conn.smtp.is_connected:
+                return conn
+            await self._quit(conn)
+        return await self._open()
+
+    def _release(self, conn: _Conn, healthy: bool) -> None:
+        conn.last_used = time.monotonic()
+        if healthy and conn.smtp.is_connected:
+            self._idle.append(conn)
+        else:
+            conn.smtp.close()
+
+    async def _quit(self, conn: _Conn) -> None:
+        try:
+            await asyncio.wait_for(conn.smtp.quit(), 5)
+        except (*_NETWORK_ERRORS, asyncio.CancelledError):
+            conn.smtp.close()
+
+    async def close_idle(self, older_than: float = 0.0) -> None:
+        now = time.monotonic()
+        keep = []
+        for conn in self._idle:
+            if now - conn.last_used >= older_than:
+                await self._quit(conn)
+            else:
+                keep.append(conn)
+        self._idle = keep
+
+    async def close(self) -> None:
+        await self.close_idle()
+
+    def has_idle(self) -> bool:
+        return bool(self._idle)
+
+    def unavailable(self) -> tuple[float, str] | None:
+        """(until, why) while the route is on hold or down, else None."""
+        now = time.time()
+        if self.hold_until > now:
+            return self.hold_until, f"route on hold: {self.hold_reason}"
+        if self.down_until > now:
+            return self.down_until, self.down_reason
+        return None
+
+    # ------------------------------------------------------------ delivery
+    async def deliver(self, msg: QueuedMessage, indices: list[int]) -> list[Result]:
+        blocked = self.unavailable()
+        if blocked:
+            return [Result(i, DEFERRED, "4.4.1", blocked[1]) for i in indices]
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.pool_size)
+        async with self._slots:
+            return await self._deliver(msg, indices)
+
+    async def _deliver(self, msg: QueuedMessage, indices: list[int]) -> list[Result]:
+        env = msg.envelope
+        needs_utf8 = not (env.sender.isascii() and all(env.recipients[i].isascii() for i in indices))
+        results: dict[int, Result] = {}
+        for attempt in (1, 2):
+            reused = bool(self._idle)
+            try:
+                conn = await self._acquire()
+            except RelayError as exc:
+                return self._route_failure(exc, indices)
+            except _NETWORK_ERRORS as exc:
+                return self._route_failure(RelayError(f"cannot connect to {self.relay}: {_describe(exc)}"), indices)
+            self._auth_failures = 0
+            self.relay, self.tls_version = conn.peer, conn.tls_version
+            healthy = False
+            try:
+                if conn.max_size and msg.size > conn.max_size:
+                    text = f"message of {msg.size} bytes exceeds the relay's size limit of {conn.max_size} bytes"
+                    healthy = True
+                    return [Result(i, FAILED, "5.3.4", text) for i in indices]
+                if needs_utf8 and not conn.smtputf8:
+                    text = "the address is not ASCII and the relay does not offer SMTPUTF8"
+                    healthy = True
+                    return [Result(i, FAILED, "5.6.7", text) for i in indices]
+                size = self.max_rcpt or len(indices)
+                for start in range(0, len(indices), size):
+                    chunk = [i for i in indices[start : start + size] if i not in results]
+                    for r in await self._transaction(conn, msg, chunk, needs_utf8):
+                        results[r.index] = r
+                healthy = True
+                conn.messages += 1
+                return list(results.values())
+            except RelayError as exc:
+                if exc.hold:
+                    return list(results.values()) + self._route_failure(exc, [i for i in indices if i not in results])
+                rest = [i for i in indices if i not in results]
+                return list(results.values()) + [Result(i, exc.status, exc.dsn, exc.text) for i in rest]
+            except _NETWORK_ERRORS as exc:
+                if reused and attempt == 1 and not results:
+                    continue  # the relay closed an idle connection: one fresh try
+                text = f"lost connection with {self.relay}: {_describe(exc)}"
+                return list(results.values()) + [Result(i, DEFERRED, "4.4.2", text) for i in indices if i not in results]
+            finally:
+                self._release(conn, healthy)
+        raise AssertionError("unreachable")
+
+    async def _transaction(self, conn: _Conn, msg: QueuedMessage, chunk: list[int], utf8: bool) -> list[Result]:
+        smtp = conn.smtp
+        env = msg.envelope
+        options = []
+        if conn.max_size:
+            options.append(f"SIZE={msg.size}")
+        if env.body == "8BITMIME" and conn.eightbit:
+            options.append("BODY=8BITMIME")
+        if utf8:
+            options.append("SMTPUTF8")
+        encoding = "utf-8" if utf8 else "ascii"
+        try:
+            await smtp.mail(env.sender, options=options, encoding=encoding)
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._rset(smtp)
+            if outcome.is_auth_failure(exc.code, exc.message, "mail"):
+                raise RelayError(f"relay requires authentication: {exc.code} {exc.message}", hold=True) from None
+            status, dsn = outcome.classify(exc.code, exc.message)
+            return [Result(i, status, dsn, f"{exc.code} {exc.message}") for i in chunk]
+        results = []
+        accepted = []
+        for i in chunk:
+            try:
+                await smtp.rcpt(env.recipients[i], encoding=encoding)
+                accepted.append(i)
+            except aiosmtplib.SMTPResponseException as exc:
+                status, dsn = outcome.classify(exc.code, exc.message)
+                results.append(Result(i, status, dsn, f"{exc.code} {exc.message}"))
+        if not accepted:
+            await self._rset(smtp)
+            return results
+        try:
+            resp = await smtp.data(msg.message)
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._rset(smtp)
+            status, dsn = outcome.classify(exc.code, exc.message)
+            return results + [Result(i, status, dsn, f"{exc.code} {exc.message}") for i in accepted]
+        text = f"{resp.code} {resp.message}"
+        return results + [Result(i, SENT, outcome.enhanced(resp.code, resp.message), text) for i in accepted]
+
+    async def _rset(self, smtp: aiosmtplib.SMTP) -> None:
+        try:
+            await smtp.rset()
+        except aiosmtplib.SMTPResponseException:
+            pass
+
+    def _route_failure(self, exc: RelayError, indices: list[int]) -> list[Result]:
+        now = time.time()
+        if exc.hold:
+            self._auth_failures += 1
+            delay = min(HOLD_MAX, HOLD_BASE * 2 ** (self._auth_failures - 1))
+            self.hold_until = now + delay
+            self.hold_reason = exc.text
+            log.log(
+                f"relay {self.host}: AUTHENTICATION FAILED, all mail held for {int(delay)} s: {exc.text}; "
+                "check relay.username and the password, then run 'pysendmail flush'"
+            )
+        else:
+            self.down_until = now + DOWN_SECONDS
+            self.down_reason = exc.text
+        return [Result(i, DEFERRED, "4.7.0" if exc.hold else exc.dsn, exc.text) for i in indices]
+
+    def reset_holds(self) -> None:
+        """A flush asked by the administrator tries again at once."""
+        self.hold_until = self.down_until = 0.0
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({exc.verify_message}); add the CA with relay.ca_file if it is private"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return text.replace("\n", " ")
