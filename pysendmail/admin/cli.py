@@ -226,12 +226,19 @@ def cmd_status(cfg: config.Config, as_json: bool) -> int:
         counts = _counts(spool)
     except PermissionError:
         raise errors.NoPermission(f"permission denied reading {spool.path}: run this as root or the spool's owner") from None
+    route: dict[str, object] = {}
+    try:
+        with open(os.path.join(spool.state, "route.json")) as fh:
+            route = json.load(fh)
+    except (OSError, ValueError):
+        pass
     data = {
         "config": cfg.path or "built-in defaults",
         "mode": mode,
         "spool": spool.path,
         "daemon_pid": pid,
         "counts": counts,
+        "route": route,
     }
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
@@ -243,6 +250,17 @@ def cmd_status(cfg: config.Config, as_json: bool) -> int:
         f"daemon:  {'running, pid %d' % pid if pid else 'not running'}",
         "queue:   " + ", ".join(f"{v} {k}" for k, v in counts.items()),
     ]
+
+    def when(value: object) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(value)))  # type: ignore[arg-type]
+
+    for key, label in (("last_success", "last sent"), ("last_failure", "last failed")):
+        item = route.get(key)
+        if isinstance(item, list) and len(item) == 2:
+            lines.append(f"{label + ':':<9}{when(item[0])} {item[1]}")
+    until = route.get("paused_until")
+    if until and float(until) > time.time():  # type: ignore[arg-type]
+        lines.append(f"paused:  until {when(until)}: {route.get('paused_because')}")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
@@ -351,10 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv[1:])
         args.command = prog
     else:
-        parser = build_parser(prog)
-        args = parser.parse_args(argv)
+        full = build_parser(prog)
+        args = full.parse_args(argv)
         if not args.command:
-            parser.print_help()
+            full.print_help()
             return errors.EX_USAGE
     try:
         return run(args)

@@ -55,7 +55,9 @@ def parse_targets(text: str, where: str) -> list[str]:
 
 def _split_commas(text: str) -> list[str]:
     """Split on commas outside quotes (an alias may target "a,b"@x)."""
-    parts, current, quoted = [], [], False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
     for c in text:
         if c == '"':
             quoted = not quoted

@@ -156,7 +156,9 @@ class Config:
 
     @property
     def max_message_size(self) -> int:
-        return int(self.values["spool"]["max_message_size"])  # type: ignore[call-overload]
+        size = self.values["spool"]["max_message_size"]
+        assert isinstance(size, int)
+        return size
 
     @property
     def relay_configured(self) -> bool:
@@ -265,7 +267,7 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
         if isinstance(target, str):
             aliases[name.lower()] = [target]
         elif _typecheck(_LIST, target):
-            aliases[name.lower()] = list(target)  # type: ignore[arg-type]
+            aliases[name.lower()] = list(target)
         else:
             raise ConfigError(f"aliases.{name} in {where} must be a string or a list of strings")
 

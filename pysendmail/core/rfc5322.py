@@ -85,11 +85,16 @@ def unfold(value: bytes) -> str:
     return text.strip(" \t")
 
 
-def _tokens(text: str) -> list[tuple[str, str]]:
-    """Tokenise into (kind, text): atom, quoted, literal, special, space."""
+def _tokens(text: str, ends: list[int] | None = None) -> list[tuple[str, str]]:
+    """Tokenise into (kind, text): atom, quoted, literal, special, space.
+
+    When ``ends`` is given, the end offset of each token is appended to it.
+    """
     out: list[tuple[str, str]] = []
     i, n = 0, len(text)
     while i < n:
+        if ends is not None and len(ends) < len(out):
+            ends.append(i)
         c = text[i]
         if c in _WSP:
             while i < n and text[i] in _WSP:
@@ -138,6 +143,8 @@ def _tokens(text: str) -> list[tuple[str, str]]:
             i = j
         else:
             raise AddressError(f"character {c!r} is not allowed in {text!r}")
+    if ends is not None and len(ends) < len(out):
+        ends.append(i)
     return out
 
 
@@ -203,9 +210,31 @@ def parse_address_list(value: str) -> list[str]:
     returned; an empty group such as ``undisclosed-recipients:;`` gives
     nothing) and empty list elements (RFC 5322 4.4).
     """
-    tokens = _tokens(value)
-    result: list[str] = []
+    return [addr for addr, _ in _parse_list(value)]
+
+
+def qualify_address_list(value: str, domain: str) -> str | None:
+    """``value`` with "@domain" added to each bare local name, or None if none.
+
+    Cron writes ``From: root (Cron Daemon)``; providers refuse a From
+    without a domain, so cleanup qualifies header addresses as Postfix's
+    append_at_myorigin does.  Display names and comments stay as written.
+    """
+    found = [(addr, end) for addr, end in _parse_list(value) if "@" not in addr.rsplit('"', 1)[-1]]
+    if not found:
+        return None
+    for _, end in reversed(found):
+        value = value[:end] + "@" + domain + value[end:]
+    return value
+
+
+def _parse_list(value: str) -> list[tuple[str, int]]:
+    """(addr-spec, offset just after it in ``value``) for each address."""
+    ends: list[int] = []
+    tokens = _tokens(value, ends)
+    result: list[tuple[str, int]] = []
     current: list[tuple[str, str]] = []
+    current_end = 0
     in_group = False
     angle_done = False
     i, n = 0, len(tokens)
@@ -227,7 +256,7 @@ def parse_address_list(value: str) -> list[str]:
                     break
             spec = "".join(v for k, v in inner if k != "space")
             if spec:  # "<>" in a header is nobody; skip it
-                result.append(_addr_spec(inner, spec))
+                result.append((_addr_spec(inner, spec), ends[close] - 1))
             angle_done = True
             current = []
             i = close + 1
@@ -241,9 +270,7 @@ def parse_address_list(value: str) -> list[str]:
             if any(k != "space" for k, _ in current):
                 if angle_done:
                     raise AddressError(f"text after '>' in {value!r}")
-                result.append(_addr_spec(current, "".join(v for _, v in current)))
-            elif angle_done and current:
-                pass
+                result.append((_addr_spec(current, "".join(v for _, v in current)), current_end))
             if text == ";":
                 in_group = False
             current = []
@@ -253,11 +280,13 @@ def parse_address_list(value: str) -> list[str]:
                 raise AddressError(f"text after '>' in {value!r}")
         else:
             current.append((kind, text))
+            if kind != "space":
+                current_end = ends[i]
         i += 1
     if in_group:
         raise AddressError(f"group without its closing ';' in {value!r}")
     if any(k != "space" for k, _ in current):
-        result.append(_addr_spec(current, "".join(v for _, v in current)))
+        result.append((_addr_spec(current, "".join(v for _, v in current)), current_end))
     return result
 
 

@@ -54,7 +54,7 @@ class Envelope:
 
     def __init__(
         self,
-        sender: str | None,
+        sender: str,
         recipients: list[str],
         *,
         uid: int,
@@ -66,7 +66,7 @@ class Envelope:
         ret: str = "",
         body: str = "",
     ) -> None:
-        self.sender = sender  # None or "" both mean the null sender
+        self.sender = sender  # "" is the null sender <>
         self.recipients = recipients
         self.fullname = fullname
         self.uid = uid
@@ -90,7 +90,7 @@ def _check_value(key: str, value: str) -> bytes:
 
 def encode_head(env: Envelope, message_size: int) -> bytes:
     """Everything that precedes the message octets."""
-    out = [MAGIC, b"sender " + _check_value("sender", env.sender or "") + b"\n"]
+    out = [MAGIC, b"sender " + _check_value("sender", env.sender) + b"\n"]
     for rcpt in env.recipients:
         out.append(b"rcpt " + _check_value("rcpt", rcpt) + b"\n")
     out.append(b"uid %d\n" % env.uid)

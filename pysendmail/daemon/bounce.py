@@ -111,16 +111,16 @@ def make_bounce(
         "Content-Type: " + ("text/rfc822-headers" if headers_only else "message/rfc822"),
         "",
     ]
-    text = "\r\n".join(parts).encode("utf-8") + b"\r\n" + original
-    if not text.endswith(b"\r\n"):
-        text += b"\r\n"
-    text += f"\r\n--{boundary}--\r\n".encode()
+    data = "\r\n".join(parts).encode("utf-8") + b"\r\n" + original
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    data += f"\r\n--{boundary}--\r\n".encode()
     bounce_env = spoolfile.Envelope(
         "",
         targets,
         uid=os.geteuid(),
         login="MAILER-DAEMON",
         time=now,
-        body="7BIT" if text.isascii() else "8BITMIME",
+        body="7BIT" if data.isascii() else "8BITMIME",
     )
-    return bounce_env, text, new_qid
+    return bounce_env, data, new_qid

@@ -4,7 +4,8 @@ Contract:   ``clean(env, message, qid, ctx)`` returns the (envelope,
             message) to write into queue/: every line ends CRLF; Bcc and
             Resent-Bcc and any Return-Path removed; From, Date and
             Message-ID added when missing (as a real MTA does); a Received
-            line naming the submitting user and uid prepended; sender and
+            line naming the submitting user and uid prepended; bare names
+            in address fields qualified (cron's "From: root"); sender and
             recipients qualified and recipients expanded through aliases.
 Security:   the message and envelope come from any local user.  The uid
             used in Received is the file owner's, which pickup supplies:
@@ -24,6 +25,9 @@ from pysendmail.core.aliases import Aliases
 from pysendmail.submit.intake import normalise_newlines
 
 _DROP = frozenset({"bcc", "resent-bcc", "return-path"})
+_ADDRESS_FIELDS = frozenset(
+    {"from", "sender", "reply-to", "to", "cc", "resent-from", "resent-sender", "resent-to", "resent-cc"}
+)
 _SPECIALS = set('()<>[]:;@\\,."')
 
 
@@ -54,13 +58,25 @@ def display_name(name: str) -> str:
     return name
 
 
+def _qualified(name: str, value: bytes, domain: str) -> bytes:
+    """An address field with bare local names qualified (cron's "From: root")."""
+    if name.lower() not in _ADDRESS_FIELDS:
+        return value
+    text = value.decode("utf-8", "surrogateescape")
+    try:
+        new = rfc5322.qualify_address_list(text, domain)
+    except rfc5322.AddressError:
+        return value  # not ours to repair; the relay will judge it
+    return value if new is None else new.encode("utf-8", "surrogateescape")
+
+
 def clean(
     env: spoolfile.Envelope, message: bytes, qid: str, ctx: Context, owner: tuple[int, str]
 ) -> tuple[spoolfile.Envelope, bytes]:
     message = normalise_newlines(message)
     head, body = rfc5322.split_message(message)
     fields = rfc5322.header_fields(head)
-    kept = [(n, v) for n, v in fields if n.lower() not in _DROP]
+    kept = [(n, _qualified(n, v, ctx.aliases.default_domain)) for n, v in fields if n.lower() not in _DROP]
     names = {n.lower() for n, _ in kept}
     now = time.time()
     date = email.utils.formatdate(now, localtime=True)

@@ -152,6 +152,7 @@ class Daemon:
                     if flushing and reset:
                         reset()
                 await self._run_due()
+                self.manager.save_route_state()
                 if flushing:
                     self._mark_flushed()
                 if self.stopping:

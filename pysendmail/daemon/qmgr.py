@@ -129,6 +129,8 @@ class QueueManager:
         self.transport = transport or make_transport(cfg)
         self.lifetime = float(cfg.get("queue", "lifetime"))  # type: ignore[arg-type]
         self.schedule = parse_schedule(cfg.get("queue", "retry_schedule"), cfg.path or "config")  # type: ignore[arg-type]
+        self.last_success: tuple[float, str] | None = None
+        self.last_failure: tuple[float, str] | None = None
         self.new_ids: list[str] = []  # queue ids this manager created (bounces), for the daemon's index
         postmaster = cfg.get("queue", "postmaster")
         self.postmaster = str(postmaster) if postmaster else None
@@ -148,6 +150,7 @@ class QueueManager:
             await self.attempt(qid, counts)
         while self.new_ids:  # bounces made during this run go out in it too
             await self.attempt(self.new_ids.pop(0), counts)
+        self.save_route_state()
         await self.transport.close()
         return counts
 
@@ -204,10 +207,31 @@ class QueueManager:
             self.record(msg, results, counts)
         self.finish(msg)
 
+    def save_route_state(self) -> None:
+        """Write what ``pysendmail status`` shows about the route: holds, last outcomes."""
+        import json
+
+        blocked = self.unavailable()
+        state = {
+            "relay": self.transport.relay,
+            "last_success": self.last_success,
+            "last_failure": self.last_failure,
+            "paused_until": blocked[0] if blocked else None,
+            "paused_because": blocked[1] if blocked else None,
+            "written": time.time(),
+        }
+        path = os.path.join(self.spool.state, "route.json")
+        try:
+            with open(path + ".tmp", "w") as fh:
+                json.dump(state, fh)
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            log.log(f"cannot write {path}: {exc.strerror}")
+
     def unavailable(self) -> tuple[float, str] | None:
         """(until, why) when the route cannot take mail now (hold, down, rate)."""
         check = getattr(self.transport, "unavailable", None)
-        blocked = check() if check else None
+        blocked: tuple[float, str] | None = check() if check else None
         if blocked:
             return blocked
         now = time.time()
@@ -221,11 +245,19 @@ class QueueManager:
         deferred: list[Result] = []
         for r in results:
             rcpt = msg.envelope.recipients[r.index]
-            fields = dict(relay=self.transport.relay, delay=f"{now - msg.envelope.time:.2f}", tries=msg.tries + 1, dsn=r.dsn)
+            fields: dict[str, object] = {"relay": self.transport.relay}
+            tls = getattr(self.transport, "tls_version", "")
+            if tls:
+                fields["tls"] = tls
+            fields.update(delay=f"{now - msg.envelope.time:.2f}", tries=msg.tries + 1, dsn=r.dsn)
             if r.status == DEFERRED and now - msg.envelope.time > self.lifetime:
                 days = self.lifetime / 86400
                 r = Result(r.index, FAILED, r.dsn.replace("4.", "5.", 1) if r.dsn.startswith("4.") else r.dsn,
                            f"gave up after {days:g} days in the queue (queue.lifetime); last error: {r.text}")
+            if r.status == SENT:
+                self.last_success = (now, f"{rcpt}: {r.text}")
+            else:
+                self.last_failure = (now, f"{rcpt}: {r.text}")
             if r.status == SENT:
                 queue.append(msg.path, spoolfile.encode_record("done", r.index, f"{now:.3f}", r.text))
                 msg.done[r.index] = r.text

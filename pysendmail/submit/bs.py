@@ -215,7 +215,7 @@ def _command(s: _Session, verb: str, arg: str, host: str, rfile: BinaryIO) -> bo
 
 
 def _data(s: _Session, rfile: BinaryIO) -> None:
-    lines = []
+    lines: list[bytes] = []
     total = 0
     too_big = False
     while True:
@@ -240,6 +240,7 @@ def _data(s: _Session, rfile: BinaryIO) -> None:
     if b"\0" in head:
         s.reply("554 5.6.0 Message headers hold a NUL byte")
         return
+    assert s.sender is not None  # DATA is refused before MAIL
     env = spoolfile.Envelope(
         s.sender,
         list(s.recipients),
