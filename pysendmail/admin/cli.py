@@ -257,7 +257,7 @@ def cmd_status(cfg: config.Config, as_json: bool) -> int:
     for key, label in (("last_success", "last sent"), ("last_failure", "last failed")):
         item = route.get(key)
         if isinstance(item, list) and len(item) == 2:
-            lines.append(f"{label + ':':<9}{when(item[0])} {item[1]}")
+            lines.append(f"{label}: {when(item[0])} {item[1]}")
     until = route.get("paused_until")
     if until and float(until) > time.time():  # type: ignore[arg-type]
         lines.append(f"paused:  until {when(until)}: {route.get('paused_because')}")

@@ -41,6 +41,9 @@ def sd_notify(state: str) -> None:
         log.log(f"daemon: cannot notify systemd: {exc.strerror}")
 
 
+PICKUP_BATCH = 200
+
+
 class SpoolLock:
     """An exclusive flock on spool/lock, holding "<role> <pid>"."""
 
@@ -204,8 +207,12 @@ class Daemon:
             heapq.heappush(self.due, (0.0, self.manager.new_ids.pop()))
 
     def _pickup(self) -> None:
-        for qid in self.manager.pickup():
-            heapq.heappush(self.due, (0.0, qid))
+        # In batches: a burst of thousands of submissions must not keep the
+        # first of them from leaving until all are picked up.
+        for qid in self.manager.pickup(PICKUP_BATCH):
+            heapq.heappush(self.due, (time.time(), qid))
+        if self.manager.more_incoming:
+            self.wake.set()
 
     async def _sleep(self, last_full: float) -> None:
         """Wait for a poke, a signal, the next due time, or idle connections to expire."""

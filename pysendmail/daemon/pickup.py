@@ -1,6 +1,6 @@
 """Pickup: move ready submissions from incoming/ into queue/, distrusting them.
 
-Contract:   ``pickup_all(spool, ctx, max_size)`` takes every ready file in
+Contract:   ``pickup_all(spool, ctx, max_size, limit)`` takes ready files in
             incoming/, validates it, runs cleanup, writes queue/<qid>
             durably and only then unlinks the incoming file.  Returns the
             queue ids it queued.  Never raises for what a user planted:
@@ -53,18 +53,22 @@ def _owner_name(uid: int) -> str:
         return str(uid)
 
 
-def pickup_all(spool: layout.Spool, ctx: cleanup.Context, max_size: int) -> list[str]:
+def pickup_all(
+    spool: layout.Spool, ctx: cleanup.Context, max_size: int, limit: int | None = None
+) -> tuple[list[str], bool]:
+    """Pick up to ``limit`` files (oldest first); (queued ids, whether more wait)."""
     queued: list[str] = []
     try:
         names = sorted(os.listdir(spool.incoming))
     except OSError as exc:
         log.log(f"pickup: cannot read {spool.incoming}: {exc.strerror}")
-        return queued
-    for name in names:
+        return queued, False
+    more = limit is not None and len(names) > limit
+    for name in names[:limit]:
         qid = pickup_one(spool, name, ctx, max_size)
         if qid:
             queued.append(qid)
-    return queued
+    return queued, more
 
 
 def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: int) -> str | None:

@@ -129,6 +129,7 @@ class QueueManager:
         self.transport = transport or make_transport(cfg)
         self.lifetime = float(cfg.get("queue", "lifetime"))  # type: ignore[arg-type]
         self.schedule = parse_schedule(cfg.get("queue", "retry_schedule"), cfg.path or "config")  # type: ignore[arg-type]
+        self.more_incoming = False
         self.last_success: tuple[float, str] | None = None
         self.last_failure: tuple[float, str] | None = None
         self.new_ids: list[str] = []  # queue ids this manager created (bounces), for the daemon's index
@@ -137,8 +138,10 @@ class QueueManager:
         relay = cfg.values["relay"]
         self.rate = RateLimit(int(relay["rate_per_minute"] or 0), int(relay["rate_per_day"] or 0))  # type: ignore[call-overload]
 
-    def pickup(self) -> list[str]:
-        return pickup.pickup_all(self.spool, self.ctx, self.cfg.max_message_size)
+    def pickup(self, limit: int | None = None) -> list[str]:
+        """Move ready submissions into the queue; ``more_incoming`` says if some wait."""
+        queued, self.more_incoming = pickup.pickup_all(self.spool, self.ctx, self.cfg.max_message_size, limit)
+        return queued
 
     async def flush(self) -> Counts:
         counts = Counts()
