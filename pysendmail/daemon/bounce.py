@@ -77,7 +77,10 @@ def make_bounce(
                 ]
             )
         )
-    headers_only = env.ret == "HDRS" or msg.size > HEADERS_ONLY_LIMIT
+    # Only the headers when the sender asked (RET=HDRS), when the message is
+    # large, or when its size was the problem: a full copy would fail again.
+    too_big = any("5.3.4" in text.split()[:2] for text in failures.values())
+    headers_only = env.ret == "HDRS" or msg.size > HEADERS_ONLY_LIMIT or too_big
     original = msg.message
     if headers_only:
         cut = original.find(b"\r\n\r\n")

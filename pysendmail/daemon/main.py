@@ -110,8 +110,15 @@ class Daemon:
             except Exception as exc:  # one bad file must not stop the daemon
                 log.log(f"{qid}: unreadable queue file left in place: {exc}")
                 continue
-            if state.pending() and not state.held:
+            if state.held:
+                continue
+            if state.pending():
                 self.due.append((state.due, qid))
+            else:
+                # Every outcome recorded, but a crash came before the file
+                # was removed (or moved to failed/ with its bounce): finish
+                # it now, or it would stay in queue/ forever, unseen by mailq.
+                self.due.append((0.0, qid))
         heapq.heapify(self.due)
 
     def _on_fifo(self, fd: int) -> None:
@@ -144,7 +151,7 @@ class Daemon:
             while not self.stopping:
                 self.wake.clear()
                 if self.reload_requested:
-                    self._reload()
+                    await self._reload()
                 self._pickup()
                 flushing = self.flush_requested
                 if flushing or (self.interval and time.monotonic() - last_full >= self.interval):
@@ -248,16 +255,20 @@ class Daemon:
         except OSError as exc:
             log.log(f"daemon: cannot write {path}: {exc.strerror}")
 
-    def _reload(self) -> None:
+    async def _reload(self) -> None:
+        """SIGHUP: new config, aliases and relay settings, between messages."""
         self.reload_requested = False
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             cfg = config.load(self.cfg.path)
             manager = QueueManager(cfg)
         except Exception as exc:
             log.log(f"daemon: reload failed, keeping the old configuration: {exc}")
-            return
-        self.cfg, self.manager = cfg, manager
-        log.log("daemon: configuration reloaded")
+        else:
+            old, self.cfg, self.manager = self.manager, cfg, manager
+            await old.transport.close()
+            log.log("daemon: configuration reloaded")
+        sd_notify("READY=1")
 
 
 def run(cfg: config.Config, interval: int | None) -> int:

@@ -85,6 +85,15 @@ def make_transport(cfg: config.Config) -> Transport:
     return MaildirTransport(cfg.maildir_path)
 
 
+def _duration(seconds: float) -> str:
+    """5 days, 3 hours, 10 minutes, 2 seconds: for sentences people read."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = round(seconds / size, 1)
+            return f"{n:g} {unit}{'' if n == 1 else 's'}"
+    return f"{seconds:g} second{'' if seconds == 1 else 's'}"
+
+
 class RateLimit:
     """Messages per minute and per day for one route; over budget waits, never fails.
 
@@ -254,9 +263,9 @@ class QueueManager:
                 fields["tls"] = tls
             fields.update(delay=f"{now - msg.envelope.time:.2f}", tries=msg.tries + 1, dsn=r.dsn)
             if r.status == DEFERRED and now - msg.envelope.time > self.lifetime:
-                days = self.lifetime / 86400
                 r = Result(r.index, FAILED, r.dsn.replace("4.", "5.", 1) if r.dsn.startswith("4.") else r.dsn,
-                           f"gave up after {days:g} days in the queue (queue.lifetime); last error: {r.text}")
+                           f"gave up after {_duration(self.lifetime)} in the queue (queue.lifetime); "
+                           f"last error: {r.text}")
             if r.status == SENT:
                 self.last_success = (now, f"{rcpt}: {r.text}")
             else:
@@ -266,8 +275,15 @@ class QueueManager:
                 msg.done[r.index] = r.text
                 counts.sent += 1
             elif r.status == FAILED:
-                queue.append(msg.path, spoolfile.encode_record("failed", r.index, f"{now:.3f}", r.text))
-                msg.failed[r.index] = r.text
+                # The DSN's Status is read back from this text (bounce.py):
+                # a reason of our own ("exceeds the relay's size limit",
+                # "gave up after ...") carries no reply code, so keep the
+                # enhanced code in it, or the bounce would say 5.0.0.
+                text = r.text
+                if not text[:3].isdigit() and r.dsn not in text.split():
+                    text = f"{r.dsn} {text}"
+                queue.append(msg.path, spoolfile.encode_record("failed", r.index, f"{now:.3f}", text))
+                msg.failed[r.index] = text
                 counts.failed += 1
             else:
                 deferred.append(r)

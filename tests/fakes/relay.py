@@ -3,10 +3,13 @@
 ``Relay(mode)`` starts a server in a thread: mode "implicit" (TLS from the
 first byte, as on 465), "starttls" (587, STARTTLS required before AUTH and
 MAIL) or "plain" (no TLS offered at all).  It records every accepted
-transaction (envelope and the exact bytes received), every login, and
-whether each command came over TLS.  Faults are set per test through
-attributes: ``rcpt_replies``, ``mail_reply``, ``data_reply``,
-``stall_data``, ``drop_in_data``, ``greet_421``, ``size_limit``.
+transaction (envelope and the exact bytes received), every login, every
+MAIL command even when refused or never followed by DATA (``mail_commands``),
+and every command word received in clear (``plaintext_commands``;
+``saw_plaintext_mail`` when one was MAIL, RCPT, DATA or AUTH).  Faults
+are set per test through attributes: ``rcpt_replies``, ``mail_reply``,
+``data_reply``, ``stall_data``, ``drop_in_data``, ``greet_421``,
+``size_limit``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class _Handler:
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
         self.relay.saw_plaintext_mail |= not _is_tls(server) and self.relay.mode != "plain"
+        with self.relay.cond:
+            self.relay.mail_commands.append(address)
         if self.relay.mail_reply:
             return self.relay.mail_reply
         envelope.mail_from = address
@@ -85,6 +90,19 @@ class _Handler:
 class _SMTP(SMTP):
     relay: "Relay"
 
+    def data_received(self, data: bytes) -> None:
+        # Watch the wire, not the handlers: aiosmtpd refuses MAIL before
+        # STARTTLS without calling handle_MAIL, so only here can a test see
+        # a client that sent MAIL, RCPT, DATA or AUTH in clear.
+        if not _is_tls(self):
+            words = [line.split(b" ", 1)[0].split(b":", 1)[0].strip().upper().decode("ascii", "replace")
+                     for line in data.split(b"\n") if line.strip()]
+            with self.relay.cond:
+                self.relay.plaintext_commands.extend(words)
+                if self.relay.mode != "plain":
+                    self.relay.saw_plaintext_mail |= bool({"MAIL", "RCPT", "DATA", "AUTH"} & set(words))
+        super().data_received(data)
+
     async def _handle_client(self) -> None:  # type: ignore[override]
         if self.relay.greet_421:
             await self.push("421 4.3.2 Service not available, closing transmission channel")
@@ -110,6 +128,8 @@ class Relay:
         self.mode = mode
         self.password = password
         self.messages: list[Received] = []
+        self.mail_commands: list[str] = []  # every MAIL FROM address that reached the handler
+        self.plaintext_commands: list[str] = []  # first word of every line received in clear
         self.logins = 0
         self.failed_logins = 0
         self.cond = threading.Condition()
@@ -154,7 +174,9 @@ class Relay:
                 self.logins += 1
             else:
                 self.failed_logins += 1
-        return AuthResult(success=ok)
+        # handled=False: aiosmtpd then answers 535 itself; its default
+        # (handled=True) sends no reply at all and the client times out.
+        return AuthResult(success=ok, handled=False)
 
     def start(self) -> "Relay":
         self.controller.start()
