@@ -1,6 +1,6 @@
 """Local aliases: /etc/aliases syntax, the [aliases] table, and expansion.
 
-Contract:   ``parse(text, filename)`` returns {name: [(target, line)]} or
+Contract:   ``parse(text, filename)`` returns {name: [target, ...]} or
             raises AliasError naming file and line; ``Aliases.expand`` maps
             one envelope address to its final addresses, following chains,
             stopping at loops, qualifying what stays unqualified.
@@ -86,10 +86,20 @@ def parse(text: str, filename: str) -> dict[str, list[str]]:
         else:
             logical.append((number, line))
     for number, line in logical:
-        name, colon, rest = line.partition(":")
-        name = name.strip().strip('"').lower()
         where = f"{filename}, line {number}"
-        if not colon or not name or any(c in name for c in " \t@,"):
+        text = line.strip()
+        quoted = text.startswith('"')
+        if quoted:
+            # Postfix aliases(5): a name holding whitespace, '#', ':' or '@'
+            # is written in double quotes ("foo bar": ...).
+            close = text.find('"', 1)
+            after = text[close + 1 :].lstrip() if close > 0 else ""
+            name, colon, rest = text[1:close], after[:1], after[1:]
+            colon = colon if colon == ":" else ""
+        else:
+            name, colon, rest = text.partition(":")
+        name = name.strip().lower()
+        if not colon or not name or (not quoted and any(c in name for c in " \t@,")):
             raise AliasError(f"{where}: expected 'name: address, ...'")
         if name in entries:
             raise AliasError(f"{where}: alias {name!r} is defined twice")
@@ -106,12 +116,28 @@ class Aliases:
         self.local_domains = {d.lower() for d in local_domains} | {"localhost"}
 
     def _local_name(self, addr: str) -> str | None:
-        local, at, domain = addr.rpartition("@")
-        if not at:
-            return addr.lower()
-        if domain.lower() in self.local_domains:
-            return local.lower()
-        return None
+        """The alias key for ``addr``: its local part, unquoted, if the domain is ours."""
+        if addr.startswith('"') and addr.endswith('"'):
+            local = addr  # '"a@b"' has no domain: its '@' is quoted
+        else:
+            local, at, domain = addr.rpartition("@")
+            if not at:
+                local = addr
+            elif domain.lower() not in self.local_domains:
+                return None
+        if len(local) >= 2 and local.startswith('"') and local.endswith('"'):
+            # '"foo bar"@localhost' names the alias "foo bar" (RFC 5321 4.1.2:
+            # the quoting is syntax, not part of the name).
+            chars: list[str] = []
+            escaped = False
+            for c in local[1:-1]:
+                if c == "\\" and not escaped:
+                    escaped = True
+                    continue
+                chars.append(c)
+                escaped = False
+            local = "".join(chars)
+        return local.lower()
 
     def qualify(self, addr: str) -> str:
         return addr if "@" in addr.lstrip('"').split('"')[-1] else f"{addr}@{self.default_domain}"

@@ -43,8 +43,11 @@ def user_dir(kind: str) -> str:
 
         return str(getattr(platformdirs, f"user_{kind}_dir")("pysendmail"))
     env, fallback = {"config": ("XDG_CONFIG_HOME", ".config"), "data": ("XDG_DATA_HOME", ".local/share")}[kind]
-    base = os.environ.get(env, "").strip()
-    if not base:
+    base = os.environ.get(env, "")
+    # A relative value is invalid and ignored (XDG Base Directory spec; as
+    # platformdirs does): used as given, it made the spool path relative to
+    # the caller's cwd and sendmail exit 78.
+    if not os.path.isabs(base):
         base = os.path.join(os.path.expanduser("~"), fallback)
     return os.path.join(base, "pysendmail")
 

@@ -57,7 +57,7 @@ def _mode_text(mode: int) -> str:
 def check_incoming(spool: Spool) -> bool:
     """Check incoming/ before submitting; True when the spool is shared.
 
-    Raises ConfigError naming the directory when owner or mode are wrong,
+    Raises ConfigError naming the directory when owner, group or mode are wrong,
     so that a mistake never turns into mail readable by other users.
     """
     try:
@@ -72,14 +72,18 @@ def check_incoming(spool: Spool) -> bool:
     if not stat.S_ISDIR(top.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"spool {spool.incoming} is not a directory (a symlink is refused)")
     mode = stat.S_IMODE(st.st_mode)
-    if mode == SHARED_INCOMING_MODE and st.st_uid == top.st_uid:
+    # The group matters too: every submission takes incoming/'s group
+    # (setgid) and mode 0640, so a foreign group (a mistaken chgrp) could
+    # read all mail while the daemon could read none and would quarantine
+    # what was accepted with exit 0.
+    if mode == SHARED_INCOMING_MODE and st.st_uid == top.st_uid and st.st_gid == top.st_gid:
         return True
     if mode == PRIVATE_MODE and st.st_uid == top.st_uid:
         return False
     raise ConfigError(
-        f"spool directory {spool.incoming} has mode {_mode_text(st.st_mode)} and owner uid {st.st_uid}; "
-        f"expected 3733 or 0700 owned by the spool's owner (uid {top.st_uid}): "
-        "run 'pysendmail spool init' as root to repair it"
+        f"spool directory {spool.incoming} has mode {_mode_text(st.st_mode)}, owner uid {st.st_uid} "
+        f"and group gid {st.st_gid}; expected 3733 or 0700 owned by the spool's owner "
+        f"(uid {top.st_uid}, gid {top.st_gid}): run 'pysendmail spool init' as root to repair it"
     )
 
 

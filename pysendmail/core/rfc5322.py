@@ -39,18 +39,22 @@ def split_message(message: bytes) -> tuple[bytes, bytes]:
         return b"", message
     cut = message.find(b"\r\n\r\n")
     if cut < 0:
-        return message if message.endswith(b"\r\n") else message + b"\r\n", b""
-    head = message[: cut + 2]
+        head = message if message.endswith(b"\r\n") else message + b"\r\n"
+        rest = b""
+    else:
+        head, rest = message[: cut + 2], message[cut + 4 :]
     # A line that is neither a field nor a continuation ends the header
     # section early (RFC 5322 2.2 has no room for it): it starts the body.
+    # This holds without a blank line too, or "To: a\nbody text\nBcc: b"
+    # would have -t mail the body's "Bcc:" line.
     pos = 0
     while pos < len(head):
         eol = head.index(b"\r\n", pos)
         line = head[pos:eol]
         if pos and line[:1] not in (b" ", b"\t") and not is_field_line(line):
-            return head[:pos], head[pos:] + message[cut + 2 :]
+            return head[:pos], message[pos:]
         pos = eol + 2
-    return head, message[cut + 4 :]
+    return head, rest
 
 
 def is_field_line(line: bytes) -> bool:

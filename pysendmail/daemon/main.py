@@ -34,11 +34,18 @@ def sd_notify(state: str) -> None:
         return
     if address.startswith("@"):
         address = "\0" + address[1:]
+    # Once net.unix.max_dgram_qlen (10 by default) datagrams wait unread,
+    # sendto() blocks, and with it the whole event loop: a STATUS= line is
+    # dropped rather than waited for; a state change waits a little.
+    status_only = all(line.startswith("STATUS=") for line in state.split("\n"))
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(0.0 if status_only else 2.0)
             sock.sendto(state.encode(), address)
+    except BlockingIOError:
+        pass
     except OSError as exc:
-        log.log(f"daemon: cannot notify systemd: {exc.strerror}")
+        log.log(f"daemon: cannot notify systemd: {exc.strerror or exc}")
 
 
 PICKUP_BATCH = 200
@@ -149,6 +156,11 @@ class Daemon:
         last_full = time.monotonic()
         try:
             while not self.stopping:
+                # Yield once per round: when wake-ups come back to back
+                # (wake.wait() returns without yielding when already set),
+                # signal and FIFO callbacks must still run, or SIGTERM
+                # would go unheard.
+                await asyncio.sleep(0)
                 self.wake.clear()
                 if self.reload_requested:
                     await self._reload()

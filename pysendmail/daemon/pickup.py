@@ -4,7 +4,10 @@ Contract:   ``pickup_all(spool, ctx, max_size, limit)`` takes ready files in
             incoming/, validates it, runs cleanup, writes queue/<qid>
             durably and only then unlinks the incoming file.  Returns the
             queue ids it queued.  Never raises for what a user planted:
-            such entries are moved to quarantine/ with one log line.
+            such entries are moved to quarantine/ with one log line (a
+            directory the daemon may not move is removed if empty, else
+            left, logged once and skipped).  Entries left alone do not
+            count toward ``limit``, so they cannot starve pickup.
 Security:   incoming/ is writable by every local user.  Each check below
             names the attack it stops.  Files are opened with
             O_NOFOLLOW|O_NONBLOCK after an lstat, and the open file is
@@ -20,6 +23,7 @@ See also:   Postfix pickup(8) and cleanup(8); ../shared/DESIGN.md.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -34,14 +38,43 @@ ENVELOPE_ALLOWANCE = 1 << 20  # room for the envelope above max_message_size
 
 def _quarantine(spool: layout.Spool, name: str, why: str) -> None:
     target = os.path.join(spool.quarantine, f"{name}.{int(time.time())}")
+    path = os.path.join(spool.incoming, name)
     try:
-        os.rename(os.path.join(spool.incoming, name), target)
+        os.rename(path, target)
     except FileNotFoundError:
         return
     except OSError as exc:
-        log.log(f"pickup: cannot quarantine incoming/{name!r} ({why}): {exc.strerror}")
+        # Moving a directory to another parent needs write permission on
+        # the directory itself (its ".." changes): in a shared spool a user
+        # can plant one the daemon may not move.  Remove it if empty; else
+        # leave it, say so once per process, and never let it block pickup.
+        if exc.errno in (errno.EACCES, errno.EPERM) and stat.S_ISDIR(_lmode(path)):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+            else:
+                log.log(f"pickup: incoming/{name!r} removed: {why}")
+                return
+        _stuck.add(name)
+        log.log(
+            f"pickup: cannot quarantine incoming/{name!r} ({why}): {exc.strerror}; "
+            "left in place and skipped: remove it as root"
+        )
         return
     log.log(f"pickup: incoming/{name!r} quarantined: {why}")
+
+
+def _lmode(path: str) -> int:
+    try:
+        return os.lstat(path).st_mode
+    except OSError:
+        return 0
+
+
+# Names in incoming/ that could not be quarantined, skipped (and not logged
+# again) while they stay; forgotten once they are gone.
+_stuck: set[str] = set()
 
 
 def _owner_name(uid: int) -> str:
@@ -56,19 +89,35 @@ def _owner_name(uid: int) -> str:
 def pickup_all(
     spool: layout.Spool, ctx: cleanup.Context, max_size: int, limit: int | None = None
 ) -> tuple[list[str], bool]:
-    """Pick up to ``limit`` files (oldest first); (queued ids, whether more wait)."""
+    """Handle up to ``limit`` entries (oldest first); (queued ids, whether more wait).
+
+    Only entries dealt with (queued, quarantined, removed) count toward
+    ``limit``; those left alone (unready files, stuck ones) cost an lstat
+    each.  Counting them would let a user who creates ``limit`` unready
+    files with low names keep every later submission waiting until they go
+    stale, while "more wait" stayed true and the daemon spun.
+    """
     queued: list[str] = []
     try:
         names = sorted(os.listdir(spool.incoming))
     except OSError as exc:
         log.log(f"pickup: cannot read {spool.incoming}: {exc.strerror}")
         return queued, False
-    more = limit is not None and len(names) > limit
-    for name in names[:limit]:
+    if _stuck:
+        _stuck.intersection_update(names)
+    handled = 0
+    for name in names:
+        if limit is not None and handled >= limit:
+            return queued, True
+        if name in _stuck:
+            continue
         qid = pickup_one(spool, name, ctx, max_size)
         if qid:
             queued.append(qid)
-    return queued, more
+            handled += 1
+        elif not os.path.lexists(os.path.join(spool.incoming, name)):
+            handled += 1
+    return queued, False
 
 
 def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: int) -> str | None:

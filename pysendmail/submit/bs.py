@@ -232,10 +232,12 @@ def _data(s: _Session, rfile: BinaryIO) -> None:
             lines = []
             continue  # read on to the final dot so the session stays in step
         lines.append(line)
-    if too_big:
+    message = intake.normalise_newlines(b"".join(lines))
+    # Counted as stored (CRLF): bare-LF lines grow, and pickup must never
+    # find an accepted message over the limit.
+    if too_big or len(message) > s.max_size:
         s.reply(f"552 5.3.4 Message size exceeds the limit of {s.max_size} bytes")
         return
-    message = intake.normalise_newlines(b"".join(lines))
     head, _ = rfc5322.split_message(message)
     if b"\0" in head:
         s.reply("554 5.6.0 Message headers hold a NUL byte")

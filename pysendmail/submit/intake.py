@@ -3,7 +3,8 @@
 Contract:   ``read_message(stream, ignore_dots, max_size)`` returns the
             message with every line ending CRLF (LF, CRLF, bare CR and any
             mix are accepted; a missing final newline is added), or raises
-            DataError naming the limit when it is larger than ``max_size``.
+            DataError naming the limit when it is larger than ``max_size``
+            (counted in CRLF form, as it is stored).
             ``recipients_from_headers`` implements -t.
 Security:   the input is the caller's own; the checks here protect the
             envelope (header injection, NUL) and the spool (size).
@@ -70,6 +71,12 @@ def read_message(stream: BinaryIO, ignore_dots: bool, max_size: int) -> bytes:
     if message.startswith(b"From ") and b"\r\n" in message:
         # An mbox "From " envelope line (mailx, procmail) is not a header.
         message = message.split(b"\r\n", 1)[1]
+    if len(message) > max_size:
+        # The limit is on the message as stored: LF input grows by one CR
+        # per line, and pickup measures the file, so a message accepted
+        # here must never be over the limit there (it would be quarantined
+        # after exit 0).
+        raise _too_big(max_size)
     return message
 
 

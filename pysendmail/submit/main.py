@@ -47,14 +47,21 @@ def make_envelope(opts: flags.Options, message: bytes, extra_recipients: list[st
     head, _body = rfc5322.split_message(message)
     intake.check_header_section(head)
     recipients: list[str] = []
+    fields = rfc5322.header_fields(head) if opts.extract else []
     if opts.extract:
-        recipients += intake.recipients_from_headers(rfc5322.header_fields(head))
+        recipients += intake.recipients_from_headers(fields)
     for arg in opts.recipients:
         try:
             recipients += rfc5322.parse_recipient_arg(arg)
         except rfc5322.AddressError as exc:
             raise errors.DataError(f"{exc}; nothing was queued") from None
     if not recipients:
+        if opts.extract and any(name.lower().startswith("resent-") for name, _ in fields):
+            # Say why a present To: was ignored (RFC 5322 3.6.6, as Postfix does).
+            raise errors.UsageError(
+                "no recipients: the message has Resent- fields, so only Resent-To, Resent-Cc and Resent-Bcc "
+                "count, and it has no address there; nothing was queued"
+            )
         if opts.extract:
             raise errors.UsageError("no recipients: the message has no To, Cc or Bcc address; nothing was queued")
         raise errors.UsageError("no recipients: give addresses as arguments or use -t; nothing was queued")

@@ -1,0 +1,327 @@
+"""The one header and address scanner (pysendmail.core.rfc5322), on the forms RFC 5322 allows.
+
+Addresses are written the way real mailers write them: display names,
+quoted strings holding commas, comments (nested too), groups, obsolete
+route-addrs, folded fields and UTF-8 (RFC 6532); and the refusals name the
+value they refuse, because that sentence is all a PHP developer sees.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pysendmail.core.rfc5322 import (
+    AddressError,
+    check_addr_spec,
+    header_fields,
+    is_field_line,
+    parse_address_list,
+    parse_recipient_arg,
+    parse_sender,
+    qualify_address_list,
+    split_message,
+    unfold,
+)
+
+
+# ------------------------------------------------------------ address lists
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("john@example.org", ["john@example.org"]),
+        ("John Doe <john@example.org>", ["john@example.org"]),
+        ('"Doe, Jane" <jane@example.org>', ["jane@example.org"]),
+        ('"Doe, Jane" <jane@example.org>, "Roe, Rick" <rick@example.net>', ["jane@example.org", "rick@example.net"]),
+        ('"say \\"hi\\", then" <q@example.org>', ["q@example.org"]),
+        ("Mary Smith <mary@x.test>, jdoe@example.org, Who? <one@y.test>", ["mary@x.test", "jdoe@example.org", "one@y.test"]),
+        ("<boss@nil.test>", ["boss@nil.test"]),
+        ("Pete(A nice \\) chap) <pete(his account)@silly.test(his host)>", ["pete@silly.test"]),
+        ("  a@x.test  ,  b@y.test  ", ["a@x.test", "b@y.test"]),
+        ("a . b @ c . d", ["a.b@c.d"]),  # obs-local-part/obs-domain: CFWS around dots (RFC 5322 4.4)
+        (", , a@x.test,,", ["a@x.test"]),  # empty list elements (RFC 5322 4.4)
+        ("a@[192.0.2.1]", ["a@[192.0.2.1]"]),
+        ('"quoted local"@example.org', ['"quoted local"@example.org']),
+        ('"a,b"@example.org, c@example.org', ['"a,b"@example.org', "c@example.org"]),
+        ("root", ["root"]),  # a bare local name (cron's "To: root")
+        ("", []),
+    ],
+)
+def test_parse_address_list_returns_addr_specs_when_written_in_rfc5322_forms(value: str, expected: list[str]) -> None:
+    assert parse_address_list(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("John (a (nested) comment) <john@example.org>", ["john@example.org"]),
+        ("john@example.org (John (the (deep) one))", ["john@example.org"]),
+        ("(leading) a@x.test (trailing)", ["a@x.test"]),
+        ("a@x.test (a comment, with a comma), b@y.test", ["a@x.test", "b@y.test"]),
+        ("a@x.test (a comment with \\( an escaped paren)", ["a@x.test"]),
+    ],
+)
+def test_parse_address_list_drops_comments_when_nested_or_holding_specials(value: str, expected: list[str]) -> None:
+    assert parse_address_list(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("undisclosed-recipients:;", []),
+        ("Undisclosed recipients: ;", []),
+        ("friends: a@x.test, B <b@y.test>;, c@z.test", ["a@x.test", "b@y.test", "c@z.test"]),
+        ("A Group:Ed Jones <c@a.test>,joe@where.test,John <jdoe@one.test>;", ["c@a.test", "joe@where.test", "jdoe@one.test"]),
+        ("one: a@x.test;, two: b@y.test;", ["a@x.test", "b@y.test"]),
+        ('"odd, name": a@x.test;', ["a@x.test"]),
+    ],
+)
+def test_parse_address_list_returns_group_members_when_groups_are_used(value: str, expected: list[str]) -> None:
+    assert parse_address_list(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("<@relay1.test:user@host.test>", ["user@host.test"]),
+        ("<@relay1.test,@relay2.test:user@host.test>", ["user@host.test"]),
+        ("Joe <@relay.test:joe@host.test>, x@y.test", ["joe@host.test", "x@y.test"]),
+    ],
+)
+def test_parse_address_list_drops_the_route_when_given_an_obsolete_route_addr(value: str, expected: list[str]) -> None:
+    assert parse_address_list(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("jörg@bücher.example", ["jörg@bücher.example"]),
+        ("Jörg Müller <jörg@bücher.example>", ["jörg@bücher.example"]),
+        ("用户@例子.广告", ["用户@例子.广告"]),
+        ('"Ünïcödé, Name" <u@example.org>', ["u@example.org"]),
+    ],
+)
+def test_parse_address_list_keeps_utf8_when_addresses_are_internationalised(value: str, expected: list[str]) -> None:
+    assert parse_address_list(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ('"unterminated <a@x.test>', "unterminated quoted string"),
+        ("John Smith", "is not an address"),
+        ("a b@c.test", "is not an address"),
+        ("a..b@c", "is not an address"),
+        (".a@x.test", "is not an address"),
+        ("a.@x.test", "is not an address"),
+        ("@x.test", "is not an address"),
+        ("a@b@c.test", "is not an address"),
+        ("a@x.test.", "invalid domain"),
+        ("a@", "invalid domain"),
+        ("a@ex!ample.test", "invalid domain"),
+        ("(unclosed a@x.test", "unbalanced comment"),
+        ("<a@x.test", "missing '>'"),
+        ("<a@<b@x.test>>", "nested angle brackets"),
+        ("<a@x.test> trailing words", "text after '>'"),
+        ("a@x.test;", "';' outside a group"),
+        ("team: a@x.test", "group without its closing ';'"),
+        ("a@[192.0.2.1", "unterminated domain literal"),
+        ("a\x01b@x.test", "is not allowed"),
+        ("a@x.test\x00", "is not allowed"),
+    ],
+)
+def test_parse_address_list_raises_address_error_naming_the_value_when_malformed(value: str, fragment: str) -> None:
+    with pytest.raises(AddressError) as info:
+        parse_address_list(value)
+    text = str(info.value)
+    assert fragment in text
+    assert repr(value.strip())[1:-1][:20] in text  # the value itself is shown
+
+
+def test_address_error_is_a_value_error_when_caught_generically() -> None:
+    with pytest.raises(ValueError):
+        parse_address_list("John Smith")
+
+
+def test_parse_address_list_refuses_a_line_break_when_it_hides_inside_a_quoted_local_part() -> None:
+    # Unfolding removes CRLF before parsing, so a CR or LF that survives to
+    # the addr-spec can only be an injection attempt.
+    with pytest.raises(AddressError, match="line break or NUL"):
+        parse_address_list('"evil\rBcc: x"@example.org')
+
+
+def test_parse_address_list_refuses_undecodable_bytes_when_in_the_address() -> None:
+    with pytest.raises(AddressError, match="not valid UTF-8"):
+        parse_address_list(b"caf\xe9@example.org".decode("utf-8", "surrogateescape"))
+
+
+def test_parse_address_list_keeps_undecodable_bytes_when_only_in_a_display_name() -> None:
+    name = b"Caf\xe9".decode("utf-8", "surrogateescape")
+    assert parse_address_list(f"{name} <cafe@example.org>") == ["cafe@example.org"]
+
+
+def test_parse_address_list_refuses_addresses_when_longer_than_254_octets() -> None:
+    local = "a" * 64
+    domain = ".".join(["b" * 60] * 4)  # 243 octets
+    with pytest.raises(AddressError, match="longer than an address may be"):
+        parse_address_list(f"{local}@{domain}")
+
+
+@pytest.mark.parametrize("value", ["a@x.test", '"a b"@x.test', "root", "a@[IPv6:2001:db8::1]", "ü@ü.test"])
+def test_check_addr_spec_accepts_the_value_when_it_is_an_addr_spec(value: str) -> None:
+    check_addr_spec(value)
+
+
+@pytest.mark.parametrize("value", ["", "a\nb@x.test", "a@x\r.test", "a\0@x.test", '"a"b@x.test', "a@x..test"])
+def test_check_addr_spec_raises_when_the_value_is_not_an_addr_spec(value: str) -> None:
+    with pytest.raises(AddressError):
+        check_addr_spec(value)
+
+
+# ------------------------------------------------------------ sender / argv
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", ""),
+        ("<>", ""),
+        ("  <>  ", ""),
+        ("bounce@example.org", "bounce@example.org"),
+        ("<bounce@example.org>", "bounce@example.org"),
+        ("Robot <robot@example.org>", "robot@example.org"),
+        ("www-data", "www-data"),
+    ],
+)
+def test_parse_sender_returns_the_address_when_given_a_sendmail_f_value(value: str, expected: str) -> None:
+    assert parse_sender(value) == expected
+
+
+@pytest.mark.parametrize("value", ["a@x.test\r\nBcc: evil@y.test", "a@x.test\n", "a@x.test\0"])
+def test_parse_sender_raises_naming_the_value_when_it_holds_a_line_break(value: str) -> None:
+    with pytest.raises(AddressError, match="line break or NUL") as info:
+        parse_sender(value)
+    assert repr(value) in str(info.value)
+
+
+def test_parse_sender_raises_when_given_two_addresses() -> None:
+    with pytest.raises(AddressError, match="not one address"):
+        parse_sender("a@x.test, b@y.test")
+
+
+def test_parse_recipient_arg_splits_the_value_when_given_a_comma_list() -> None:
+    assert parse_recipient_arg("a@x.test, Bob <b@y.test>") == ["a@x.test", "b@y.test"]
+
+
+@pytest.mark.parametrize("value", ["a@x.test\nb@y.test", "a@x.test\r", "a\0@x.test"])
+def test_parse_recipient_arg_raises_naming_the_value_when_it_holds_cr_lf_or_nul(value: str) -> None:
+    with pytest.raises(AddressError, match="line break or NUL") as info:
+        parse_recipient_arg(value)
+    assert repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["undisclosed-recipients:;", "", " , "])
+def test_parse_recipient_arg_raises_when_the_value_holds_no_address(value: str) -> None:
+    with pytest.raises(AddressError, match="is not an address"):
+        parse_recipient_arg(value)
+
+
+# ------------------------------------------------------------ qualification
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("root (Cron Daemon)", "root@example.org (Cron Daemon)"),
+        ("Cron Daemon <root>", "Cron Daemon <root@example.org>"),
+        ("root, a@x.test, www-data", "root@example.org, a@x.test, www-data@example.org"),
+        ('"a@b" <c>', '"a@b" <c@example.org>'),
+    ],
+)
+def test_qualify_address_list_adds_the_domain_when_names_are_bare(value: str, expected: str) -> None:
+    assert qualify_address_list(value, "example.org") == expected
+
+
+def test_qualify_address_list_returns_none_when_every_address_is_qualified() -> None:
+    assert qualify_address_list("A <a@x.test>, b@y.test", "example.org") is None
+
+
+# ------------------------------------------------------------ header fields
+def test_header_fields_keeps_folding_and_unfold_joins_it_when_a_field_is_folded() -> None:
+    head, body = split_message(b"To: a@x.test,\r\n b@y.test,\r\n\tc@z.test\r\nSubject: hi\r\n\r\nbody\r\n")
+    fields = header_fields(head)
+    assert fields == [("To", b" a@x.test,\r\n b@y.test,\r\n\tc@z.test"), ("Subject", b" hi")]
+    assert unfold(fields[0][1]) == "a@x.test, b@y.test,\tc@z.test"
+    assert parse_address_list(unfold(fields[0][1])) == ["a@x.test", "b@y.test", "c@z.test"]
+    assert body == b"body\r\n"
+
+
+def test_unfold_keeps_8bit_text_when_the_value_is_not_utf8() -> None:
+    text = unfold(b" Caf\xe9 \r\n  au lait ")
+    assert text.encode("utf-8", "surrogateescape") == b"Caf\xe9   au lait"
+
+
+def test_header_fields_folds_a_display_name_split_inside_quotes_when_parsed() -> None:
+    head, _ = split_message(b'To: "Doe,\r\n Jane" <jane@example.org>\r\n\r\n')
+    [(name, value)] = header_fields(head)
+    assert name == "To"
+    assert parse_address_list(unfold(value)) == ["jane@example.org"]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"Subject: x", True),
+        (b"Subject : x", True),  # obs-optional (RFC 5322 4.5)
+        (b"X-Weird-Name!#: x", True),
+        (b"Subject:", True),
+        (b": x", False),
+        (b"Not a header", False),
+        (b"Two words: x", False),
+        (b"Caf\xc3\xa9: x", False),
+        (b" Subject: x", False),
+    ],
+)
+def test_is_field_line_accepts_only_printable_ascii_names_when_given_a_line(line: bytes, expected: bool) -> None:
+    assert is_field_line(line) is expected
+
+
+# ------------------------------------------------------------ split_message
+def test_split_message_has_no_header_section_when_the_first_line_is_not_a_field() -> None:
+    assert split_message(b"hello world\r\nTo: a@x.test\r\n") == (b"", b"hello world\r\nTo: a@x.test\r\n")
+
+
+def test_split_message_has_no_header_section_when_the_message_starts_with_a_blank_line() -> None:
+    assert split_message(b"\r\nTo: a@x.test\r\n") == (b"", b"To: a@x.test\r\n")
+
+
+def test_split_message_returns_an_empty_body_when_there_are_only_headers() -> None:
+    assert split_message(b"To: a@x.test\r\nSubject: hi\r\n") == (b"To: a@x.test\r\nSubject: hi\r\n", b"")
+
+
+def test_split_message_ends_the_last_header_with_crlf_when_input_lacks_it() -> None:
+    assert split_message(b"To: a@x.test\r\nSubject: hi") == (b"To: a@x.test\r\nSubject: hi\r\n", b"")
+
+
+def test_split_message_reads_the_obsolete_space_before_colon_when_present() -> None:
+    head, body = split_message(b"Subject : obsolete\r\nTo : a@x.test\r\n\r\nbody\r\n")
+    assert header_fields(head) == [("Subject", b" obsolete"), ("To", b" a@x.test")]
+    assert body == b"body\r\n"
+
+
+def test_split_message_ends_the_header_section_when_a_line_is_not_a_field() -> None:
+    head, body = split_message(b"To: a@x.test\r\nnot a header\r\n\r\nbody\r\n")
+    assert head == b"To: a@x.test\r\n"
+    assert body == b"not a header\r\n\r\nbody\r\n"
+
+
+def test_split_message_ends_the_header_section_at_a_non_field_line_when_there_is_no_blank_line() -> None:
+    # Regression: without a blank line the whole message was taken as
+    # headers, so -t extracted a "Bcc:" line written in the body.
+    head, body = split_message(b"To: a@x.test\r\nthis is body text\r\nBcc: evil@y.test\r\n")
+    assert head == b"To: a@x.test\r\n"
+    assert body == b"this is body text\r\nBcc: evil@y.test\r\n"
+    assert header_fields(head) == [("To", b" a@x.test")]
+
+
+def test_split_message_keeps_the_blank_line_in_the_body_when_the_body_has_more_blank_lines() -> None:
+    assert split_message(b"A: 1\r\n\r\n\r\nx\r\n") == (b"A: 1\r\n", b"\r\nx\r\n")
+
+
+def test_split_message_returns_nothing_when_the_message_is_empty() -> None:
+    assert split_message(b"") == (b"", b"")
