@@ -48,7 +48,7 @@ def sd_notify(state: str) -> None:
         log.log(f"daemon: cannot notify systemd: {exc.strerror or exc}")
 
 
-PICKUP_BATCH = 200
+PICKUP_BATCH = 100
 
 
 class SpoolLock:
@@ -164,7 +164,7 @@ class Daemon:
                 self.wake.clear()
                 if self.reload_requested:
                     await self._reload()
-                self._pickup()
+                await self._pickup()
                 flushing = self.flush_requested
                 if flushing or (self.interval and time.monotonic() - last_full >= self.interval):
                     self.flush_requested = False
@@ -197,7 +197,7 @@ class Daemon:
                 # A new submission arrived: pick it up before the backlog
                 # goes on, so one message never waits behind a long drain.
                 self.wake.clear()
-                self._pickup()
+                await self._pickup()
             if not self.due or self.due[0][0] > time.time():
                 break
             blocked = self.manager.unavailable()
@@ -225,10 +225,13 @@ class Daemon:
         while self.manager.new_ids:
             heapq.heappush(self.due, (0.0, self.manager.new_ids.pop()))
 
-    def _pickup(self) -> None:
+    async def _pickup(self) -> None:
         # In batches: a burst of thousands of submissions must not keep the
-        # first of them from leaving until all are picked up.
-        for qid in self.manager.pickup(PICKUP_BATCH):
+        # first of them from leaving until all are picked up.  In a worker
+        # thread: each pickup costs two fsyncs, which would otherwise stall
+        # the dialogues of the connections already delivering.  Only this
+        # coroutine runs pickup, so pickup never runs twice at once.
+        for qid in await asyncio.to_thread(self.manager.pickup, PICKUP_BATCH):
             heapq.heappush(self.due, (time.time(), qid))
         if self.manager.more_incoming:
             self.wake.set()
