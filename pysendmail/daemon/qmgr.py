@@ -222,7 +222,20 @@ class QueueManager:
         results: list[Result] = []
         if pending:
             self.rate.spend(time.time())
-            results = await self.transport.deliver(msg, pending)
+            # A route that takes few recipients per message (Yandex: 35)
+            # gets one transaction per chunk, and each chunk's sent and
+            # failed recipients are recorded before the next chunk goes:
+            # a crash then resends only the chunk in flight.  Deferrals
+            # are carried to the end, so one attempt counts as one try.
+            size = int(getattr(self.transport, "max_rcpt", 0) or 0) or len(pending)
+            chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
+            for chunk in chunks[:-1]:
+                part = await self.transport.deliver(msg, chunk)
+                settled = [r for r in part if r.status != DEFERRED]
+                results += [r for r in part if r.status == DEFERRED]
+                if settled:
+                    await asyncio.to_thread(self.record, msg, settled, counts)
+            results += await self.transport.deliver(msg, chunks[-1])
         # fsync and unlink release the GIL: in a thread they overlap with
         # the other pooled connections' network I/O.
         await asyncio.to_thread(self.settle, msg, results, counts)

@@ -9,7 +9,9 @@ and every command word received in clear (``plaintext_commands``;
 ``saw_plaintext_mail`` when one was MAIL, RCPT, DATA or AUTH).  Faults
 are set per test through attributes: ``rcpt_replies``, ``mail_reply``,
 ``data_reply``, ``stall_data``, ``drop_in_data``, ``greet_421``,
-``size_limit``.
+``size_limit``; ``fault_after`` = N lets the first N transactions through
+before ``stall_data`` or ``drop_in_data`` applies, and ``stalling`` is set
+when a DATA starts to stall (for a test that kills the client then).
 """
 
 from __future__ import annotations
@@ -71,9 +73,13 @@ class _Handler:
 
     async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
         relay = self.relay
-        if relay.stall_data:
+        faulty = len(relay.messages) >= relay.fault_after
+        if relay.stall_data and faulty:
+            relay.stalling.set()
             await asyncio.sleep(relay.stall_data)
-        if relay.drop_in_data:
+            if server.transport is None or server.transport.is_closing():
+                return "421 4.4.2 client gone"  # never record what nobody saw accepted
+        if relay.drop_in_data and faulty:
             server.transport.close()
             return "421 4.3.0 dropped"
         if relay.data_reply:
@@ -138,6 +144,8 @@ class Relay:
         self.data_reply: str | None = None
         self.stall_data = 0.0
         self.drop_in_data = False
+        self.fault_after = 0
+        self.stalling = threading.Event()
         self.greet_421 = False
         self.saw_plaintext_mail = False
         self.ca = trustme.CA()

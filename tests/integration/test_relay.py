@@ -19,12 +19,13 @@ import os
 import re
 import socket
 import ssl
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Env, write_config
+from tests.conftest import Env, program, write_config
 from tests.fakes.relay import PASSWORD, USER, Received, Relay, free_port
 
 SENDER = "alice@example.org"
@@ -170,6 +171,28 @@ def test_max_recipients_per_message_splits_into_transactions(tmp_path: Path, rel
     assert sorted(r for m in got for r in m.rcpt_tos) == sorted(rcpts)
     assert len({m.data for m in got}) == 1, "every transaction carries the same message"
     assert relay.logins == 1
+    assert mailq(e) == []
+
+
+def test_kill_9_in_second_chunk_never_resends_first_chunk(tmp_path: Path, relay_factory) -> None:
+    relay = relay_factory("implicit")
+    e = make_env(tmp_path, relay_table(relay, password_file(tmp_path), extra="max_recipients_per_message = 2"))
+    rcpts = [f"r{n}@example.net" for n in range(4)]
+    submit(e, *rcpts, subject="chunks")
+    relay.fault_after, relay.stall_data = 1, 30.0
+    flush = subprocess.Popen([program("sendmail"), "-q"], env=e.environ,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert relay.stalling.wait(30), "the second transaction never reached DATA"
+    finally:
+        flush.kill()
+        flush.wait()
+    relay.stall_data = 0.0
+
+    run_queue(e)
+
+    got = [sorted(m.rcpt_tos) for m in relay.messages]
+    assert got == [rcpts[:2], rcpts[2:]], "the first chunk was recorded before the second went"
     assert mailq(e) == []
 
 
