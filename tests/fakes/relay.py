@@ -9,7 +9,8 @@ and every command word received in clear (``plaintext_commands``;
 ``saw_plaintext_mail`` when one was MAIL, RCPT, DATA or AUTH).  Faults
 are set per test through attributes: ``rcpt_replies``, ``mail_reply``,
 ``data_reply``, ``stall_data``, ``drop_in_data``, ``greet_421``,
-``size_limit``; ``fault_after`` = N lets the first N transactions through
+``size_limit``; ``oauth=("XOAUTH2", "OAUTHBEARER")`` also offers those
+mechanisms, accepting only ``oauth_token``; ``fault_after`` = N lets the first N transactions through
 before ``stall_data`` or ``drop_in_data`` applies, and ``stalling`` is set
 when a DATA starts to stall (for a test that kills the client then).
 """
@@ -53,6 +54,34 @@ def _is_tls(server: SMTP) -> bool:
 class _Handler:
     def __init__(self, relay: "Relay") -> None:
         self.relay = relay
+
+    async def _oauth(self, server: SMTP, args: list[str], mech: str) -> AuthResult:
+        """XOAUTH2 / OAUTHBEARER with ``relay.oauth_token`` as the only valid token."""
+        import base64
+
+        relay = self.relay
+        raw = base64.b64decode(args[1]) if len(args) > 1 else b""
+        fields = dict(p.split(b"=", 1) for p in raw.split(b"\x01") if b"=" in p and not p.startswith(b"n,"))
+        user = raw.split(b"a=", 1)[1].split(b",", 1)[0] if mech == "OAUTHBEARER" and b"a=" in raw else fields.get(b"user", b"")
+        ok = user.decode() == USER and fields.get(b"auth") == f"Bearer {relay.oauth_token}".encode()
+        with relay.cond:
+            relay.oauth_logins.append((mech, ok))
+            if ok:
+                relay.logins += 1
+            else:
+                relay.failed_logins += 1
+        if ok:
+            return AuthResult(success=True, handled=False)
+        # RFC 7628 3.2.2: the error comes as a 334 challenge; the client
+        # answers it (empty or %x01) and then gets the final failure.
+        await server.challenge_auth(b'{"status":"invalid_token"}')
+        return AuthResult(success=False, handled=False, message="535 5.7.8 Username and token not accepted")
+
+    async def auth_XOAUTH2(self, server, args):  # type: ignore[no-untyped-def]
+        return await self._oauth(server, args, "XOAUTH2")
+
+    async def auth_OAUTHBEARER(self, server, args):  # type: ignore[no-untyped-def]
+        return await self._oauth(server, args, "OAUTHBEARER")
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
         self.relay.saw_plaintext_mail |= not _is_tls(server) and self.relay.mode != "plain"
@@ -130,13 +159,15 @@ class _Controller(Controller):
 
 class Relay:
     def __init__(self, mode: str = "implicit", tmpdir: Path | None = None, size_limit: int = 35 * 1024 * 1024,
-                 smtputf8: bool = True, password: str = PASSWORD) -> None:
+                 smtputf8: bool = True, password: str = PASSWORD, oauth: tuple[str, ...] = ()) -> None:
         self.mode = mode
         self.password = password
         self.messages: list[Received] = []
         self.mail_commands: list[str] = []  # every MAIL FROM address that reached the handler
         self.plaintext_commands: list[str] = []  # first word of every line received in clear
         self.logins = 0
+        self.oauth_token = "ya29.test-token-" + PASSWORD[::-1]
+        self.oauth_logins: list[tuple[str, bool]] = []
         self.failed_logins = 0
         self.cond = threading.Condition()
         self.rcpt_replies: dict[str, str] = {}
@@ -166,6 +197,8 @@ class Relay:
             data_size_limit=size_limit,
             enable_SMTPUTF8=smtputf8,
             decode_data=False,
+            # OAuth2 mechanisms are offered only where a test asks for them.
+            auth_exclude_mechanism=[m for m in ("XOAUTH2", "OAUTHBEARER") if m not in oauth],
         )
         if mode == "implicit":
             kw["ssl_context"] = server_ctx

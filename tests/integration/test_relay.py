@@ -413,6 +413,71 @@ def test_wrong_password_holds_route_after_one_failed_login(tmp_path: Path, relay
     assert mailq(e) == []
 
 
+def oauth_table(relay: Relay, tmp_path: Path, token: str, auth: str = "auto") -> str:
+    """A [relay] table whose token comes from a command that counts its runs."""
+    script = tmp_path / "token-command"
+    runs = tmp_path / "token-runs"
+    script.write_text(f"#!/bin/sh\necho run >> {runs}\necho '{token}'\n")
+    script.chmod(0o700)
+    return (
+        f'[relay]\nhost = "localhost"\nport = {relay.port}\ntls = "implicit"\nusername = "{USER}"\n'
+        f'oauth_token_command = ["{script}"]\nauth = "{auth}"\nca_file = "{relay.ca_file}"\ntimeout = 10\n'
+    )
+
+
+@pytest.mark.parametrize("offered, auth, used", [
+    (("XOAUTH2", "OAUTHBEARER"), "auto", "OAUTHBEARER"),
+    (("XOAUTH2",), "auto", "XOAUTH2"),
+    (("XOAUTH2", "OAUTHBEARER"), "xoauth2", "XOAUTH2"),
+])
+def test_oauth2_token_from_command_authenticates(tmp_path: Path, relay_factory, offered, auth, used) -> None:
+    relay = relay_factory("implicit", oauth=offered)
+    e = make_env(tmp_path, oauth_table(relay, tmp_path, relay.oauth_token, auth))
+    submit(e, "someone@example.net", subject="oauth")
+
+    stderr = run_queue(e)
+
+    assert relay.oauth_logins == [(used, True)]
+    assert [parse(m.data)["Subject"] for m in relay.messages] == ["oauth"]
+    assert relay.oauth_token not in stderr
+
+
+def test_refused_oauth2_token_holds_route_and_next_login_fetches_a_new_token(tmp_path: Path, relay_factory) -> None:
+    relay = relay_factory("implicit", oauth=("OAUTHBEARER",))
+    stale = "ya29.expired-token-never-in-logs"
+    e = make_env(tmp_path, oauth_table(relay, tmp_path, stale))
+    qid = submit(e, "someone@example.net", subject="token")
+
+    stderr = run_queue(e)
+
+    assert relay.oauth_logins == [("OAUTHBEARER", False)]
+    assert stderr.count("AUTHENTICATION FAILED") == 1
+    assert stale not in stderr and "status=bounced" not in stderr
+    assert [x["queue_id"] for x in mailq(e)] == [qid]
+
+    # The command now hands out a fresh token (as a refreshing helper does):
+    # the next login runs it again instead of reusing the refused one.
+    (tmp_path / "token-command").write_text(
+        f"#!/bin/sh\necho run >> {tmp_path / 'token-runs'}\necho '{relay.oauth_token}'\n")
+    run_queue(e)
+
+    assert relay.oauth_logins[-1] == ("OAUTHBEARER", True)
+    assert (tmp_path / "token-runs").read_text().count("run") == 2
+    assert [parse(m.data)["Subject"] for m in relay.messages] == ["token"]
+    assert mailq(e) == []
+
+
+def test_oauth2_token_without_oauth_mechanism_holds_and_says_what_is_offered(tmp_path: Path, relay_factory) -> None:
+    relay = relay_factory("implicit")
+    e = make_env(tmp_path, oauth_table(relay, tmp_path, relay.oauth_token))
+    submit(e, "someone@example.net", subject="no oauth")
+
+    stderr = run_queue(e)
+
+    assert "does not offer AUTH OAUTHBEARER or XOAUTH2 (it offers LOGIN PLAIN)" in stderr
+    assert relay.mail_commands == [] and len(mailq(e)) == 1
+
+
 def test_world_readable_password_file_is_refused_and_message_kept(tmp_path: Path, relay_factory) -> None:
     relay = relay_factory("implicit")
     pw = password_file(tmp_path, mode=0o644)

@@ -3,7 +3,7 @@
 Contract:   ``SmtpTransport(relay, helo)`` delivers queued messages through
             the configured relay: implicit TLS (465) or STARTTLS (587),
             certificates verified (system store plus ``ca_file``, optional
-            SHA-256 pin), AUTH PLAIN/LOGIN/XOAUTH2, a small pool of
+            SHA-256 pin), AUTH PLAIN/LOGIN/OAUTHBEARER/XOAUTH2, a small pool of
             authenticated connections reused across messages.  ``deliver``
             returns one Result per recipient and never raises for a relay
             problem.  An authentication failure puts the whole route on
@@ -15,7 +15,7 @@ Security:   no plaintext fallback: a STARTTLS relay that does not offer
             ``tls = "none"`` is refused for anything but loopback; the
             password and token never reach a log or an exception text.
 See also:   RFC 5321, RFC 3207 (STARTTLS), RFC 8314 (implicit TLS), RFC 4954
-            (AUTH), RFC 1870 (SIZE), RFC 6531 (SMTPUTF8); Google's and
+            (AUTH), RFC 7628 (OAUTHBEARER), RFC 1870 (SIZE), RFC 6531 (SMTPUTF8); Google's and
             Microsoft's XOAUTH2 documentation.
 """
 
@@ -166,14 +166,7 @@ class SmtpTransport:
         token = secrets.oauth_token(self.settings)
         try:
             if token is not None:
-                if "xoauth2" not in offered:
-                    raise RelayError(f"relay {self.host} does not offer AUTH XOAUTH2", hold=True)
-                raw = f"user={self.username}\x01auth=Bearer {token}\x01\x01".encode()
-                resp = await smtp.execute_command(b"AUTH", b"XOAUTH2", base64.b64encode(raw))
-                if resp.code == 334:  # the error details come base64-encoded; answer empty to end it
-                    resp = await smtp.execute_command(b"")
-                if resp.code != 235:
-                    raise aiosmtplib.SMTPAuthenticationError(resp.code, resp.message)
+                await self._authenticate_oauth(smtp, offered, token)
                 return
             password = secrets.password(self.settings)
             if password is None:
@@ -198,6 +191,41 @@ class SmtpTransport:
             raise
         except ConfigError as exc:
             raise RelayError(str(exc), hold=True) from None
+
+    async def _authenticate_oauth(self, smtp: aiosmtplib.SMTP, offered: list[str], token: str) -> None:
+        """AUTH OAUTHBEARER (RFC 7628) or XOAUTH2 (Google's and Microsoft's older form).
+
+        The token comes fresh from ``oauth_token_command`` for every login
+        (secrets.oauth_token), so an expired one is never offered twice:
+        the command is where caching and refreshing belong, as with
+        msmtp's passwordeval.  A refused token gets a 334 with a base64
+        JSON error; the client must answer (an empty line for XOAUTH2,
+        %x01 for OAUTHBEARER) to receive the final 5xx.
+        """
+        wanted = str(self.settings.get("auth") or "auto").lower()
+        if wanted in ("oauthbearer", "xoauth2"):
+            mech = wanted if wanted in offered else ""
+        else:
+            mech = "oauthbearer" if "oauthbearer" in offered else "xoauth2" if "xoauth2" in offered else ""
+        if not mech:
+            want = wanted.upper() if wanted in ("oauthbearer", "xoauth2") else "OAUTHBEARER or XOAUTH2"
+            raise RelayError(
+                f"relay {self.host} does not offer AUTH {want} (it offers {' '.join(offered).upper() or 'no AUTH'}); "
+                "an OAuth2 token needs one of them",
+                hold=True,
+            )
+        if mech == "oauthbearer":
+            raw = f"n,a={_saslname(self.username or '')},\x01host={self.host}\x01port={self.port}\x01" \
+                  f"auth=Bearer {token}\x01\x01"
+            abort = base64.b64encode(b"\x01")
+        else:
+            raw = f"user={self.username}\x01auth=Bearer {token}\x01\x01"
+            abort = b""
+        resp = await smtp.execute_command(b"AUTH", mech.upper().encode(), base64.b64encode(raw.encode()))
+        if resp.code == 334:
+            resp = await smtp.execute_command(abort)
+        if resp.code != 235:
+            raise aiosmtplib.SMTPAuthenticationError(resp.code, resp.message)
 
     async def _acquire(self) -> _Conn:
         now = time.monotonic()
@@ -367,6 +395,11 @@ class SmtpTransport:
     def reset_holds(self) -> None:
         """A flush asked by the administrator tries again at once."""
         self.hold_until = self.down_until = 0.0
+
+
+def _saslname(user: str) -> str:
+    """RFC 5801 saslname: ',' and '=' escaped as =2C and =3D."""
+    return user.replace("=", "=3D").replace(",", "=2C")
 
 
 def _describe(exc: BaseException) -> str:
