@@ -14,6 +14,12 @@ Security:   no plaintext fallback: a STARTTLS relay that does not offer
             STARTTLS is an error, never a reason to continue in clear;
             ``tls = "none"`` is refused for anything but loopback; the
             password and token never reach a log or an exception text.
+XXX:        no PIPELINING (RFC 2920): aiosmtplib reads exactly one reply
+            per command it writes, so MAIL, each RCPT and DATA cost a round
+            trip each.  Connection reuse and the pool hide most of it on a
+            nearby relay; a far one with many recipients pays RTT x (n+2).
+            A pipelined transaction needs a reply reader of our own under
+            aiosmtplib's transport.
 See also:   RFC 5321, RFC 3207 (STARTTLS), RFC 8314 (implicit TLS), RFC 4954
             (AUTH), RFC 7628 (OAUTHBEARER), RFC 1870 (SIZE), RFC 6531 (SMTPUTF8); Google's and
             Microsoft's XOAUTH2 documentation.
