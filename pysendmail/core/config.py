@@ -178,7 +178,16 @@ class Config:
             return str(name)
         import socket
 
-        return socket.getfqdn() or socket.gethostname()
+        # getfqdn() returns the first dotted name of the address the host
+        # name resolves to, else that address's canonical name: on the
+        # common "127.0.0.1 localhost myhost" line of /etc/hosts, that is
+        # "localhost", which would put From: root@localhost in cron mail.
+        # A dotted answer is the FQDN; otherwise the kernel's host name is
+        # the better guess (Postfix's myhostname does the same).
+        fqdn = socket.getfqdn()
+        if "." in fqdn and not fqdn.startswith("localhost"):
+            return fqdn
+        return socket.gethostname() or fqdn or "localhost"
 
     def default_domain(self) -> str:
         """The domain given to unqualified addresses (root, www-data)."""

@@ -361,3 +361,20 @@ def test_write_cache_writes_nothing_when_the_config_belongs_to_another_user(tmp_
     os.chown(e.config, pwd.getpwnam("nobody").pw_uid, -1)
     assert config.write_cache(config.load(str(e.config))) is False
     assert not cache_of(e).exists()
+
+
+# The host's name depends on resolver answers no test can set for real:
+# socket's two calls are replaced, the choice between them is what's tested.
+@pytest.mark.parametrize("fqdn, nodename, expected", [
+    ("mail.example.org", "mail", "mail.example.org"),
+    ("localhost", "vm", "vm"),  # "127.0.0.1 localhost vm" in /etc/hosts
+    ("localhost.localdomain", "web1", "web1"),
+    ("vm", "vm", "vm"),
+])
+def test_hostname_prefers_a_dotted_fqdn_and_never_picks_localhost_over_the_host_name(
+        clean_environ: Path, monkeypatch: pytest.MonkeyPatch, fqdn: str, nodename: str, expected: str) -> None:
+    import socket
+
+    monkeypatch.setattr(socket, "getfqdn", lambda: fqdn)
+    monkeypatch.setattr(socket, "gethostname", lambda: nodename)
+    assert config.load(None).hostname() == expected
