@@ -121,6 +121,31 @@ def ensure_user(name: str) -> int:
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create users and tmpfs mounts")
 
+
+@pytest.fixture
+def shared_env(world_dir: Path) -> Env:
+    """A shared (3733) spool under world_dir, set up by root for the daemon user psm-daemon.
+
+    psm-alice and psm-bob exist as ordinary local users who submit.
+    """
+    import pwd
+    import stat
+
+    ensure_user("psm-daemon")
+    ensure_user("psm-alice")
+    ensure_user("psm-bob")
+    e = write_config(world_dir, spool=world_dir / "spool")
+    e.config.write_text(e.config.read_text().replace("[spool]\n", '[spool]\nuser = "psm-daemon"\n', 1))
+    e.config.chmod(0o644)
+    # The Maildir transport runs as psm-daemon, which cannot create
+    # directories in the root-owned world_dir.
+    daemon = pwd.getpwnam("psm-daemon")
+    e.maildir.mkdir(mode=0o700)
+    os.chown(e.maildir, daemon.pw_uid, daemon.pw_gid)
+    e.run("pysendmail", "spool", "init", check=True)
+    assert stat.S_IMODE(os.lstat(e.spool / "incoming").st_mode) == 0o3733
+    return e
+
 SIMPLE = b"To: someone@example.net\nSubject: test\n\nhello\n"
 
 

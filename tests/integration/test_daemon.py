@@ -29,7 +29,7 @@ import pytest
 
 from pysendmail.core import spoolfile
 from tests.conftest import BIN, Env, program, relay_env
-from tests.fakes.relay import Received, Relay
+from tests.fakes.relay import Received
 
 START_TIMEOUT = 20.0
 

@@ -26,7 +26,7 @@ import pytest
 
 from pysendmail.core import spoolfile
 from pysendmail.core.qid import is_qid
-from tests.conftest import Env, ensure_user, needs_root, write_config
+from tests.conftest import Env, ensure_user, needs_root
 
 FLUSH_TIMEOUT = 60  # a hung pickup (a FIFO opened blocking) fails the test instead of hanging it
 
@@ -305,21 +305,6 @@ def test_same_file_copied_into_incoming_and_queue_delivers_once(env: Env) -> Non
 
 
 # ------------------------------------------------------------------ shared spool, as root
-@pytest.fixture
-def shared_env(world_dir: Path) -> Env:
-    """A shared (3733) spool under world_dir, set up by root for psm-daemon."""
-    ensure_user("psm-daemon")
-    ensure_user("psm-alice")
-    ensure_user("psm-bob")
-    e = write_config(world_dir, spool=world_dir / "spool")
-    e.config.write_text(e.config.read_text().replace("[spool]\n", '[spool]\nuser = "psm-daemon"\n', 1))
-    e.config.chmod(0o644)
-    daemon = pwd.getpwnam("psm-daemon")
-    e.maildir.mkdir(mode=0o700)
-    os.chown(e.maildir, daemon.pw_uid, daemon.pw_gid)
-    e.run("pysendmail", "spool", "init", check=True)
-    assert stat.S_IMODE(os.lstat(e.spool / "incoming").st_mode) == 0o3733
-    return e
 
 
 @needs_root

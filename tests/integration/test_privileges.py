@@ -16,33 +16,16 @@ import shutil
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import Env, ensure_user, needs_root, program, write_config
+from tests.conftest import Env, needs_root, program
 
 pytestmark = needs_root
 
 MESSAGE = b"To: someone@example.net\nSubject: from alice\n\nalice's private words\n"
 
 
-@pytest.fixture
-def system_env(world_dir: Path) -> Env:
-    """A shared spool under world_dir, set up by root for the daemon user psm-daemon."""
-    ensure_user("psm-daemon")
-    ensure_user("psm-alice")
-    ensure_user("psm-bob")
-    e = write_config(world_dir, spool=world_dir / "spool")
-    e.config.write_text(e.config.read_text().replace("[spool]\n", '[spool]\nuser = "psm-daemon"\n', 1))
-    e.config.chmod(0o644)
-    # The Maildir transport runs as psm-daemon, which cannot create
-    # directories in the root-owned world_dir.
-    daemon = pwd.getpwnam("psm-daemon")
-    e.maildir.mkdir(mode=0o700)
-    os.chown(e.maildir, daemon.pw_uid, daemon.pw_gid)
-    e.run("pysendmail", "spool", "init", check=True)
-    return e
 
 
 def as_user(user: str, *cmd: str) -> subprocess.CompletedProcess[bytes]:
@@ -59,9 +42,9 @@ def submit_as(e: Env, user: str, message: bytes = MESSAGE) -> str:
     return name
 
 
-def test_spool_init_as_root_creates_shared_layout_owned_by_daemon_user(system_env: Env) -> None:
+def test_spool_init_as_root_creates_shared_layout_owned_by_daemon_user(shared_env: Env) -> None:
     daemon = pwd.getpwnam("psm-daemon")
-    spool = system_env.spool
+    spool = shared_env.spool
 
     incoming = os.lstat(spool / "incoming")
     assert stat.S_ISDIR(incoming.st_mode)
@@ -75,13 +58,13 @@ def test_spool_init_as_root_creates_shared_layout_owned_by_daemon_user(system_en
     assert os.lstat(spool).st_uid == daemon.pw_uid
 
 
-def test_submission_by_user_is_owned_by_user_and_readable_by_daemon_group_only(system_env: Env) -> None:
+def test_submission_by_user_is_owned_by_user_and_readable_by_daemon_group_only(shared_env: Env) -> None:
     alice = pwd.getpwnam("psm-alice")
     daemon_gid = grp.getgrnam("psm-daemon").gr_gid
 
-    name = submit_as(system_env, "psm-alice")
+    name = submit_as(shared_env, "psm-alice")
 
-    st = os.lstat(system_env.spool / "incoming" / name)
+    st = os.lstat(shared_env.spool / "incoming" / name)
     assert stat.S_ISREG(st.st_mode)
     assert st.st_uid == alice.pw_uid  # the unforgeable record of who sent it
     assert st.st_gid == daemon_gid  # from the setgid directory, not alice's group
@@ -89,19 +72,19 @@ def test_submission_by_user_is_owned_by_user_and_readable_by_daemon_group_only(s
     assert st.st_nlink == 1
 
 
-def test_submitter_cannot_list_incoming(system_env: Env) -> None:
-    submit_as(system_env, "psm-alice")
+def test_submitter_cannot_list_incoming(shared_env: Env) -> None:
+    submit_as(shared_env, "psm-alice")
 
-    proc = as_user("psm-alice", "ls", str(system_env.spool / "incoming"))
+    proc = as_user("psm-alice", "ls", str(shared_env.spool / "incoming"))
 
     assert proc.returncode != 0
     assert b"Permission denied" in proc.stderr
     assert proc.stdout == b""
 
 
-def test_other_user_cannot_read_submission(system_env: Env) -> None:
-    name = submit_as(system_env, "psm-alice")
-    path = system_env.spool / "incoming" / name
+def test_other_user_cannot_read_submission(shared_env: Env) -> None:
+    name = submit_as(shared_env, "psm-alice")
+    path = shared_env.spool / "incoming" / name
 
     proc = as_user("psm-bob", "cat", str(path))
 
@@ -110,9 +93,9 @@ def test_other_user_cannot_read_submission(system_env: Env) -> None:
     assert b"private words" not in proc.stdout
 
 
-def test_other_user_cannot_remove_or_replace_submission(system_env: Env) -> None:
-    name = submit_as(system_env, "psm-alice")
-    path = system_env.spool / "incoming" / name
+def test_other_user_cannot_remove_or_replace_submission(shared_env: Env) -> None:
+    name = submit_as(shared_env, "psm-alice")
+    path = shared_env.spool / "incoming" / name
     before = os.lstat(path)
 
     removed = as_user("psm-bob", "rm", "-f", str(path))
@@ -125,10 +108,10 @@ def test_other_user_cannot_remove_or_replace_submission(system_env: Env) -> None
     assert (after.st_ino, after.st_uid, after.st_size) == (before.st_ino, before.st_uid, before.st_size)
 
 
-def test_mailq_by_other_user_exits_77_with_one_sentence(system_env: Env) -> None:
-    submit_as(system_env, "psm-alice")
+def test_mailq_by_other_user_exits_77_with_one_sentence(shared_env: Env) -> None:
+    submit_as(shared_env, "psm-alice")
 
-    proc = system_env.run("mailq", user="psm-bob")
+    proc = shared_env.run("mailq", user="psm-bob")
 
     assert proc.returncode == 77
     err = proc.stderr.decode()
@@ -138,94 +121,94 @@ def test_mailq_by_other_user_exits_77_with_one_sentence(system_env: Env) -> None
     assert proc.stdout == b""
 
 
-def test_flush_by_other_user_exits_77_with_one_sentence(system_env: Env) -> None:
-    submit_as(system_env, "psm-alice")
+def test_flush_by_other_user_exits_77_with_one_sentence(shared_env: Env) -> None:
+    submit_as(shared_env, "psm-alice")
 
-    proc = system_env.run("sendmail", "-q", user="psm-bob")
+    proc = shared_env.run("sendmail", "-q", user="psm-bob")
 
     assert proc.returncode == 77
     err = proc.stderr.decode()
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert len(system_env.incoming()) == 1  # still there for the daemon
+    assert len(shared_env.incoming()) == 1  # still there for the daemon
 
 
-def test_php_mail_run_by_unprivileged_user_is_queued_under_that_uid(system_env: Env) -> None:
+def test_php_mail_run_by_unprivileged_user_is_queued_under_that_uid(shared_env: Env) -> None:
     # php-fpm runs as www-data: PHP's popen passes its environment on to
     # sendmail, which runs with that user's rights and nothing more.
     php = shutil.which("php")
     if php is None:
         pytest.fail("php is not installed: apt-get install php-cli (the README's test command does)")
     alice = pwd.getpwnam("psm-alice")
-    before = set(system_env.incoming())
+    before = set(shared_env.incoming())
 
     proc = subprocess.run(
-        ["runuser", "-u", "psm-alice", "--", "env", f"PYSENDMAIL_CONFIG={system_env.config}", php, "-n",
+        ["runuser", "-u", "psm-alice", "--", "env", f"PYSENDMAIL_CONFIG={shared_env.config}", php, "-n",
          "-d", f"sendmail_path={program('sendmail')} -t -i", "-r",
          'var_dump(mail("someone@example.net", "from php", "sent by php-fpm"));'],
         capture_output=True, timeout=60,
     )
 
     assert proc.stdout == b"bool(true)\n", proc
-    (name,) = set(system_env.incoming()) - before
-    assert os.lstat(system_env.spool / "incoming" / name).st_uid == alice.pw_uid
-    system_env.flush()
-    (data,) = system_env.delivered()
+    (name,) = set(shared_env.incoming()) - before
+    assert os.lstat(shared_env.spool / "incoming" / name).st_uid == alice.pw_uid
+    shared_env.flush()
+    (data,) = shared_env.delivered()
     assert b"Return-Path: <psm-alice@example.org>\n" in data
     assert f"Received: from psm-alice (uid {alice.pw_uid})\n".encode() in data
 
 
-def test_submission_into_incoming_with_foreign_group_exits_78_and_nobody_can_read_it(system_env: Env) -> None:
+def test_submission_into_incoming_with_foreign_group_exits_78_and_nobody_can_read_it(shared_env: Env) -> None:
     # Regression: incoming/ with the right mode but another group (a
     # mistaken chgrp) accepted mail with exit 0: each file took that group
     # (setgid), so its members could read it while the daemon could not,
     # and pickup quarantined the message: accepted, then never delivered.
-    incoming = system_env.spool / "incoming"
+    incoming = shared_env.spool / "incoming"
     os.chown(incoming, -1, pwd.getpwnam("psm-bob").pw_gid)
     os.chmod(incoming, 0o3733)  # chown may clear setgid; keep the mode right, only the group wrong
 
-    proc = system_env.sendmail("-t", "-i", input=MESSAGE, user="psm-alice")
+    proc = shared_env.sendmail("-t", "-i", input=MESSAGE, user="psm-alice")
 
     assert proc.returncode == 78, proc.stderr.decode()
     err = proc.stderr.decode()
     assert err.count("\n") == 1 and str(incoming) in err and "gid" in err, err
-    assert system_env.incoming() == []
+    assert shared_env.incoming() == []
     # The repair the sentence names works.
-    system_env.run("pysendmail", "spool", "init", check=True)
-    submit_as(system_env, "psm-alice")
-    system_env.flush()
-    assert len(system_env.delivered()) == 1
+    shared_env.run("pysendmail", "spool", "init", check=True)
+    submit_as(shared_env, "psm-alice")
+    shared_env.flush()
+    assert len(shared_env.delivered()) == 1
 
 
-def test_root_flush_delivers_user_submission_as_daemon_user_with_received_naming_user(system_env: Env) -> None:
+def test_root_flush_delivers_user_submission_as_daemon_user_with_received_naming_user(shared_env: Env) -> None:
     alice = pwd.getpwnam("psm-alice")
     daemon = pwd.getpwnam("psm-daemon")
-    submit_as(system_env, "psm-alice")
+    submit_as(shared_env, "psm-alice")
 
-    system_env.flush()
+    shared_env.flush()
 
-    (data,) = system_env.delivered()
-    (path,) = (system_env.maildir / "new").iterdir()
+    (data,) = shared_env.delivered()
+    (path,) = (shared_env.maildir / "new").iterdir()
     # sendmail -q run by root dropped to the daemon user before delivering.
     assert path.stat().st_uid == daemon.pw_uid
     head, _, body = data.partition(b"\n\n")
     assert f"Received: from psm-alice (uid {alice.pw_uid})\n".encode() in head
     assert b"Delivered-To: someone@example.net\n" in head
     assert body == b"alice's private words\n"
-    assert system_env.incoming() == [] and system_env.queued() == []
-    for entry in (system_env.spool / "queue").iterdir():
+    assert shared_env.incoming() == [] and shared_env.queued() == []
+    for entry in (shared_env.spool / "queue").iterdir():
         assert entry.stat().st_uid == daemon.pw_uid
 
 
-def test_received_names_each_submitter_when_two_users_submit(system_env: Env) -> None:
+def test_received_names_each_submitter_when_two_users_submit(shared_env: Env) -> None:
     alice = pwd.getpwnam("psm-alice")
     bob = pwd.getpwnam("psm-bob")
-    submit_as(system_env, "psm-alice")
-    submit_as(system_env, "psm-bob", MESSAGE.replace(b"from alice", b"from bob").replace(b"alice's", b"bob's"))
+    submit_as(shared_env, "psm-alice")
+    submit_as(shared_env, "psm-bob", MESSAGE.replace(b"from alice", b"from bob").replace(b"alice's", b"bob's"))
 
-    system_env.flush()
+    shared_env.flush()
 
     got = {}
-    for data in system_env.delivered():
+    for data in shared_env.delivered():
         head, _, body = data.partition(b"\n\n")
         got[body] = head
     assert set(got) == {b"alice's private words\n", b"bob's private words\n"}
@@ -244,19 +227,19 @@ os.close(fd)
 """
 
 
-def test_envelope_claiming_another_users_uid_is_quarantined(system_env: Env) -> None:
+def test_envelope_claiming_another_users_uid_is_quarantined(shared_env: Env) -> None:
     # Bob writes a well-formed spool file by hand whose envelope says it
     # came from alice; the file's owner (bob) is what pickup believes.
     alice = pwd.getpwnam("psm-alice")
-    forged = system_env.spool / "incoming" / "0000000000000ABCDE"
+    forged = shared_env.spool / "incoming" / "0000000000000ABCDE"
 
     proc = as_user("psm-bob", sys.executable, "-c", FORGE, str(forged), str(alice.pw_uid))
     assert proc.returncode == 0, proc.stderr.decode()
     assert os.lstat(forged).st_uid == pwd.getpwnam("psm-bob").pw_uid
 
-    system_env.flush()
+    shared_env.flush()
 
-    assert system_env.delivered() == []
-    assert system_env.incoming() == [] and system_env.queued() == []
-    (quarantined,) = os.listdir(system_env.spool / "quarantine")
+    assert shared_env.delivered() == []
+    assert shared_env.incoming() == [] and shared_env.queued() == []
+    (quarantined,) = os.listdir(shared_env.spool / "quarantine")
     assert quarantined.startswith(forged.name)

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import ssl
 import subprocess
 import time
@@ -529,10 +528,10 @@ def test_tls_none_to_remote_host_is_a_config_error(tmp_path: Path, relay_factory
     e = make_env(tmp_path, relay_table(relay, password_file(tmp_path), tls="none", host="smtp.example.net"))
     qid = submit(e, "someone@example.net")
 
-    for program, args in (("sendmail", ["-q"]), ("pysendmail", ["daemon"])):
-        proc = e.run(program, *args, timeout=30)
+    for name, args in (("sendmail", ["-q"]), ("pysendmail", ["daemon"])):
+        proc = e.run(name, *args, timeout=30)
         stderr = proc.stderr.decode()
-        assert proc.returncode == 78, (program, stderr)
+        assert proc.returncode == 78, (name, stderr)
         assert stderr.count("\n") == 1, f"one sentence expected, got: {stderr!r}"
         assert "loopback" in stderr and "smtp.example.net" in stderr
     assert [x["queue_id"] for x in mailq(e)] == [qid]
