@@ -39,10 +39,16 @@ def _spool_owner(cfg: config.Config) -> tuple[int, int, str]:
             st = os.stat(cfg.spool_path)
             entry = pwd.getpwuid(st.st_uid)
         except (OSError, KeyError):
-            try:
-                entry = pwd.getpwnam("pysendmail")
-            except KeyError:
-                entry = pwd.getpwuid(os.geteuid())
+            entry = pwd.getpwuid(os.geteuid())
+            # The system spool belongs to the package's user.  Any other
+            # spool without spool.user is its creator's (user mode): a
+            # spool under root's private /tmp handed to "pysendmail" would
+            # be one its owner cannot even reach.
+            if cfg.system_mode or os.path.abspath(cfg.spool_path) == config.SYSTEM_SPOOL:
+                try:
+                    entry = pwd.getpwnam("pysendmail")
+                except KeyError:
+                    pass
     else:
         try:
             entry = pwd.getpwnam(str(name))

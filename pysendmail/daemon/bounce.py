@@ -31,9 +31,23 @@ def bounce_recipients(sender: str, ctx: Context, postmaster: str | None) -> list
         name = local.lower()
         if name in ctx.aliases.table:
             return ctx.aliases.expand(name)
-        if postmaster:
+        # Only an account of this host (www-data, cron's root, a login)
+        # has no mailbox behind its qualified address; a person at the
+        # default domain (alice@example.org with no local account) does,
+        # and gets the bounce there.
+        if postmaster and _is_local_account(name):
             return [postmaster]
     return [sender]
+
+
+def _is_local_account(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def make_bounce(

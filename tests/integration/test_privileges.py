@@ -16,10 +16,11 @@ import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import Env, needs_root, program
+from tests.conftest import Env, ensure_user, needs_root, program, write_config
 
 pytestmark = needs_root
 
@@ -243,3 +244,19 @@ def test_envelope_claiming_another_users_uid_is_quarantined(shared_env: Env) -> 
     assert shared_env.incoming() == [] and shared_env.queued() == []
     (quarantined,) = os.listdir(shared_env.spool / "quarantine")
     assert quarantined.startswith(forged.name)
+
+
+def test_spool_init_by_root_keeps_a_private_spool_root_s_even_when_a_pysendmail_user_exists(
+        tmp_path: Path) -> None:
+    """Regression: with the package's user present, root's spool under its
+    own private tmp was handed to "pysendmail", which could not reach it,
+    and every later sendmail -q failed with a permission error."""
+    ensure_user("pysendmail")
+    e = write_config(tmp_path)
+    e.run("pysendmail", "spool", "init", check=True)
+
+    assert os.stat(e.spool).st_uid == 0
+    proc = e.sendmail("someone@example.net", input=b"Subject: mine\n\nhello\n")
+    assert proc.returncode == 0, proc.stderr.decode()
+    e.flush()
+    assert len(e.delivered()) == 1

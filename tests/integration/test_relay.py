@@ -326,6 +326,23 @@ def test_550_bounces_with_dsn_sent_through_same_relay(tmp_path: Path, relay_fact
     assert relay.logins == 1
 
 
+def test_bounce_for_cron_mail_from_root_goes_where_aliases_send_root(tmp_path: Path, relay_factory) -> None:
+    relay = relay_factory("implicit")
+    relay.rcpt_replies["gone@example.net"] = "550 5.1.1 <gone@example.net>: no such user"
+    e = make_env(tmp_path, relay_table(relay, password_file(tmp_path)))
+    e.aliases_file.write_text("root: admin@example.net\n")
+    # As cron sends: no -f, so the sender is the submitting login (root here).
+    proc = e.sendmail("-FCronDaemon", "-i", "-B8BITMIME", "-oem", "gone@example.net",
+                      input=b"Subject: Cron <root@host> backup\n\nfailed\n")
+    assert proc.returncode == 0, proc.stderr.decode()
+
+    run_queue(e)
+
+    bounce = bounce_for(relay)
+    assert bounce.rcpt_tos == ["admin@example.net"]
+    assert mailq(e) == []
+
+
 def test_null_sender_failure_is_never_bounced(tmp_path: Path, relay_factory) -> None:
     relay = relay_factory("implicit")
     relay.rcpt_replies["nobody@example.net"] = "550 5.1.1 no such user"
