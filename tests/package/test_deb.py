@@ -1,0 +1,395 @@
+"""The Debian package on a clean Debian 12: build, install, send, upgrade, purge.
+
+The .deb is built twice from this tree with packaging/deb/build (the
+second time with a higher version), then installed with apt into a
+minimal Debian 12 root made by mmdebstrap from the same mirror the host's
+apt uses, so its dependencies are Debian 12's own python3-aiosmtplib,
+python3-dkim, python3-platformdirs and python3-dnspython.  In that root:
+PHP's ``mail()`` with php.ini's default sendmail_path, the daemon started
+by hand as the pysendmail user (no systemd runs in a chroot), delivery to
+the loopback TLS relay of tests/fakes running on the host (the chroot
+shares the host's network), an upgrade with a deferred message in the
+queue that is kept and then delivered, a remove that keeps the queue and
+the configuration, and a purge that leaves nothing behind but the system
+user.
+
+Speed: the root (apt variant + php-cli + systemd, package lists kept) is
+cached as a tarball under /var/cache/pysendmail-ci, rebuilt when older
+than a week or when the mirror or package list changes; the packages apt
+downloads for the .deb are kept in an archive directory beside it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import hashlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import needs_root
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "packaging" / "deb" / "build"
+DEBIAN = ROOT / "packaging" / "deb" / "debian"
+CACHE = Path("/var/cache/pysendmail-ci")
+BASE_PACKAGES = ["php-cli", "systemd"]
+BASE_MAX_AGE = 7 * 86400
+CHROOT_ENV = {
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "HOME": "/root",
+    "DEBIAN_FRONTEND": "noninteractive",
+}
+UPGRADE_SUFFIX = "+ci1"
+
+pytestmark = needs_root
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if path is None:
+        pytest.fail(f"{name} is not installed: the README's test command installs it with apt-get")
+    return path
+
+
+def run(cmd: list[str], timeout: float = 600, **kw: object) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
+    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- the host's mirror
+def debian_sources() -> list[str]:
+    """One-line apt sources for bookworm, from the mirror(s) the host's apt uses."""
+    lines: list[str] = []
+    for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+        for stanza in Path(path).read_text().split("\n\n"):
+            fields: dict[str, str] = {}
+            for line in stanza.splitlines():
+                if ":" in line and not line.startswith(("#", " ")):
+                    key, value = line.split(":", 1)
+                    fields[key.strip().lower()] = value.strip()
+            suites = [s for s in fields.get("suites", "").split() if s.startswith("bookworm")]
+            if "debian-archive-keyring" not in fields.get("signed-by", "") or not suites:
+                continue
+            for uri in fields.get("uris", "").split():
+                lines += [f"deb {uri} {suite} main" for suite in suites]
+    for path in ["/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*.list"))]:
+        if os.path.exists(path):
+            for line in Path(path).read_text().splitlines():
+                words = line.split()
+                if len(words) >= 3 and words[0] == "deb" and words[2].startswith("bookworm") and "debian" in words[1]:
+                    lines.append(f"deb {words[1]} {words[2]} main")
+    return lines or [
+        "deb http://deb.debian.org/debian bookworm main",
+        "deb http://deb.debian.org/debian bookworm-updates main",
+        "deb http://deb.debian.org/debian-security bookworm-security main",
+    ]
+
+
+def test_mirror_is_the_hosts() -> None:
+    sources = debian_sources()
+    assert any(" bookworm main" in s for s in sources), sources
+    assert any("bookworm-security" in s for s in sources), sources
+
+
+# ---------------------------------------------------------------- the cached base root
+class CacheLock:
+    def __init__(self, name: str) -> None:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(CACHE / name, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def __enter__(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)  # another test run on this machine builds or installs
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def base_tarball() -> Path:
+    sources = debian_sources()
+    key = hashlib.sha256("\n".join(["apt", *BASE_PACKAGES, *sources]).encode()).hexdigest()[:12]
+    tarball = CACHE / f"bookworm-{key}.tar"
+    with CacheLock("base.lock"):
+        if tarball.exists() and time.time() - tarball.stat().st_mtime < BASE_MAX_AGE:
+            return tarball
+        for old in CACHE.glob("bookworm-*.tar"):
+            old.unlink()
+        tmp = tarball.with_suffix(".tmp.tar")
+        run([tool("mmdebstrap"), "--variant=apt", "--include=" + ",".join(BASE_PACKAGES),
+             "--skip=cleanup/apt/lists", "bookworm", str(tmp), *sources], timeout=1200)
+        tmp.rename(tarball)
+    return tarball
+
+
+# ---------------------------------------------------------------- the packages
+@pytest.fixture(scope="module")
+def debs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the package as in debian/changelog, the same tree built with a higher version)."""
+    out = tmp_path_factory.mktemp("debs")
+    version = (DEBIAN / "changelog").read_text().split("(", 1)[1].split(")", 1)[0]
+    first = Path(run([str(BUILD), "--out", str(out / "1")]).stdout.split()[-1])
+    second = Path(run([str(BUILD), "--version", version + UPGRADE_SUFFIX, "--out", str(out / "2")]).stdout.split()[-1])
+    assert first.name == f"pysendmail_{version}_all.deb", first
+    assert second.name == f"pysendmail_{version}{UPGRADE_SUFFIX}_all.deb", second
+    return first, second
+
+
+def deb_field(deb: Path, name: str) -> str:
+    return run(["dpkg-deb", "-f", str(deb), name]).stdout.strip()
+
+
+def test_deb_is_an_mta_that_depends_on_debian_packages_only(debs: tuple[Path, Path]) -> None:
+    deb = debs[0]
+    assert deb_field(deb, "Architecture") == "all"
+    for field in ("Provides", "Conflicts", "Replaces"):
+        assert deb_field(deb, field) == "mail-transport-agent", field
+    depends = {d.split()[0] for d in deb_field(deb, "Depends").split(", ")}
+    for needed in ("python3-aiosmtplib", "python3-dkim", "python3-platformdirs", "python3-dnspython"):
+        assert needed in depends
+    # Every dependency exists in Debian 12 (the host is Debian 12 and has
+    # the same lists): apt-cache would print nothing for a pip-only name.
+    for name in depends:
+        policy = run(["apt-cache", "show", "--no-all-versions", name.replace("python3:any", "python3")])
+        assert policy.stdout.startswith("Package:"), name
+
+
+def test_deb_installs_the_launchers_and_man_pages(debs: tuple[Path, Path], tmp_path: Path) -> None:
+    run(["dpkg-deb", "-x", str(debs[0]), str(tmp_path)])
+    for path in ("usr/sbin/sendmail", "usr/bin/mailq", "usr/bin/newaliases", "usr/bin/pysendmail"):
+        with open(tmp_path / path, "rb") as fh:
+            assert fh.readline() == b"#!/usr/bin/python3\n", path
+        assert os.stat(tmp_path / path).st_mode & 0o111, path
+    # The lean launchers, not pip's console-script wrappers (which import re).
+    assert (tmp_path / "usr/sbin/sendmail").read_bytes() == (ROOT / "bin/sendmail").read_bytes()
+    assert os.readlink(tmp_path / "usr/lib/sendmail") == "../sbin/sendmail"
+    for page in ("man8/sendmail.8.gz", "man8/pysendmail.8.gz", "man5/pysendmail.toml.5.gz",
+                 "man8/mailq.8.gz", "man8/newaliases.8.gz"):
+        assert (tmp_path / "usr/share/man" / page).exists(), page
+    conffiles = run(["dpkg-deb", "--ctrl-tarfile", str(debs[0])]).stdout  # tar stream; look for the member
+    assert "conffiles" in conffiles
+    config = (tmp_path / "etc/pysendmail/pysendmail.toml").read_text()
+    assert not re.search(r"^\s*password\s*=", config, re.M), "the shipped config must hold no secret"
+
+
+def test_lintian_reports_nothing_unjustified(debs: tuple[Path, Path]) -> None:
+    proc = subprocess.run([tool("lintian"), "-EvIL", "+pedantic", "--fail-on", "none", str(debs[0])],
+                          capture_output=True, text=True, timeout=600)
+    tags = [line for line in proc.stdout.splitlines() if re.match(r"^[EWIPX]: ", line)]
+    assert tags == [], "lintian tags neither fixed nor overridden:\n" + "\n".join(tags)
+    readme = (ROOT / "packaging/deb/README.md").read_text()
+    for line in (DEBIAN / "pysendmail.lintian-overrides").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            tag = line.split()[1]
+            assert tag in readme, f"packaging/deb/README.md does not justify the override {tag}"
+
+
+# ---------------------------------------------------------------- the Debian 12 root
+def mounted_under(path: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as fh:
+        points = [line.split()[4] for line in fh]
+    return [p for p in points if p == str(path) or p.startswith(str(path) + "/")]
+
+
+class Chroot:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, inside: str) -> Path:
+        return self.root / inside.lstrip("/")
+
+    def popen(self, *cmd: str, **kw: object) -> subprocess.Popen[str]:
+        return subprocess.Popen(["chroot", str(self.root), *cmd], env=CHROOT_ENV, text=True,  # type: ignore[call-overload]
+                                **kw)
+
+    def run(self, *cmd: str, check: bool = True, input: str | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["chroot", str(self.root), *cmd], env=CHROOT_ENV, capture_output=True, text=True,
+                              input=input, timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
+        if check:
+            assert proc.returncode == 0, f"{cmd} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        return proc
+
+    def apt_install(self, deb: Path) -> None:
+        target = self.path("/root/debs") / deb.name
+        target.parent.mkdir(exist_ok=True)
+        shutil.copy(deb, target)
+        cmd = ("apt-get", "install", "-y", "--no-install-recommends", f"/root/debs/{deb.name}")
+        with CacheLock("archives.lock"):
+            proc = self.run(*cmd, check=False)
+            if proc.returncode != 0 and ("404" in proc.stdout + proc.stderr or "Unable to fetch" in proc.stderr):
+                self.run("apt-get", "update")  # the cached lists went stale on the mirror
+                proc = self.run(*cmd, check=False)
+        assert proc.returncode == 0, f"apt-get install {deb.name} failed\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        target.unlink()
+
+    def ids(self, name: str) -> tuple[int, int]:
+        for line in self.path("/etc/passwd").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == name:
+                return int(fields[2]), int(fields[3])
+        raise AssertionError(f"no user {name} in the chroot")
+
+
+@pytest.fixture(scope="module")
+def chroot() -> Iterator[Chroot]:
+    tarball = base_tarball()
+    root = Path(f"/var/tmp/pysendmail-deb-root-{os.getpid()}")
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(mode=0o755)
+    archives = CACHE / "archives"
+    archives.mkdir(exist_ok=True)
+    mounts: list[Path] = []
+    try:
+        run(["tar", "-xf", str(tarball), "-C", str(root)])
+        shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+        run(["mount", "-t", "proc", "proc", str(root / "proc")])
+        mounts.append(root / "proc")
+        run(["mount", "--bind", str(archives), str(root / "var/cache/apt/archives")])
+        mounts.append(root / "var/cache/apt/archives")
+        yield Chroot(root)
+    finally:
+        for point in reversed(mounts):
+            if subprocess.run(["umount", str(point)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(point)], capture_output=True)
+        # Never rm -rf through a mount point that is still there.
+        if not mounted_under(root):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def installed(chroot: Chroot, debs: tuple[Path, Path]) -> Chroot:
+    chroot.run("sh", "-c", "test ! -e /usr/sbin/sendmail")
+    chroot.apt_install(debs[0])
+    return chroot
+
+
+def mode_owner(path: Path) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+
+
+def test_install_creates_user_spool_and_enables_the_service(installed: Chroot) -> None:
+    c = installed
+    uid, gid = c.ids("pysendmail")
+    spool = c.path("/var/spool/pysendmail")
+    assert mode_owner(spool / "incoming") == (0o3733, uid, gid)
+    for name in ("queue", "failed", "quarantine", "state"):
+        assert mode_owner(spool / name) == (0o700, uid, gid), name
+    assert stat.S_ISFIFO(os.lstat(spool / "pickup").st_mode)
+    assert mode_owner(c.path("/etc/pysendmail/pysendmail.toml"))[1:] == (0, 0)
+    assert c.path("/etc/pysendmail/pysendmail.toml.cache").is_file(), "postinst runs pysendmail config check"
+    wants = c.path("/etc/systemd/system/multi-user.target.wants/pysendmail.service")
+    assert os.readlink(wants) == "/lib/systemd/system/pysendmail.service"
+    assert c.run("systemctl", "is-enabled", "pysendmail.service", check=False).stdout.strip() == "enabled"
+    # Installed as Debian's sendmail: the launcher runs with Debian 12's python3.
+    assert c.run("/usr/sbin/sendmail", "-bp").stdout == "Mail queue is empty\n"
+
+
+def test_unit_verifies(installed: Chroot) -> None:
+    proc = subprocess.run([tool("systemd-analyze"), "verify", f"--root={installed.root}", "--man=no",
+                           "/lib/systemd/system/pysendmail.service"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "pysendmail" not in proc.stderr, proc.stderr
+    # The same check sees a broken unit (so a pass above means something).
+    unit = installed.path("/lib/systemd/system/pysendmail.service").read_text()
+    broken = installed.path("/etc/systemd/system/pysendmail-broken.service")
+    broken.write_text(unit.replace("ExecStart=/usr/bin/pysendmail", "ExecStart=/usr/bin/pysendmail-missing"))
+    try:
+        bad = subprocess.run([tool("systemd-analyze"), "verify", f"--root={installed.root}", "--man=no",
+                              "/etc/systemd/system/pysendmail-broken.service"], capture_output=True, text=True,
+                             timeout=120)
+    finally:
+        broken.unlink()
+    assert bad.returncode != 0 and "pysendmail-missing" in bad.stderr, bad.stderr
+
+
+def test_unit_exposure_is_below_2(installed: Chroot) -> None:
+    proc = run([tool("systemd-analyze"), "security", "--offline=yes", f"--root={installed.root}",
+                "--no-pager", "pysendmail.service"])
+    found = re.search(r"Overall exposure level for pysendmail\.service: ([\d.]+)", proc.stdout)
+    assert found, proc.stdout[-2000:]
+    assert float(found.group(1)) < 2.0, proc.stdout[-2000:]
+    print(found.group(0))  # for the record: pytest -rP shows it
+
+
+def test_php_mail_daemon_upgrade_remove_purge(installed: Chroot, debs: tuple[Path, Path], relay_factory) -> None:  # type: ignore[no-untyped-def]
+    c = installed
+    relay = relay_factory("implicit")
+    uid, gid = c.ids("pysendmail")
+
+    # Configure the relay: its CA as ca_file, the password 0640 root:pysendmail.
+    shutil.copy(relay.ca_file, c.path("/etc/pysendmail/relay-ca.pem"))
+    password = c.path("/etc/pysendmail/password")
+    password.write_text(relay.password + "\n")
+    os.chown(password, 0, gid)
+    os.chmod(password, 0o640)
+    table = relay.config(Path("/etc/pysendmail/password"), host="127.0.0.1").replace(
+        str(relay.ca_file), "/etc/pysendmail/relay-ca.pem")
+    config = c.path("/etc/pysendmail/pysendmail.toml")
+    config.write_text(config.read_text() + "\n" + table + '\n[host]\nname = "web.example.org"\n')
+    c.run("pysendmail", "config", "check")
+
+    # PHP's mail() as the web server's user, with php.ini's default sendmail_path.
+    assert c.run("php", "-r", 'echo ini_get("sendmail_path");').stdout == "/usr/sbin/sendmail -t -i"
+    php = c.run("setpriv", "--reuid=www-data", "--regid=www-data", "--init-groups", "php", "-r",
+                'var_dump(mail("someone@example.net", "from the package", "Hello from Debian 12.", '
+                '"From: Shop <shop@example.org>"));')
+    assert php.stdout == "bool(true)\n", php.stdout + php.stderr
+
+    daemon = c.popen("setpriv", "--reuid=pysendmail", "--regid=pysendmail", "--init-groups",
+                     "pysendmail", "daemon", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        (got,) = relay.wait_for(1, timeout=60)
+    finally:
+        daemon.terminate()
+        log = daemon.communicate(timeout=60)[0]
+    assert daemon.returncode == 0, log
+    assert got.tls and got.rcpt_tos == ["someone@example.net"], log
+    assert b"Subject: from the package" in got.data and b"Hello from Debian 12." in got.data
+    assert re.search(r"status=sent", log), log
+    assert relay.password not in log
+
+    # A message deferred in the queue across the upgrade.
+    relay.data_reply = "451 4.3.0 try again later"
+    c.run("sendmail", "-t", "-i", input="To: later@example.net\nSubject: across the upgrade\n\nkept\n")
+    c.run("sendmail", "-q")
+    assert c.run("mailq").stdout.splitlines()[-1].endswith(" in 1 Request."), c.run("mailq").stdout
+    queued = sorted(os.listdir(c.path("/var/spool/pysendmail/queue")))
+    assert len([q for q in queued if not q.startswith(".")]) == 1
+
+    c.apt_install(debs[1])
+    version = c.run("dpkg-query", "-W", "-f", "${Version}", "pysendmail").stdout
+    assert version.endswith(UPGRADE_SUFFIX)
+    assert sorted(os.listdir(c.path("/var/spool/pysendmail/queue"))) == queued, "the upgrade lost the queue"
+    assert table in config.read_text(), "the upgrade replaced the edited configuration"
+    assert password.read_text() == relay.password + "\n"
+    assert mode_owner(c.path("/var/spool/pysendmail/incoming")) == (0o3733, uid, gid)
+
+    relay.data_reply = None
+    c.run("sendmail", "-q")
+    messages = relay.wait_for(2, timeout=60)
+    assert messages[1].rcpt_tos == ["later@example.net"] and b"across the upgrade" in messages[1].data
+    assert c.run("mailq").stdout == "Mail queue is empty\n"
+
+    # remove keeps the queue and the configuration; purge removes them.
+    c.run("apt-get", "remove", "-y", "pysendmail")
+    assert not c.path("/usr/sbin/sendmail").exists()
+    assert config.is_file() and password.is_file() and c.path("/var/spool/pysendmail/incoming").is_dir()
+    c.run("apt-get", "purge", "-y", "pysendmail")
+    assert c.run("dpkg-query", "-W", "-f", "${db:Status-Status}", "pysendmail", check=False).stdout in ("", "not-installed")
+    left = c.run("find", "/", "-xdev", "(", "-path", "/proc", "-o", "-path", "/var/log", "-o", "-path", "/root/debs",
+                 ")", "-prune", "-o", "-name", "*pysendmail*", "-print").stdout.split()
+    assert left == [], f"purge left {left}"
+    # What policy allows to stay: the system user and group.
+    c.ids("pysendmail")
