@@ -81,6 +81,8 @@ class _Conn:
 
 
 class SmtpTransport:
+    smtp_class: type[aiosmtplib.SMTP] = aiosmtplib.SMTP  # 'pysendmail test' puts a tracing one here
+
     def __init__(self, relay: dict[str, object], helo: str, name: str = "default",
                  provider: str | None = None) -> None:
         self.settings = relay
@@ -127,7 +129,7 @@ class SmtpTransport:
     # ------------------------------------------------------------ connections
     async def _open(self) -> _Conn:
         implicit = self.tls == "implicit"
-        smtp = aiosmtplib.SMTP(
+        smtp = self.smtp_class(
             hostname=self.host,
             port=self.port,
             use_tls=implicit,
@@ -206,6 +208,8 @@ class SmtpTransport:
         except aiosmtplib.SMTPResponseException as exc:
             found = outcome.verdict(self.provider, exc.code, exc.message, "auth")
             reply = outcome.with_hint(f"{exc.code} {exc.message}", found)
+            if found is not None:
+                reply = f"{found.kind}: {reply}"
             if found is not None and found.action == PAUSE:
                 raise RelayError(f"authentication as {self.username} refused: {reply}", pause=found.seconds,
                                  kind=found.kind) from None
