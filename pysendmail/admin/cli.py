@@ -40,7 +40,14 @@ def _spool_owner(cfg: config.Config) -> tuple[int, int, str]:
             st = os.stat(cfg.spool_path)
             entry = pwd.getpwuid(st.st_uid)
         except (OSError, KeyError):
+            # The "pysendmail" user is the default owner of the system
+            # spool only: with any other config, a spool root creates
+            # belongs to root unless spool.user says otherwise (a host
+            # where the .deb made that user must not change who owns a
+            # test's or a container's spool).
             try:
+                if not cfg.system_mode:
+                    raise KeyError("not the system config")
                 entry = pwd.getpwnam("pysendmail")
             except KeyError:
                 entry = pwd.getpwuid(os.geteuid())
@@ -318,6 +325,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                       help="system mode: /etc/pysendmail, /var/spool/pysendmail, the pysendmail user (root only)")
     mode.add_argument("--user-mode", dest="system", action="store_false",
                       help="user mode: everything under your own directories")
+    st.add_argument("--daemon-user", default="pysendmail", help="system mode: the daemon's user (default: pysendmail)")
     st.add_argument("--dkim", metavar="DOMAIN", help="generate a DKIM key for DOMAIN (kept if it exists)")
     st.add_argument("--selector", default="mail", help="DKIM selector (default: mail)")
     st.add_argument("--spool", help="spool directory (default: the mode's)")
@@ -345,6 +353,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         provider=args.provider, user=args.user, password_stdin=args.password_stdin, host=args.host, port=args.port,
         tls=args.tls, region=args.region, ca_file=args.ca_file, from_address=args.from_address, system=args.system,
         dkim=args.dkim, selector=args.selector, spool=args.spool, force=args.force, test_to=args.test_to,
+        daemon_user=args.daemon_user,
     )
     summary = setup.run(opts, args.config or os.environ.get("PYSENDMAIL_CONFIG") or None, sys.stdout)
     sys.stdout.write(json.dumps(summary, indent=2) + "\n" if args.json else setup.render(summary))

@@ -11,7 +11,8 @@ Contract:   ``run(opts, config_path, out)`` writes the config, the password
             record is published).  Returns a summary dict (``--json``).
 Security:   system mode: config root:root 0644 (it holds no secret; every
             submitter reads it), password and key root:pysendmail 0640,
-            spool owned by the pysendmail user.  User mode: everything
+            spool owned by the pysendmail user (--daemon-user; created as
+            a system user when missing).  User mode: everything
             0600/0700 under the user's directories.  Files are written to
             a temporary name with their final mode and renamed.
 See also:   pysendmail(8) setup; providers.py (hosts, SPF includes).
@@ -52,6 +53,7 @@ class Options:
     spool: str | None = None
     force: bool = False
     test_to: str | None = None
+    daemon_user: str = DAEMON_USER
 
 
 def _ask(prompt: str, secret: bool = False) -> str:
@@ -150,15 +152,17 @@ def _place(path: str, data: bytes, mode: int, owner: tuple[int, int] | None, for
     return "written" if current is None else "overwritten"
 
 
-def _daemon_ids(create: bool) -> tuple[int, int]:
+def _daemon_ids(name: str) -> tuple[int, int]:
+    """The daemon user's (uid, gid); created as a system user when missing."""
     try:
-        entry = pwd.getpwnam(DAEMON_USER)
+        entry = pwd.getpwnam(name)
     except KeyError:
-        if not create:
-            raise
-        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
-                        "/usr/sbin/nologin", "--user-group", DAEMON_USER], check=True, capture_output=True)
-        entry = pwd.getpwnam(DAEMON_USER)
+        proc = subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
+                               "/usr/sbin/nologin", "--user-group", name], capture_output=True)
+        if proc.returncode != 0:
+            raise errors.CantCreateError(f"cannot create the daemon user {name}: "
+                                         f"{proc.stderr.decode(errors='replace').strip()}") from None
+        entry = pwd.getpwnam(name)
     return entry.pw_uid, entry.pw_gid
 
 
@@ -214,7 +218,7 @@ def run(opts: Options, config_path: str | None, out: TextIO) -> dict[str, object
     secret_owner: tuple[int, int] | None = None
     spool_owner: tuple[int, int] | None = None
     if system:
-        uid, gid = _daemon_ids(create=True)
+        uid, gid = _daemon_ids(opts.daemon_user)
         secret_owner = (0, gid)
         spool_owner = (uid, gid)
 
@@ -225,7 +229,7 @@ def run(opts: Options, config_path: str | None, out: TextIO) -> dict[str, object
         if spool:
             lines.append(f"path = {_toml_str(spool)}")
         if system:
-            lines.append(f"user = {_toml_str(DAEMON_USER)}")
+            lines.append(f"user = {_toml_str(opts.daemon_user)}")
         lines.append("")
     lines += ["[relay]", f"provider = {_toml_str(provider)}"]
     for key, value in (("host", opts.host), ("tls", opts.tls), ("region", opts.region), ("ca_file", opts.ca_file),
