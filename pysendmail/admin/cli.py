@@ -3,7 +3,8 @@
 Contract:   ``main(argv)`` runs one subcommand and returns a sysexits.h
             code; every PysendmailError becomes one sentence on stderr.
             Subcommands: daemon, flush, status, mailq, newaliases, queue
-            (list, show, delete, hold, release), spool init, config check.
+            (list, show, delete, hold, release, retry), spool init, config
+            check|show, setup, test, doctor.
 Security:   run as root, commands that touch the queue first drop to the
             spool's owner, so every file they create belongs to the daemon
             user; other users get NoPermission for the queue.
@@ -218,56 +219,22 @@ def _counts(spool: layout.Spool) -> dict[str, int]:
 
 
 def cmd_status(cfg: config.Config, as_json: bool) -> int:
+    from pysendmail.admin import status
     from pysendmail.daemon.main import lock_holder
 
     spool = layout.Spool(cfg.spool_path)
     if os.path.isdir(spool.path):
         drop_privileges(cfg)
-    if cfg.relay_configured:
-        mode = f"relay via {cfg.get('relay', 'host') or cfg.get('relay', 'provider')}"
-    else:
-        mode = f"local Maildir capture into {cfg.maildir_path} (no [relay] configured: run 'pysendmail setup')"
     pid = lock_holder(spool)
     try:
         counts = _counts(spool)
     except PermissionError:
         raise errors.NoPermission(f"permission denied reading {spool.path}: run this as root or the spool's owner") from None
-    route: dict[str, object] = {}
-    try:
-        with open(os.path.join(spool.state, "route.json")) as fh:
-            route = json.load(fh)
-    except (OSError, ValueError):
-        pass
-    data = {
-        "config": cfg.path or "built-in defaults",
-        "mode": mode,
-        "spool": spool.path,
-        "daemon_pid": pid,
-        "counts": counts,
-        "route": route,
-    }
+    data = status.collect(cfg, spool, pid, counts)
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
-        return 0
-    lines = [
-        f"config:  {data['config']}",
-        f"mode:    {mode}",
-        f"spool:   {spool.path}",
-        f"daemon:  {'running, pid %d' % pid if pid else 'not running'}",
-        "queue:   " + ", ".join(f"{v} {k}" for k, v in counts.items()),
-    ]
-
-    def when(value: object) -> str:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(value)))  # type: ignore[arg-type]
-
-    for key, label in (("last_success", "last sent"), ("last_failure", "last failed")):
-        item = route.get(key)
-        if isinstance(item, list) and len(item) == 2:
-            lines.append(f"{label}: {when(item[0])} {item[1]}")
-    until = route.get("paused_until")
-    if until and float(until) > time.time():  # type: ignore[arg-type]
-        lines.append(f"paused:  until {when(until)}: {route.get('paused_because')}")
-    sys.stdout.write("\n".join(lines) + "\n")
+    else:
+        sys.stdout.write(status.render(data))
     return 0
 
 
@@ -335,13 +302,120 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     q.add_argument("--all", action="store_true", help="every queued message")
     sp = sub.add_parser("spool", help="spool maintenance")
     sp.add_argument("action", choices=["init"])
-    c = sub.add_parser("config", help="configuration checks")
-    c.add_argument("action", choices=["check"])
+    c = sub.add_parser("config", help="check the configuration (no network) or show the effective one",
+                       description="check: the config, every relay's secrets, DKIM keys and the spool's owners and "
+                                   "modes, as the daemon's user; show: every value with its source, secrets masked.")
+    c.add_argument("action", choices=["check", "show"])
+    c.add_argument("--json", action="store_true")
+    c.add_argument("-v", "--verbose", action="store_true", help="check: print the OK lines too")
+    st = sub.add_parser("setup", help="write the config, password file and spool (and a DKIM key); print DNS records",
+                        description="Non-interactive with flags; on a terminal asks only for what is missing.")
+    st.add_argument("--provider", help="yandex, gmail, mailru, outlook, fastmail, ses, sendgrid, mailgun or custom")
+    st.add_argument("--user", help="the account's user name (usually its address)")
+    st.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    st.add_argument("--host", help="relay host (custom, or to override the preset)")
+    st.add_argument("--port", type=int)
+    st.add_argument("--tls", choices=["implicit", "starttls"])
+    st.add_argument("--region", help="AWS region, for --provider ses")
+    st.add_argument("--ca-file", help="extra CA certificate for the relay")
+    st.add_argument("--from-address", help="the account's address when the user name is not one")
+    mode = st.add_mutually_exclusive_group()
+    mode.add_argument("--system", dest="system", action="store_true", default=None,
+                      help="system mode: /etc/pysendmail, /var/spool/pysendmail, the pysendmail user (root only)")
+    mode.add_argument("--user-mode", dest="system", action="store_false",
+                      help="user mode: everything under your own directories")
+    st.add_argument("--daemon-user", default="pysendmail", help="system mode: the daemon's user (default: pysendmail)")
+    st.add_argument("--dkim", metavar="DOMAIN", help="generate a DKIM key for DOMAIN (kept if it exists)")
+    st.add_argument("--selector", default="mail", help="DKIM selector (default: mail)")
+    st.add_argument("--spool", help="spool directory (default: the mode's)")
+    st.add_argument("--force", action="store_true", help="overwrite a config or password file that differs")
+    st.add_argument("--test-to", metavar="ADDR", help="send a test message to ADDR when done")
+    st.add_argument("--json", action="store_true")
+    t = sub.add_parser("test", help="send a real test message now, showing the SMTP dialogue",
+                       description="Sends synchronously through a route (credentials masked); nothing is queued.")
+    t.add_argument("--to", required=True, metavar="ADDR")
+    t.add_argument("--route", metavar="NAME", help="the route to use (default: the one the rules choose)")
+    t.add_argument("--from", dest="sender", metavar="ADDR", help="envelope sender (default: the account)")
+    t.add_argument("--json", action="store_true", help="print the outcome as JSON after the dialogue")
+    dr = sub.add_parser("doctor", help="DNS checks: MX, SPF, DKIM, DMARC, HELO name",
+                        description="Each line is OK, WARN or FAIL with the fix; exits 1 when something FAILs.")
+    dr.add_argument("--domain", help="the sending domain (default: the first [[dkim]] domain or the account's)")
+    dr.add_argument("--nameserver", metavar="HOST[:PORT]", help="ask this DNS server instead of the system's")
+    dr.add_argument("--json", action="store_true")
     return p
 
 
+def cmd_setup(args: argparse.Namespace) -> int:
+    from pysendmail.admin import setup
+
+    opts = setup.Options(
+        provider=args.provider, user=args.user, password_stdin=args.password_stdin, host=args.host, port=args.port,
+        tls=args.tls, region=args.region, ca_file=args.ca_file, from_address=args.from_address, system=args.system,
+        dkim=args.dkim, selector=args.selector, spool=args.spool, force=args.force, test_to=args.test_to,
+        daemon_user=args.daemon_user,
+    )
+    summary = setup.run(opts, args.config or os.environ.get("PYSENDMAIL_CONFIG") or None, sys.stdout)
+    sys.stdout.write(json.dumps(summary, indent=2) + "\n" if args.json else setup.render(summary))
+    if args.test_to:
+        cfg = _load(str(summary["config"]))
+        return cmd_test(cfg, args.test_to, None, None, False)
+    if sys.stdin.isatty() and not args.json:
+        answer = input("Send a test message now? Address (empty: no): ").strip()
+        if answer:
+            return cmd_test(_load(str(summary["config"])), answer, None, None, False)
+    return 0
+
+
+def cmd_test(cfg: config.Config, to: str, route: str | None, sender: str | None, as_json: bool) -> int:
+    from pysendmail.admin import sendtest
+    from pysendmail.core import rfc5322
+
+    try:
+        rfc5322.check_addr_spec(to)
+    except rfc5322.AddressError as exc:
+        raise errors.UsageError(f"--to {to!r} is not an address: {exc}") from None
+    status, text = sendtest.run(cfg, to, route, sender, sys.stdout)
+    if as_json:
+        sys.stdout.write(json.dumps({"status": status, "text": text}) + "\n")
+    if status == "sent":
+        sys.stdout.write(f"test: sent to {to}: {text}\n")
+        return 0
+    explained = text if "hint:" in text else text + "; hint: see the dialogue above and 'pysendmail config check'"
+    sys.stdout.write(f"test: NOT sent ({status}): {explained}\n")
+    return errors.EX_TEMPFAIL if status in ("deferred", "held") else errors.EX_DATAERR
+
+
+def cmd_doctor(cfg: config.Config, domain: str | None, nameserver: str | None, as_json: bool) -> int:
+    from pysendmail.admin import doctor
+
+    domain = domain or doctor.default_domain(cfg)
+    if not domain:
+        raise errors.UsageError("doctor needs a domain: pass --domain (no [[dkim]] or account address names one)")
+    findings = doctor.check(cfg, domain, doctor.resolver(nameserver))
+    if as_json:
+        sys.stdout.write(json.dumps([{"level": lv, "text": t} for lv, t in findings], indent=2) + "\n")
+    else:
+        sys.stdout.write("".join(f"{lv:<4} {t}\n" for lv, t in findings))
+    return 1 if any(lv == "FAIL" for lv, _ in findings) else 0
+
+
+def cmd_config(cfg: config.Config, action: str, as_json: bool, verbose: bool) -> int:
+    from pysendmail.admin import configcmd
+
+    if action == "show":
+        data = configcmd.show(cfg)
+        sys.stdout.write(json.dumps(data, indent=2) + "\n" if as_json else configcmd.render_show(data))
+        return 0
+    return configcmd.run_check(cfg, as_json, verbose)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.command == "setup":
+        return cmd_setup(args)
     cfg = _load(args.config)
+    if not cfg.relay_configured and args.command in ("status", "flush", "test", "doctor") and sys.stderr.isatty():
+        sys.stderr.write("pysendmail: no relay configured, mail goes to the local Maildir; "
+                         "run 'pysendmail setup --provider NAME --user ADDRESS'\n")
     cmd = args.command
     if cmd == "daemon":
         return cmd_daemon(cfg, args.interval)
@@ -358,8 +432,11 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "spool":
         return cmd_spool_init(cfg)
     if cmd == "config":
-        sys.stdout.write(f"{cfg.path or 'built-in defaults'}: ok\n")
-        return 0
+        return cmd_config(cfg, args.action, args.json, args.verbose)
+    if cmd == "test":
+        return cmd_test(cfg, args.to, args.route, args.sender, args.json)
+    if cmd == "doctor":
+        return cmd_doctor(cfg, args.domain, args.nameserver, args.json)
     raise AssertionError(cmd)
 
 

@@ -74,7 +74,7 @@ def find_config(cli_path: str | None = None) -> tuple[str | None, str]:
 # ---------------------------------------------------------------- schema
 # Each key: (type, default).  Types: "str", "int", "bool", "strlist",
 # "str|strlist".  A default of None means "absent unless given".
-_STR, _INT, _BOOL, _LIST = "str", "int", "bool", "strlist"
+_STR, _INT, _BOOL, _LIST, _STRS = "str", "int", "bool", "strlist", "str|strlist"
 
 SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
     "spool": {
@@ -109,6 +109,15 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "rate_per_minute": (_INT, 0),
         "rate_per_day": (_INT, 0),
         "idle_timeout": (_INT, 5),
+        # Accounts and sender alignment (issue 5).  None: the preset's
+        # value, else the built-in default (daemon/routes.py says which).
+        "password": (_STR, None),  # inline: only in a config nobody else can read
+        "credential": (_STR, None),  # systemd credential name ($CREDENTIALS_DIRECTORY)
+        "region": (_STR, None),  # provider = "ses": the AWS region
+        "from_policy": (_STR, None),  # keep | rewrite
+        "allowed_senders": (_LIST, None),  # addresses or domains kept under rewrite
+        "from_address": (_STR, None),  # the account's address (default: username)
+        "fallback": (_STR, None),  # name of the relay used while this one fails
     },
     "queue": {
         "lifetime": (_INT, 5 * 86400),
@@ -125,6 +134,17 @@ DKIM_SCHEMA: dict[str, tuple[str, object]] = {
     "headers": (_LIST, None),
 }
 _DKIM_REQUIRED = ("domain", "selector", "key_file")
+# [[route]] is an array of tables: which relay a message leaves through.
+# sender/from/user take a string or a list; a rule without any of them is
+# the default route.
+ROUTE_SCHEMA: dict[str, tuple[str, object]] = {
+    "relay": (_STR, None),
+    "sender": (_STRS, None),
+    "from": (_STRS, None),
+    "user": (_STRS, None),
+    "fallback": (_STR, None),
+}
+DEFAULT_RELAY = "default"  # the name of the plain [relay] table
 
 
 class Config:
@@ -138,13 +158,17 @@ class Config:
         dkim: list[dict[str, object]],
         aliases: dict[str, list[str]],
         present: set[str],
+        relays: dict[str, dict[str, object]] | None = None,
+        routes: list[dict[str, object]] | None = None,
     ) -> None:
         self.path = path
         self.source = source
         self.values = values
         self.dkim = dkim
         self.aliases = aliases
-        self.present = present  # "section.key" that the file set
+        self.present = present  # "section.key" (and "relay.NAME.key") that the file set
+        self.relays = relays or {}  # [relay.NAME] tables, defaults filled
+        self.routes = routes or []  # [[route]] rules, in order
 
     def get(self, section: str, key: str) -> object:
         return self.values[section][key]
@@ -204,10 +228,13 @@ def _typecheck(kind: str, value: object) -> bool:
         return isinstance(value, bool)
     if kind == _LIST:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == _STRS:
+        return isinstance(value, str) or _typecheck(_LIST, value)
     raise AssertionError(kind)
 
 
-_TYPE_WORDS = {_STR: "a string", _INT: "an integer", _BOOL: "true or false", _LIST: "a list of strings"}
+_TYPE_WORDS = {_STR: "a string", _INT: "an integer", _BOOL: "true or false", _LIST: "a list of strings",
+               _STRS: "a string or a list of strings"}
 
 
 def load(cli_path: str | None = None) -> Config:
@@ -236,13 +263,15 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
     values: dict[str, dict[str, object]] = {}
     present: set[str] = set()
     for section, table in data.items():
-        if section in ("dkim", "aliases"):
+        if section in ("dkim", "aliases", "route"):
             continue
         if section not in SCHEMA:
             raise ConfigError(f"unknown section [{section}] in {where}")
         if not isinstance(table, dict):
             raise ConfigError(f"[{section}] in {where} must be a table")
         for key, value in table.items():
+            if section == "relay" and isinstance(value, dict):
+                continue  # [relay.NAME]: a named account, checked below
             if key not in SCHEMA[section]:
                 raise ConfigError(f"unknown key {section}.{key} in {where}")
             kind = SCHEMA[section][key][0]
@@ -253,6 +282,10 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
         given = data.get(section, {})
         assert isinstance(given, dict)
         values[section] = {key: given.get(key, default) for key, (_, default) in keys.items()}
+
+    relays = _named_relays(data.get("relay", {}), where, present)
+    plain = any(p.startswith("relay.") and p.count(".") == 1 for p in present)
+    routes = _routes(data.get("route", []), where, relays, plain)
 
     dkim: list[dict[str, object]] = []
     raw_dkim = data.get("dkim", [])
@@ -297,10 +330,70 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
             if "spool.path" in present or path == SYSTEM_CONFIG
             else os.path.join(user_dir("data"), "Maildir")
         )
-    tls = values["relay"]["tls"]
-    if tls is not None and tls not in ("implicit", "starttls", "none"):
-        raise ConfigError(f"relay.tls in {where} must be implicit, starttls or none, not {tls!r}")
-    return Config(path, source, values, dkim, aliases, present)
+    for name, table in [("relay", values["relay"])] + [(f"relay.{n}", t) for n, t in relays.items()]:
+        tls = table["tls"]
+        if tls is not None and tls not in ("implicit", "starttls", "none"):
+            raise ConfigError(f"{name}.tls in {where} must be implicit, starttls or none, not {tls!r}")
+        policy = table["from_policy"]
+        if policy is not None and policy not in ("keep", "rewrite"):
+            raise ConfigError(f"{name}.from_policy in {where} must be keep or rewrite, not {policy!r}")
+        fallback = table["fallback"]
+        if fallback is not None and fallback not in relays and fallback != DEFAULT_RELAY:
+            raise ConfigError(f"{name}.fallback in {where} names {fallback!r}, which is no [relay.{fallback}] table")
+    return Config(path, source, values, dkim, aliases, present, relays, routes)
+
+
+def _named_relays(raw: object, where: str, present: set[str]) -> dict[str, dict[str, object]]:
+    """The [relay.NAME] tables, each checked against the [relay] keys."""
+    relays: dict[str, dict[str, object]] = {}
+    if not isinstance(raw, dict):
+        return relays
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            continue
+        if name == DEFAULT_RELAY or not name.replace("-", "").replace("_", "").isalnum() or not name.isascii():
+            raise ConfigError(
+                f"[relay.{name}] in {where}: a relay name is letters, digits, - and _, and not {DEFAULT_RELAY!r} "
+                "(the plain [relay] table is the default route)"
+            )
+        for key, value in table.items():
+            if key not in SCHEMA["relay"]:
+                raise ConfigError(f"unknown key relay.{name}.{key} in {where}")
+            kind = SCHEMA["relay"][key][0]
+            if not _typecheck(kind, value):
+                raise ConfigError(f"relay.{name}.{key} in {where} must be {_TYPE_WORDS[kind]}")
+            present.add(f"relay.{name}.{key}")
+        relays[name] = {key: table.get(key, default) for key, (_, default) in SCHEMA["relay"].items()}
+    return relays
+
+
+def _routes(raw: object, where: str, relays: dict[str, dict[str, object]], plain: bool) -> list[dict[str, object]]:
+    """The [[route]] rules; every relay they name must exist."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"route in {where} must be written [[route]] (an array of tables)")
+    known = set(relays) | ({DEFAULT_RELAY} if plain else set())
+    routes: list[dict[str, object]] = []
+    for n, table in enumerate(raw, 1):
+        if not isinstance(table, dict):
+            raise ConfigError(f"[[route]] number {n} in {where} must be a table")
+        for key, value in table.items():
+            if key not in ROUTE_SCHEMA:
+                raise ConfigError(f"unknown key route.{key} in {where}")
+            kind = ROUTE_SCHEMA[key][0]
+            if not _typecheck(kind, value):
+                raise ConfigError(f"route.{key} in {where} must be {_TYPE_WORDS[kind]}")
+        rule: dict[str, object] = {}
+        for key, (kind, default) in ROUTE_SCHEMA.items():
+            value = table.get(key, default)
+            rule[key] = [value] if kind == _STRS and isinstance(value, str) else value
+        for key in ("relay", "fallback"):
+            name = rule[key]
+            if key == "relay" and name is None:
+                raise ConfigError(f"[[route]] number {n} in {where} lacks relay (the name of a [relay.NAME] table)")
+            if name is not None and name not in known:
+                raise ConfigError(f"route.{key} = {name!r} in {where} names no relay: define [relay.{name}]")
+        routes.append(rule)
+    return routes
 
 
 # ---------------------------------------------------------------- cache

@@ -5,12 +5,18 @@ Contract:   ``classify(code, text)`` returns (status, dsn) where status is
             says when the whole route must go on hold instead (the
             password is wrong: retrying per message would lock the account,
             bouncing would lose mail for a configuration mistake).
+            ``verdict(provider, code, text, stage)`` adds what
+            providers.py knows about a provider's own texts (quota, spam
+            block, app password, sender not owned): the transport pauses
+            the route, holds it, or holds the message instead, and every
+            such reply carries a hint (``with_hint``) for log and status.
 See also:   RFC 5321 4.2.1 (reply code classes), RFC 3463 (enhanced status
             codes), RFC 4954 6 (AUTH replies 530, 534, 535, 454).
 """
 
 from __future__ import annotations
 
+from pysendmail.daemon import providers
 from pysendmail.daemon.transport.base import DEFERRED, FAILED, SENT
 
 
@@ -45,3 +51,14 @@ def is_auth_failure(code: int, text: str, stage: str) -> bool:
     if stage == "auth":
         return code in AUTH_FAILURE_CODES or code == 454
     return code == 530
+
+
+def verdict(provider: str | None, code: int, text: str, stage: str) -> providers.Verdict | None:
+    """What providers.py knows about this reply, else None."""
+    return providers.explain(provider, code, text, stage)
+
+
+def with_hint(reply: str, found: providers.Verdict | None) -> str:
+    """The reply as logged and shown, followed by the hint when there is one."""
+    reply = " ".join(reply.split())  # multi-line replies on one log line
+    return f"{reply}; hint: {found.hint}" if found else reply

@@ -31,7 +31,7 @@ import collections
 
 from pysendmail.core import aliases, config, errors, layout, log, queue, spoolfile
 from pysendmail.daemon import bounce, cleanup, pickup
-from pysendmail.daemon.transport.base import DEFERRED, FAILED, SENT, Result, Transport
+from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Result, Transport
 from pysendmail.daemon.transport.maildir import MaildirTransport
 
 DEFAULT_RETRY = (60, 300, 900, 3600, 14400)  # then every 4 h until the lifetime ends
@@ -85,9 +85,9 @@ def helo_name(cfg: config.Config) -> str:
 
 def make_transport(cfg: config.Config) -> Transport:
     if cfg.relay_configured:
-        from pysendmail.daemon.transport.smtp import SmtpTransport
+        from pysendmail.daemon.transport.router import RouterTransport
 
-        return SmtpTransport(cfg.values["relay"], helo_name(cfg))
+        return RouterTransport(cfg, helo_name(cfg), layout.Spool(cfg.spool_path).state)
     return MaildirTransport(cfg.maildir_path)
 
 
@@ -150,8 +150,6 @@ class QueueManager:
         self.new_ids: list[str] = []  # queue ids this manager created (bounces), for the daemon's index
         postmaster = cfg.get("queue", "postmaster")
         self.postmaster = str(postmaster) if postmaster else None
-        relay = cfg.values["relay"]
-        self.rate = RateLimit(int(relay["rate_per_minute"] or 0), int(relay["rate_per_day"] or 0))  # type: ignore[call-overload]
 
     def pickup(self, limit: int | None = None) -> list[str]:
         """Move ready submissions into the queue; ``more_incoming`` says if some wait."""
@@ -183,6 +181,21 @@ class QueueManager:
             log.log(f"{qid}: unreadable queue file left in place: {exc}")
             return None
         if msg.held:
+            return msg
+        blocked_for = getattr(self.transport, "blocked_for", None)
+        blocked = blocked_for(msg) if blocked_for else None
+        if blocked and msg.pending():
+            # Its route is paused (quota, block), held, down or over
+            # budget: no attempt until then (an attempt inside a
+            # provider's block extends it), and no bounce for it.  One
+            # deferred record keeps the reason for mailq and the due time
+            # for a restart.
+            if msg.due < blocked[0]:
+                now = time.time()
+                record = spoolfile.encode_record("deferred", f"{now:.3f}", f"{blocked[0]:.3f}", blocked[1])
+                queue.append(msg.path, record)
+                msg.tries += 1
+                msg.due, msg.reason = blocked[0], blocked[1]
             return msg
         counts.messages += 1
         try:
@@ -221,13 +234,14 @@ class QueueManager:
         pending = msg.pending()
         results: list[Result] = []
         if pending:
-            self.rate.spend(time.time())
             # A route that takes few recipients per message (Yandex: 35)
             # gets one transaction per chunk, and each chunk's sent and
             # failed recipients are recorded before the next chunk goes:
             # a crash then resends only the chunk in flight.  Deferrals
             # are carried to the end, so one attempt counts as one try.
-            size = int(getattr(self.transport, "max_rcpt", 0) or 0) or len(pending)
+            per_route = getattr(self.transport, "max_recipients", None)
+            size = per_route(msg) if per_route else int(getattr(self.transport, "max_rcpt", 0) or 0)
+            size = size or len(pending)
             chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
             for chunk in chunks[:-1]:
                 part = await self.transport.deliver(msg, chunk)
@@ -251,15 +265,19 @@ class QueueManager:
         import json
 
         blocked = self.unavailable()
-        state = {
-            "relay": self.transport.relay,
-            "last_success": self.last_success,
-            "last_failure": self.last_failure,
-            "paused_until": blocked[0] if blocked else None,
-            "paused_because": blocked[1] if blocked else None,
-            "written": time.time(),
+        per_route = getattr(self.transport, "route_state", None)
+        routes = per_route() if per_route else {
+            "local": {
+                "relay": self.transport.relay,
+                "provider": None,
+                "last_success": self.last_success,
+                "last_failure": self.last_failure,
+                "paused_until": blocked[0] if blocked else None,
+                "paused_because": blocked[1] if blocked else None,
+            }
         }
-        path = os.path.join(self.spool.state, "route.json")
+        state = {"routes": routes, "written": time.time()}
+        path = os.path.join(self.spool.state, "routes.json")
         try:
             with open(path + ".tmp", "w") as fh:
                 json.dump(state, fh)
@@ -268,16 +286,10 @@ class QueueManager:
             log.log(f"cannot write {path}: {exc.strerror}")
 
     def unavailable(self) -> tuple[float, str] | None:
-        """(until, why) when the route cannot take mail now (hold, down, rate)."""
+        """(until, why) when no route can take mail now (hold, pause, down, rate)."""
         check = getattr(self.transport, "unavailable", None)
         blocked: tuple[float, str] | None = check() if check else None
-        if blocked:
-            return blocked
-        now = time.time()
-        wait = self.rate.delay(now)
-        if wait > 0:
-            return now + wait, "sending budget (relay.rate_per_minute / rate_per_day) used up"
-        return None
+        return blocked
 
     def record(self, msg: queue.QueuedMessage, results: list[Result], counts: Counts) -> None:
         """Log and durably record ``results``: one append and one fdatasync for all of them.
@@ -301,8 +313,10 @@ class QueueManager:
         )
         for r in results:
             rcpt = msg.envelope.recipients[r.index]
-            fields: dict[str, object] = {"relay": self.transport.relay}
-            tls = getattr(self.transport, "tls_version", "")
+            fields: dict[str, object] = {"relay": r.relay or self.transport.relay}
+            if r.route:
+                fields = {"route": r.route, **fields}
+            tls = r.tls or getattr(self.transport, "tls_version", "")
             if tls:
                 fields["tls"] = tls
             fields.update(delay=f"{now - msg.envelope.time:.2f}", tries=msg.tries + 1, dsn=r.dsn)
@@ -314,7 +328,15 @@ class QueueManager:
                 self.last_success = (now, f"{rcpt}: {r.text}")
             else:
                 self.last_failure = (now, f"{rcpt}: {r.text}")
-            if r.status == SENT:
+            if r.status == HELD:
+                # The relay refuses the message as it is (sender not
+                # owned): keep it, held, until the administrator fixes the
+                # route and releases it; retrying would fail the same way.
+                if not msg.held:
+                    records.append(spoolfile.encode_record("hold", f"{now:.3f}", r.text))
+                    msg.held = r.text
+                counts.deferred += 1
+            elif r.status == SENT:
                 if not all_sent:
                     records.append(spoolfile.encode_record("done", r.index, f"{now:.3f}", r.text))
                 msg.done[r.index] = r.text

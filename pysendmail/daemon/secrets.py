@@ -1,13 +1,19 @@
 """Where the relay password or OAuth2 token comes from, and nowhere else.
 
-Contract:   ``password(relay)`` returns the password from, in this order,
-            ``password_command``, ``password_file``, or the systemd
-            credential ``relay-password``; None when none is configured.
-            ``oauth_token(relay)`` runs ``oauth_token_command``.  Problems
-            raise ConfigError with one sentence that never holds the secret.
-Security:   a password file others can read is refused (naming the chmod
-            that fixes it); commands run without a shell, with a timeout,
-            and only their first output line is used; the secret is never
+Contract:   ``password(relay, where, name)`` returns the password from, in
+            this order, ``password_command``, ``password_file``, an inline
+            ``password`` (routes.py has checked the config's mode), or the
+            systemd credential (``credential``, default ``relay-password``
+            for [relay] and ``relay-NAME-password`` for [relay.NAME]); None
+            when none is configured.  ``oauth_token(relay)`` runs
+            ``oauth_token_command``.  ``check_file(path, what)`` says what
+            is wrong with a secret file without reading it (config check).
+            Problems raise ConfigError with one sentence that never holds
+            the secret.
+Security:   a password file that anyone but its owner and the daemon's own
+            group can read is refused, naming the file and the chmod that
+            fixes it; commands run without a shell, with a timeout, and
+            only their first output line is used; the secret is never
             logged, never put in an exception message, never in argv.
 See also:   systemd.exec(5) LoadCredential=; nullmailer (secrets never in argv).
 """
@@ -22,6 +28,7 @@ from pysendmail.core.errors import ConfigError
 
 COMMAND_TIMEOUT = 15
 CREDENTIAL_NAME = "relay-password"
+DAEMON_GROUP = "pysendmail"  # root accepts group read by this group only (setup's root:pysendmail 0640)
 
 
 def _first_line(data: bytes, what: str) -> str:
@@ -31,20 +38,64 @@ def _first_line(data: bytes, what: str) -> str:
     return line.decode("utf-8")
 
 
+def exposure(st: os.stat_result, path: str, what: str) -> str | None:
+    """Why a secret file with this stat is readable by the wrong people, else None.
+
+    Others reading it is always wrong.  Group read is accepted only when
+    the group is the reading process's own group (root:pysendmail 0640,
+    the daemon reading as pysendmail): any other group lets its members
+    read the relay password.
+    """
+    if not stat.S_ISREG(st.st_mode):
+        return f"{what} {path} is not a regular file"
+    if st.st_mode & 0o004:
+        return (
+            f"{what} {path} is readable by every user; run 'chmod o-rwx {path}' "
+            "(0600, or 0640 with the daemon's group)"
+        )
+    if st.st_mode & 0o040 and not _group_may_read(st):
+        return (
+            f"{what} {path} is readable by its group (gid {st.st_gid}), not only by the daemon; "
+            f"run 'chmod g-rwx {path}'"
+        )
+    return None
+
+
+def _group_may_read(st: os.stat_result) -> bool:
+    """Group read is the daemon's own access when another user (root) owns the file."""
+    if os.geteuid() == 0:
+        import grp
+
+        try:
+            return st.st_gid != 0 and st.st_gid == grp.getgrnam(DAEMON_GROUP).gr_gid
+        except KeyError:
+            return False
+    return st.st_gid == os.getegid() and st.st_uid != os.geteuid()
+
+
+def check_file(path: str, what: str) -> str | None:
+    """A problem with a secret file, in one sentence, without reading it; None when fine."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"cannot read {what} {path}: {exc.strerror}"
+    problem = exposure(st, path, what)
+    if problem:
+        return problem
+    if not os.access(path, os.R_OK):
+        return f"{what} {path} is not readable by uid {os.geteuid()}, the user this runs as"
+    return None
+
+
 def read_secret_file(path: str, what: str) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{what} {path} is not a regular file")
-        if st.st_mode & 0o004:
-            raise ConfigError(
-                f"{what} {path} is readable by every user; run 'chmod o-rwx {path}' "
-                "(0600, or 0640 with the daemon's group)"
-            )
+        problem = exposure(os.fstat(fd), path, what)
+        if problem:
+            raise ConfigError(problem)
         data = os.read(fd, 65536)
     finally:
         os.close(fd)
@@ -67,21 +118,47 @@ def run_command(argv: list[str], what: str) -> str:
     return _first_line(proc.stdout, f"{what} {argv[0]}")
 
 
-def password(relay: dict[str, object]) -> str | None:
-    command = relay.get("password_command")
-    if command:
-        return run_command(list(command), "relay.password_command")  # type: ignore[call-overload]
-    path = relay.get("password_file")
-    if path:
-        return read_secret_file(str(path), "relay.password_file")
+def credential_name(relay: dict[str, object], name: str = "default") -> str:
+    given = relay.get("credential")
+    if given:
+        return str(given)
+    return CREDENTIAL_NAME if name == "default" else f"relay-{name}-password"
+
+
+def password_source(relay: dict[str, object], where: str = "relay", name: str = "default") -> str | None:
+    """Which setting provides the password ("relay.password_file /etc/..."), without reading it."""
+    if relay.get("password_command"):
+        return f"{where}.password_command"
+    if relay.get("password_file"):
+        return f"{where}.password_file {relay['password_file']}"
+    if relay.get("password") is not None:
+        return f"{where}.password (inline)"
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds and os.path.exists(os.path.join(creds, CREDENTIAL_NAME)):
-        return read_secret_file(os.path.join(creds, CREDENTIAL_NAME), "systemd credential")
+    cred = credential_name(relay, name)
+    if creds and os.path.exists(os.path.join(creds, cred)):
+        return f"systemd credential {cred}"
     return None
 
 
-def oauth_token(relay: dict[str, object]) -> str | None:
+def password(relay: dict[str, object], where: str = "relay", name: str = "default") -> str | None:
+    command = relay.get("password_command")
+    if command:
+        return run_command(list(command), f"{where}.password_command")  # type: ignore[call-overload]
+    path = relay.get("password_file")
+    if path:
+        return read_secret_file(str(path), f"{where}.password_file")
+    inline = relay.get("password")
+    if inline is not None:
+        return str(inline)
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    cred = credential_name(relay, name)
+    if creds and os.path.exists(os.path.join(creds, cred)):
+        return read_secret_file(os.path.join(creds, cred), "systemd credential")
+    return None
+
+
+def oauth_token(relay: dict[str, object], where: str = "relay") -> str | None:
     command = relay.get("oauth_token_command")
     if not command:
         return None
-    return run_command(list(command), "relay.oauth_token_command")  # type: ignore[call-overload]
+    return run_command(list(command), f"{where}.oauth_token_command")  # type: ignore[call-overload]

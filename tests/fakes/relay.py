@@ -8,11 +8,15 @@ MAIL command even when refused or never followed by DATA (``mail_commands``),
 and every command word received in clear (``plaintext_commands``;
 ``saw_plaintext_mail`` when one was MAIL, RCPT, DATA or AUTH).  Faults
 are set per test through attributes: ``rcpt_replies``, ``mail_reply``,
-``data_reply``, ``stall_data``, ``drop_in_data``, ``greet_421``,
-``size_limit``; ``oauth=("XOAUTH2", "OAUTHBEARER")`` also offers those
-mechanisms, accepting only ``oauth_token``; ``fault_after`` = N lets the first N transactions through
-before ``stall_data`` or ``drop_in_data`` applies, and ``stalling`` is set
-when a DATA starts to stall (for a test that kills the client then).
+``data_reply``, ``auth_reply``, ``stall_data``, ``drop_in_data``,
+``greet_421``, ``size_limit``; ``users`` accepts more logins than the
+default one (one relay playing several accounts).  ``PROVIDER_REPLIES``
+holds the exact texts providers send, for a test to script one.
+``oauth=("XOAUTH2", "OAUTHBEARER")`` also offers those mechanisms,
+accepting only ``oauth_token``; ``fault_after`` = N lets the first N
+transactions through before ``stall_data`` or ``drop_in_data`` applies,
+and ``stalling`` is set when a DATA starts to stall (for a test that
+kills the client then).
 """
 
 from __future__ import annotations
@@ -32,6 +36,23 @@ USER = "robot@example.org"
 PASSWORD = "s3cret-Pa55word-for-tests"
 
 
+# What providers answer, verbatim from their help pages (see
+# pysendmail/daemon/providers.py for the sources); multi-line where they are.
+PROVIDER_REPLIES = {
+    "yandex-spam": "554 5.7.1 Message rejected under suspicion of SPAM; https://ya.cc/1IrBc 1712345678-abcdEFgh",
+    "gmail-daily-limit": "550-5.4.5 Daily user sending limit exceeded. For more information on Gmail\r\n"
+                         "550-5.4.5 sending limits go to\r\n"
+                         "550 5.4.5  https://support.google.com/a/answer/166852 a1-20020a.22 - gsmtp",
+    "not-owned": "553 5.7.1 Sender address rejected: not owned by auth user.",
+    "too-many-logins": "454 4.7.0 Too many login attempts, please try again later.",
+    "gmail-app-password": "534-5.7.9 Application-specific password required. For more information, go to\r\n"
+                          "534 5.7.9  https://support.google.com/mail/?p=InvalidSecondFactor - gsmtp",
+    "ses-daily-quota": "454 Throttling failure: Daily message quota exceeded.",
+    "o365-quota": "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process "
+                  "message due to a permanent exception",
+}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,6 +66,7 @@ class Received:
     data: bytes
     tls: bool
     mail_options: list[str] = field(default_factory=list)
+    account: str = ""  # the login this transaction was authenticated as
 
 
 def _is_tls(server: SMTP) -> bool:
@@ -113,10 +135,12 @@ class _Handler:
             return "421 4.3.0 dropped"
         if relay.data_reply:
             return relay.data_reply
+        login = session.auth_data
+        account = login.login.decode() if isinstance(login, LoginPassword) else ""
         with relay.cond:
             relay.messages.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content or b""),
-                         _is_tls(server), list(envelope.mail_options))
+                         _is_tls(server), list(envelope.mail_options), account)
             )
             relay.cond.notify_all()
         return f"250 2.0.0 Ok: queued as R{len(relay.messages)}"
@@ -173,6 +197,9 @@ class Relay:
         self.rcpt_replies: dict[str, str] = {}
         self.mail_reply: str | None = None
         self.data_reply: str | None = None
+        self.auth_reply: str | None = None  # answer every AUTH with this instead of checking
+        self.users: dict[str, str] = {USER: password}  # login -> password
+        self.logins_by_user: dict[str, int] = {}
         self.stall_data = 0.0
         self.drop_in_data = False
         self.fault_after = 0
@@ -208,16 +235,22 @@ class Relay:
         self.controller = _Controller(self, **kw)
 
     def _authenticate(self, server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
-        ok = isinstance(auth_data, LoginPassword) and auth_data.login.decode() == USER \
-            and auth_data.password.decode() == self.password
+        if self.auth_reply:
+            with self.cond:
+                self.failed_logins += 1
+            return AuthResult(success=False, handled=False, message=self.auth_reply)
+        ok = isinstance(auth_data, LoginPassword) and \
+            self.users.get(auth_data.login.decode()) == auth_data.password.decode()
         with self.cond:
             if ok:
                 self.logins += 1
+                login = auth_data.login.decode()
+                self.logins_by_user[login] = self.logins_by_user.get(login, 0) + 1
             else:
                 self.failed_logins += 1
         # handled=False: aiosmtpd then answers 535 itself; its default
         # (handled=True) sends no reply at all and the client times out.
-        return AuthResult(success=ok, handled=False)
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
     def start(self) -> "Relay":
         self.controller.start()

@@ -163,7 +163,7 @@ staff = ["a@example.org", "b@example.org"]
     [
         ("[smtp]\nhost = 'x'\n", "unknown section [smtp]"),
         ("[spool]\npaht = '/x'\n", "unknown key spool.paht"),
-        ("[relay]\npassword = 'secret'\n", "unknown key relay.password"),
+        ("[relay]\npasword = 'secret'\n", "unknown key relay.pasword"),
         ("[[dkim]]\ndomain = 'x'\nselector = 's'\nkey_file = '/k'\nkeyfile = '/k'\n", "unknown key dkim.keyfile"),
         ("[spool]\nmax_message_size = '35M'\n", "spool.max_message_size"),
         ("[spool]\nmax_message_size = true\n", "spool.max_message_size"),

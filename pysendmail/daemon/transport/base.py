@@ -16,15 +16,18 @@ from typing import Protocol
 
 from pysendmail.core.queue import QueuedMessage
 
-SENT, DEFERRED, FAILED = "sent", "deferred", "failed"
+SENT, DEFERRED, FAILED, HELD = "sent", "deferred", "failed", "held"  # held: kept for the admin
 
 
 @dataclass(frozen=True)
 class Result:
     index: int
-    status: str  # SENT, DEFERRED or FAILED
+    status: str  # SENT, DEFERRED, FAILED or HELD
     dsn: str  # enhanced status code, e.g. "2.0.0"
     text: str  # the reply or the error, one line, for logs and bounces
+    relay: str = ""  # where it went (host[ip]:port), when the transport knows better than its .relay
+    tls: str = ""
+    route: str = ""  # the route's name, when a router chose it
 
 
 class Transport(Protocol):

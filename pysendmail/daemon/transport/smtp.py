@@ -40,7 +40,8 @@ from pysendmail.core import log
 from pysendmail.core.errors import ConfigError
 from pysendmail.core.queue import QueuedMessage
 from pysendmail.daemon import outcome, secrets
-from pysendmail.daemon.transport.base import DEFERRED, FAILED, SENT, Result
+from pysendmail.daemon.providers import BOUNCE, HOLD_MESSAGE, HOLD_ROUTE, PAUSE
+from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Result
 
 DEFAULT_PORTS = {"implicit": 465, "starttls": 587, "none": 25}
 DOWN_SECONDS = 30  # after a failed connection, defer the rest of the queue this long
@@ -60,12 +61,15 @@ def is_loopback(host: str) -> bool:
 class RelayError(Exception):
     """A failure of the connection or session, for every recipient at once."""
 
-    def __init__(self, text: str, status: str = DEFERRED, dsn: str = "4.4.1", hold: bool = False) -> None:
+    def __init__(self, text: str, status: str = DEFERRED, dsn: str = "4.4.1", hold: bool = False,
+                 pause: float = 0.0, kind: str = "") -> None:
         super().__init__(text)
         self.text = text
         self.status = status
         self.dsn = dsn
-        self.hold = hold
+        self.hold = hold or pause > 0
+        self.pause = pause  # a provider's window (quota, block): the route waits this long, no backoff
+        self.kind = kind
 
 
 class _Conn:
@@ -83,8 +87,14 @@ class _Conn:
 
 
 class SmtpTransport:
-    def __init__(self, relay: dict[str, object], helo: str) -> None:
+    smtp_class: type[aiosmtplib.SMTP] = aiosmtplib.SMTP  # 'pysendmail test' puts a tracing one here
+
+    def __init__(self, relay: dict[str, object], helo: str, name: str = "default",
+                 provider: str | None = None) -> None:
         self.settings = relay
+        self.name = name
+        self.where = "relay" if name == "default" else f"relay.{name}"
+        self.provider = provider
         self.tls = str(relay.get("tls") or "implicit")
         host = relay.get("host")
         if not host:
@@ -119,11 +129,13 @@ class SmtpTransport:
         self._auth_failures = 0
         self.down_until = 0.0
         self.down_reason = ""
+        self.pause_until = 0.0  # a provider's quota or block window; a flush does not lift it
+        self.pause_reason = ""
 
     # ------------------------------------------------------------ connections
     async def _open(self) -> _Conn:
         implicit = self.tls == "implicit"
-        smtp = aiosmtplib.SMTP(
+        smtp = self.smtp_class(
             hostname=self.host,
             port=self.port,
             use_tls=implicit,
@@ -169,15 +181,16 @@ class SmtpTransport:
         if not self.username:
             return
         offered = smtp.esmtp_extensions.get("auth", "").lower().split()
-        token = secrets.oauth_token(self.settings)
+        token = secrets.oauth_token(self.settings, self.where)
         try:
             if token is not None:
                 await self._authenticate_oauth(smtp, offered, token)
                 return
-            password = secrets.password(self.settings)
+            password = secrets.password(self.settings, self.where, self.name)
             if password is None:
                 raise RelayError(
-                    "relay.username is set but no password: set relay.password_file or relay.password_command",
+                    f"{self.where}.username is set but no password: set {self.where}.password_file or "
+                    f"{self.where}.password_command",
                     hold=True,
                 )
             if not offered:
@@ -192,8 +205,16 @@ class SmtpTransport:
             else:
                 raise RelayError(f"relay {self.host} offers AUTH {' '.join(offered)}, none of which pysendmail speaks", hold=True)
         except aiosmtplib.SMTPResponseException as exc:
-            if outcome.is_auth_failure(exc.code, exc.message, "auth"):
-                raise RelayError(f"authentication as {self.username} refused: {exc.code} {exc.message}", hold=True) from None
+            found = outcome.verdict(self.provider, exc.code, exc.message, "auth")
+            reply = outcome.with_hint(f"{exc.code} {exc.message}", found)
+            if found is not None:
+                reply = f"{found.kind}: {reply}"
+            if found is not None and found.action == PAUSE:
+                raise RelayError(f"authentication as {self.username} refused: {reply}", pause=found.seconds,
+                                 kind=found.kind) from None
+            if outcome.is_auth_failure(exc.code, exc.message, "auth") or (found and found.action == HOLD_ROUTE):
+                raise RelayError(f"authentication as {self.username} refused: {reply}", hold=True,
+                                 kind=found.kind if found else "auth-failed") from None
             raise
         except ConfigError as exc:
             raise RelayError(str(exc), hold=True) from None
@@ -274,6 +295,8 @@ class SmtpTransport:
     def unavailable(self) -> tuple[float, str] | None:
         """(until, why) while the route is on hold or down, else None."""
         now = time.time()
+        if self.pause_until > now:
+            return self.pause_until, f"route paused: {self.pause_reason}"
         if self.hold_until > now:
             return self.hold_until, f"route on hold: {self.hold_reason}"
         if self.down_until > now:
@@ -353,8 +376,7 @@ class SmtpTransport:
             await self._rset(smtp)
             if outcome.is_auth_failure(exc.code, exc.message, "mail"):
                 raise RelayError(f"relay requires authentication: {exc.code} {exc.message}", hold=True) from None
-            status, dsn = outcome.classify(exc.code, exc.message)
-            return [Result(i, status, dsn, f"{exc.code} {exc.message}") for i in chunk]
+            return self._refused(exc, chunk, "mail")
         results = []
         accepted = []
         for i in chunk:
@@ -362,8 +384,7 @@ class SmtpTransport:
                 await smtp.rcpt(env.recipients[i], encoding=encoding)
                 accepted.append(i)
             except aiosmtplib.SMTPResponseException as exc:
-                status, dsn = outcome.classify(exc.code, exc.message)
-                results.append(Result(i, status, dsn, f"{exc.code} {exc.message}"))
+                results.extend(self._refused(exc, [i], "rcpt"))
         if not accepted:
             await self._rset(smtp)
             return results
@@ -371,10 +392,31 @@ class SmtpTransport:
             resp = await smtp.data(msg.message)
         except aiosmtplib.SMTPResponseException as exc:
             await self._rset(smtp)
-            status, dsn = outcome.classify(exc.code, exc.message)
-            return results + [Result(i, status, dsn, f"{exc.code} {exc.message}") for i in accepted]
+            return results + self._refused(exc, accepted, "data")
         text = f"{resp.code} {resp.message}"
         return results + [Result(i, SENT, outcome.enhanced(resp.code, resp.message), text) for i in accepted]
+
+    def _refused(self, exc: aiosmtplib.SMTPResponseException, indices: list[int], stage: str) -> list[Result]:
+        """Results for a refused MAIL, RCPT or DATA; a provider's quota or block raises instead.
+
+        A quota or a block is about the account, not this message: the
+        whole route pauses (RelayError with ``pause``) rather than bouncing
+        the message or retrying into a longer block.
+        """
+        found = outcome.verdict(self.provider, exc.code, exc.message, stage)
+        reply = outcome.with_hint(f"{exc.code} {exc.message}", found)
+        status, dsn = outcome.classify(exc.code, exc.message)
+        if found is not None:
+            if found.action == PAUSE:
+                raise RelayError(f"{self.host}: {found.kind}: {reply}", pause=found.seconds, kind=found.kind,
+                                 dsn=dsn if dsn.startswith("4.") else "4.7.0")
+            if found.action == HOLD_ROUTE:
+                raise RelayError(f"{self.host}: {found.kind}: {reply}", hold=True, kind=found.kind)
+            if found.action == HOLD_MESSAGE:
+                status = HELD
+            elif found.action == BOUNCE:
+                status = FAILED
+        return [Result(i, status, dsn, reply) for i in indices]
 
     async def _rset(self, smtp: aiosmtplib.SMTP) -> None:
         try:
@@ -384,7 +426,14 @@ class SmtpTransport:
 
     def _route_failure(self, exc: RelayError, indices: list[int]) -> list[Result]:
         now = time.time()
-        if exc.hold:
+        if exc.pause:
+            self.pause_until = max(self.pause_until, now + exc.pause)
+            self.pause_reason = exc.text
+            log.log(
+                f"relay {self.host}: PAUSED until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.pause_until))}"
+                f" ({int(exc.pause)} s), mail kept in the queue: {exc.text}"
+            )
+        elif exc.hold:
             self._auth_failures += 1
             delay = min(HOLD_MAX, HOLD_BASE * 2 ** (self._auth_failures - 1))
             self.hold_until = now + delay
@@ -396,11 +445,20 @@ class SmtpTransport:
         else:
             self.down_until = now + DOWN_SECONDS
             self.down_reason = exc.text
-        return [Result(i, DEFERRED, "4.7.0" if exc.hold else exc.dsn, exc.text) for i in indices]
+        return [Result(i, DEFERRED, "4.7.0" if exc.hold and not exc.pause else exc.dsn, exc.text) for i in indices]
 
     def reset_holds(self) -> None:
-        """A flush asked by the administrator tries again at once."""
+        """A flush asked by the administrator tries again at once.
+
+        Not a provider's pause: trying during a Yandex spam block extends
+        it by another 24 h, so only 'pysendmail route resume' lifts one.
+        """
         self.hold_until = self.down_until = 0.0
+
+    def restore_pause(self, until: float, reason: str) -> None:
+        """A pause recorded by an earlier run (spool/state) outlives a restart."""
+        if until > time.time():
+            self.pause_until, self.pause_reason = until, reason
 
 
 def _saslname(user: str) -> str:

@@ -1,0 +1,219 @@
+"""``pysendmail config check`` and ``config show``: what the daemon would see, without the network.
+
+Contract:   ``check(cfg)`` returns findings [(level, text)] with level OK,
+            WARN or FAIL: every relay resolved (preset, secrets present and
+            readable as the daemon's user but by nobody else, TLS settings
+            loadable), every DKIM key, the config file, and the spool's
+            owners and modes.  It never connects anywhere.  ``show(cfg)``
+            returns the effective configuration, each value with its
+            source (file, preset NAME, default), secrets masked.
+Security:   no secret is printed: ``password`` is shown as ********, and
+            files and commands are named, never read into the output.
+See also:   pysendmail(8) config; daemon/routes.py; daemon/secrets.py.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+
+from pysendmail.core import config, errors, layout
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+MASK = "********"
+
+
+def _daemon_user(cfg: config.Config) -> tuple[int, int, list[int], str]:
+    name = cfg.get("spool", "user")
+    entry = None
+    try:
+        if name:
+            entry = pwd.getpwnam(str(name))
+        elif os.path.isdir(cfg.spool_path):
+            entry = pwd.getpwuid(os.stat(cfg.spool_path).st_uid)
+    except KeyError:
+        pass
+    if entry is None:
+        entry = pwd.getpwuid(os.geteuid())
+    import grp
+
+    gids = [g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem] + [entry.pw_gid]
+    return entry.pw_uid, entry.pw_gid, gids, entry.pw_name
+
+
+def readable_by(st: os.stat_result, uid: int, gids: list[int]) -> bool:
+    """Would ``uid`` (with ``gids``) be allowed to read a file with this stat (mode bits only)?"""
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    if st.st_gid in gids:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
+
+
+def _secret_file(path: str, what: str, daemon: tuple[int, int, list[int], str]) -> tuple[str, str]:
+    uid, gid, gids, name = daemon
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return FAIL, f"{what} {path}: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return FAIL, f"{what} {path} is not a regular file"
+    if st.st_mode & 0o004:
+        return FAIL, f"{what} {path} is readable by every user; run 'chmod o-rwx {path}'"
+    if st.st_mode & 0o040 and not (st.st_gid == gid and st.st_uid != uid):
+        return FAIL, f"{what} {path} is readable by group {st.st_gid}, not only by {name}; run 'chmod g-rwx {path}'"
+    if not readable_by(st, uid, gids):
+        return FAIL, (f"{what} {path} is not readable by {name}, the daemon's user; "
+                      f"run 'chown {name} {path}' (mode 0600)")
+    return OK, f"{what} {path}: mode {st.st_mode & 0o777:04o}, readable by {name} only"
+
+
+def check(cfg: config.Config) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    daemon = _daemon_user(cfg)
+    if cfg.path:
+        st = os.stat(cfg.path)
+        if st.st_mode & 0o022:
+            out.append((FAIL, f"{cfg.path} is writable by others; run 'chmod go-w {cfg.path}'"))
+        else:
+            out.append((OK, f"config {cfg.path}: mode {st.st_mode & 0o777:04o}"))
+    else:
+        out.append((WARN, "no configuration file: mail goes to the local Maildir; run 'pysendmail setup'"))
+    if cfg.relay_configured:
+        out += _check_relays(cfg, daemon)
+    for table in cfg.dkim:
+        out.append(_secret_file(str(table["key_file"]), f"DKIM key for {table['domain']}", daemon))
+    out += _check_spool(cfg, daemon)
+    return out
+
+
+def _check_relays(cfg: config.Config, daemon: tuple[int, int, list[int], str]) -> list[tuple[str, str]]:
+    from pysendmail.daemon import routes, secrets, sender
+    from pysendmail.daemon.transport.smtp import SmtpTransport
+
+    out: list[tuple[str, str]] = []
+    routing = routes.resolve(cfg)  # ConfigError: the caller reports it and exits 78
+    for name, s in routing.relays.items():
+        sender.check(s)
+        SmtpTransport(s.values, "check.invalid", name, s.provider)  # host, tls = none, ca_file: raise here
+        label = f"route {name} ({s.values.get('host')}:{s.values.get('port') or ''})"
+        if s.values.get("username"):
+            source = secrets.password_source(s.values, s.where, name)
+            if s.values.get("oauth_token_command"):
+                out.append((OK, f"{label}: OAuth2 token from {s.where}.oauth_token_command"))
+            elif source is None:
+                out.append((FAIL, f"{label}: {s.where}.username is set but no password: set {s.where}.password_file, "
+                                  f"password_command, or the systemd credential {secrets.credential_name(s.values, name)}"))
+            elif s.values.get("password_file"):
+                out.append(_secret_file(str(s.values["password_file"]), f"{label}: password file", daemon))
+            else:
+                out.append((OK, f"{label}: password from {source}"))
+        policy = s.values.get("from_policy")
+        out.append((OK, f"{label}: from_policy {policy} ({s.sources.get('from_policy')})"))
+    return out
+
+
+def _check_spool(cfg: config.Config, daemon: tuple[int, int, list[int], str]) -> list[tuple[str, str]]:
+    uid, _, _, name = daemon
+    spool = layout.Spool(cfg.spool_path)
+    if not os.path.isdir(spool.path):
+        return [(WARN, f"spool {spool.path} does not exist yet; run 'pysendmail spool init'")]
+    out: list[tuple[str, str]] = []
+    shared = os.stat(spool.incoming).st_mode & 0o7777 == layout.SHARED_INCOMING_MODE if os.path.isdir(
+        spool.incoming) else False
+    wanted = [(spool.incoming, layout.SHARED_INCOMING_MODE if shared else layout.PRIVATE_MODE)]
+    wanted += [(d, layout.PRIVATE_MODE) for d in spool.private_dirs()]
+    bad = 0
+    for path, mode in wanted:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            out.append((FAIL, f"{path} is missing; run 'pysendmail spool init'"))
+            bad += 1
+            continue
+        if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != mode or st.st_uid != uid:
+            out.append((FAIL, f"{path}: mode {stat.S_IMODE(st.st_mode):04o} owner uid {st.st_uid}, wanted "
+                              f"{mode:04o} owned by {name}; run 'pysendmail spool init'"))
+            bad += 1
+    if not bad:
+        out.append((OK, f"spool {spool.path}: {'shared (system)' if shared else 'private (user)'} layout, owned by {name}"))
+    return out
+
+
+def show(cfg: config.Config) -> dict[str, object]:
+    """Effective values with sources: {section: {key: [value, source]}} plus relays."""
+    out: dict[str, object] = {"config": cfg.path or "built-in defaults"}
+    for section, values in cfg.values.items():
+        if section == "relay":
+            continue
+        out[section] = {k: [v, "file" if f"{section}.{k}" in cfg.present else "default"]
+                        for k, v in values.items() if v is not None}
+    if cfg.relay_configured:
+        from pysendmail.daemon import routes
+
+        routing = routes.resolve(cfg)
+        relays: dict[str, object] = {}
+        for name, s in routing.relays.items():
+            relays[name] = {
+                k: [MASK if k in routes.SECRET_KEYS else v, s.sources[k]]
+                for k, v in s.values.items() if v is not None
+            }
+        out["relays"] = relays
+        out["routes"] = [
+            {"relay": r.relay, "sender": r.senders, "from": r.froms, "user": r.users, "fallback": r.fallback}
+            for r in routing.rules
+        ] + ([] if any(r.is_default for r in routing.rules) else [{"relay": routing.default.relay, "default": True}])
+    if cfg.dkim:
+        out["dkim"] = cfg.dkim
+    return out
+
+
+def render_show(data: dict[str, object]) -> str:
+    lines = [f"# {data['config']}"]
+    for section, values in data.items():
+        if section in ("config", "relays", "routes", "dkim") or not isinstance(values, dict):
+            continue
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml(v)}    # {src}" for k, (v, src) in values.items()]
+    relays = data.get("relays", {})
+    assert isinstance(relays, dict)
+    for name, values in relays.items():
+        lines.append("[relay]" if name == "default" else f"[relay.{name}]")
+        lines += [f"{k} = {_toml(v)}    # {src}" for k, (v, src) in values.items()]
+    for rule in data.get("routes", []):  # type: ignore[attr-defined]
+        lines.append("[[route]]" + ("    # the default route" if rule.get("default") else ""))
+        lines += [f"{k} = {_toml(v)}" for k, v in rule.items() if v is not None and k != "default"]
+    for table in data.get("dkim", []):  # type: ignore[attr-defined]
+        lines.append("[[dkim]]")
+        lines += [f"{k} = {_toml(v)}" for k, v in table.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: object) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def run_check(cfg: config.Config, as_json: bool, verbose: bool = False) -> int:
+    import json
+    import sys
+
+    findings = check(cfg)
+    failed = [t for level, t in findings if level == FAIL]
+    if as_json:
+        sys.stdout.write(json.dumps([{"level": lv, "text": t} for lv, t in findings], indent=2) + "\n")
+    else:
+        for level, text in findings:
+            if level != OK or verbose:
+                sys.stdout.write(f"{level} {text}\n")
+        where = cfg.path or "built-in defaults"
+        sys.stdout.write(f"{where}: {'ok' if not failed else f'{len(failed)} problem(s)'}\n")
+    if failed:
+        raise errors.ConfigError(failed[0])
+    return 0

@@ -1,0 +1,174 @@
+"""``pysendmail doctor``: the deliverability checks an admin would run by hand, through DNS.
+
+Contract:   ``check(cfg, domain, resolver)`` returns [(level, text)] with
+            level OK, WARN or FAIL and, for anything not OK, the fix:
+            MX present; exactly one SPF record, including every relay's
+            provider include that sends for the domain; each [[dkim]]
+            key of the domain published and equal to the key file; DMARC
+            present, and aligned with how mail is signed and sent; the
+            HELO name resolving.  ``resolver(nameserver)`` builds the
+            dnspython resolver (``--nameserver HOST[:PORT]`` for tests and
+            split-horizon DNS).
+Security:   answers come from the network: they are compared, never
+            executed; a DNS failure is a WARN naming the query, not a crash.
+See also:   RFC 7208 (SPF), RFC 6376 3.6 (DKIM key records), RFC 7489
+            (DMARC alignment); pysendmail(8) doctor.
+"""
+
+from __future__ import annotations
+
+import dns.exception
+import dns.resolver
+
+from pysendmail.core import config
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+
+
+def resolver(nameserver: str | None) -> dns.resolver.Resolver:
+    if not nameserver:
+        res = dns.resolver.Resolver()
+    else:
+        host, _, port = nameserver.rpartition(":") if nameserver.count(":") == 1 else (nameserver, "", "")
+        res = dns.resolver.Resolver(configure=False)
+        res.nameservers = [host]
+        if port:
+            res.port = int(port)
+    res.timeout = res.lifetime = 5
+    return res
+
+
+def _txt(res: dns.resolver.Resolver, name: str) -> list[str] | None:
+    """TXT strings at ``name`` (each record's character-strings joined); [] for none; None on failure."""
+    try:
+        answer = res.resolve(name, "TXT")
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except dns.exception.DNSException:
+        return None
+    return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+
+
+def _tags(record: str) -> dict[str, str]:
+    out = {}
+    for part in record.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key:
+            out[key.strip().lower()] = "".join(value.split())
+    return out
+
+
+def _relays(cfg: config.Config) -> list[object]:
+    if not cfg.relay_configured:
+        return []
+    from pysendmail.daemon import routes
+
+    return list(routes.resolve(cfg).relays.values())
+
+
+def default_domain(cfg: config.Config) -> str | None:
+    if cfg.dkim:
+        return str(cfg.dkim[0]["domain"])
+    for s in _relays(cfg):
+        account = getattr(s, "account", None)
+        if account:
+            return str(account).rpartition("@")[2]
+    return None
+
+
+def check(cfg: config.Config, domain: str, res: dns.resolver.Resolver) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    from pysendmail.admin.setup import public_key_b64
+
+    # MX: without one, replies and bounces to the domain have nowhere to go.
+    try:
+        mx = res.resolve(domain, "MX")
+        out.append((OK, f"MX {domain}: {', '.join(sorted(str(r.exchange).rstrip('.') for r in mx))}"))
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        out.append((WARN, f"MX {domain}: none; replies and bounces cannot reach {domain}: publish an MX record"))
+    except dns.exception.DNSException as exc:
+        out.append((WARN, f"MX {domain}: lookup failed ({type(exc).__name__})"))
+
+    # SPF: exactly one v=spf1 record (RFC 7208 4.5), including each provider that sends for the domain.
+    includes = []
+    for s in _relays(cfg):
+        preset = getattr(s, "preset", None)
+        if preset is not None and preset.spf_include:
+            includes.append((getattr(s, "name"), preset.spf_include))
+    txt = _txt(res, domain)
+    if txt is None:
+        out.append((WARN, f"SPF {domain}: TXT lookup failed"))
+    else:
+        spf = [t for t in txt if t.lower().startswith("v=spf1")]
+        if not spf:
+            need = " ".join(f"include:{i}" for _, i in includes)
+            out.append((FAIL, f"SPF {domain}: no SPF record; publish {domain}. TXT \"v=spf1 {need + ' ' if need else ''}~all\""))
+        elif len(spf) > 1:
+            out.append((FAIL, f"SPF {domain}: {len(spf)} SPF records (receivers treat that as an error); merge them into one"))
+        else:
+            terms = spf[0].lower().split()
+            missing = [(n, i) for n, i in includes if f"include:{i}" not in terms and f"redirect={i}" not in terms]
+            for name, inc in missing:
+                out.append((FAIL, f"SPF {domain}: does not include {inc} (route {name}); add include:{inc} "
+                                  f"before the all term of \"{spf[0]}\""))
+            if not missing:
+                out.append((OK, f"SPF {domain}: {spf[0]}"))
+
+    # DKIM: each key of this domain published, and the same key.
+    signed = False
+    for table in cfg.dkim:
+        if str(table["domain"]).lower() != domain.lower():
+            continue
+        signed = True
+        name = f"{table['selector']}._domainkey.{domain}"
+        try:
+            mine = public_key_b64(str(table["key_file"]))
+        except (OSError, ValueError) as exc:
+            out.append((FAIL, f"DKIM {name}: cannot read the key file {table['key_file']}: {exc}"))
+            continue
+        found = _txt(res, name)
+        if found is None:
+            out.append((WARN, f"DKIM {name}: TXT lookup failed"))
+        elif not found:
+            out.append((FAIL, f"DKIM {name}: not published; publish {name}. TXT \"v=DKIM1; k=rsa; p={mine}\""))
+        elif not any(_tags(t).get("p") == mine for t in found):
+            out.append((FAIL, f"DKIM {name}: the published key is not the key in {table['key_file']}; "
+                              f"publish \"v=DKIM1; k=rsa; p={mine}\" (or a new selector)"))
+        else:
+            out.append((OK, f"DKIM {name}: published and matches {table['key_file']}"))
+    if not signed:
+        out.append((WARN, f"DKIM {domain}: pysendmail signs nothing for {domain}; 'pysendmail setup --dkim {domain}' "
+                          "makes a key (or rely on the provider's own signature)"))
+
+    # DMARC: present, and aligned: our DKIM d= is the From domain when we sign for it.
+    found = _txt(res, f"_dmarc.{domain}")
+    if found is None:
+        out.append((WARN, f"DMARC _dmarc.{domain}: TXT lookup failed"))
+    else:
+        dmarc = [t for t in found if t.lower().startswith("v=dmarc1")]
+        if not dmarc:
+            out.append((WARN, f"DMARC _dmarc.{domain}: none; start with _dmarc.{domain}. TXT "
+                              f"\"v=DMARC1; p=none; rua=mailto:postmaster@{domain}\""))
+        else:
+            policy = _tags(dmarc[0]).get("p", "none")
+            if policy != "none" and not signed:
+                out.append((WARN, f"DMARC _dmarc.{domain}: p={policy} but pysendmail does not sign for {domain}; "
+                                  "mail passes only if the provider's SPF or DKIM aligns: add a [[dkim]] key"))
+            else:
+                out.append((OK, f"DMARC _dmarc.{domain}: p={policy}" + (", aligned by our DKIM signature" if signed else "")))
+
+    # HELO: a name that does not resolve is a spam signal.
+    from pysendmail.daemon.qmgr import helo_name
+
+    helo = helo_name(cfg)
+    addresses = []
+    for rdtype in ("A", "AAAA"):
+        try:
+            addresses += [r.to_text() for r in res.resolve(helo, rdtype)]
+        except dns.exception.DNSException:
+            pass
+    if addresses:
+        out.append((OK, f"HELO {helo}: resolves to {', '.join(addresses)}"))
+    else:
+        out.append((FAIL, f"HELO {helo}: does not resolve; set relay.helo (or host.name) to a name with an A record"))
+    return out

@@ -1,0 +1,93 @@
+"""``pysendmail status``: one screen on the mode, the daemon, the queue and every route.
+
+Contract:   ``collect(cfg, spool, pid, counts)`` returns a JSON-ready dict;
+            ``render(data, now)`` the text a person reads (golden file:
+            tests/data/status-paused.txt).  Route state comes from
+            spool/state/routes.json, written by the daemon and by flush.
+See also:   pysendmail(8) status; daemon/transport/router.py route_state().
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from pysendmail.core import config, layout
+
+
+def _routes_from_config(cfg: config.Config) -> dict[str, dict[str, object]]:
+    if not cfg.relay_configured:
+        return {}
+    from pysendmail.daemon import routes
+
+    try:
+        routing = routes.resolve(cfg)
+    except Exception as exc:  # status must still show the queue with a broken relay table
+        return {"?": {"relay": f"configuration problem: {exc}"}}
+    out: dict[str, dict[str, object]] = {}
+    for name, s in routing.relays.items():
+        out[name] = {
+            "relay": f"{s.values.get('host')}:{s.values.get('port') or ''}".rstrip(":"),
+            "provider": s.provider,
+            "from_policy": s.values.get("from_policy"),
+        }
+    return out
+
+
+def collect(cfg: config.Config, spool: layout.Spool, pid: int | None, counts: dict[str, int]) -> dict[str, object]:
+    saved: dict[str, object] = {}
+    try:
+        with open(os.path.join(spool.state, "routes.json")) as fh:
+            data = json.load(fh)
+        if isinstance(data, dict) and isinstance(data.get("routes"), dict):
+            saved = data["routes"]
+    except (OSError, ValueError):
+        pass
+    routes = _routes_from_config(cfg)
+    for name, entry in saved.items():
+        if name in routes and isinstance(entry, dict):
+            routes[name].update({k: v for k, v in entry.items() if k != "relay"})
+    if cfg.relay_configured:
+        mode = "relay"
+    else:
+        mode = f"local Maildir capture into {cfg.maildir_path} (no [relay] configured: run 'pysendmail setup')"
+    return {
+        "config": cfg.path or "built-in defaults",
+        "mode": mode,
+        "spool": spool.path,
+        "daemon_pid": pid,
+        "counts": counts,
+        "routes": routes,
+    }
+
+
+def _when(value: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+def render(data: dict[str, object], now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    pid = data["daemon_pid"]
+    counts = data["counts"]
+    assert isinstance(counts, dict)
+    lines = [
+        f"config:  {data['config']}",
+        f"mode:    {data['mode']}",
+        f"spool:   {data['spool']}",
+        f"daemon:  {'running, pid %s' % pid if pid else 'not running'}",
+        "queue:   " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+    ]
+    routes = data["routes"]
+    assert isinstance(routes, dict)
+    for name, r in routes.items():
+        extra = ", ".join(str(x) for x in (r.get("provider"), r.get("from_policy") and f"from {r['from_policy']}") if x)
+        lines.append(f"route {name}: {r.get('relay')}" + (f" ({extra})" if extra else ""))
+        for key, label in (("last_success", "last sent:  "), ("last_failure", "last failed:")):
+            item = r.get(key)
+            if isinstance(item, (list, tuple)) and len(item) == 2:
+                lines.append(f"  {label} {_when(float(item[0]))} {item[1]}")
+        until = r.get("paused_until")
+        if isinstance(until, (int, float)) and until > now:
+            lines.append(f"  PAUSED until {_when(float(until))}: {r.get('paused_because')}")
+    return "\n".join(lines) + "\n"

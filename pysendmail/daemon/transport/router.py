@@ -1,0 +1,229 @@
+"""The routing transport: one SmtpTransport per account, chosen per message.
+
+Contract:   ``RouterTransport(cfg, helo, state_dir)`` is a Transport (see
+            base.py) over every relay of the configuration.  For each
+            message it chooses the route (routes.py), switches to the
+            fallback while the primary is paused, held or down (never for
+            a reply about the message itself), spends the route's sending
+            budget, aligns the sender (sender.py), and delivers.
+            ``blocked_for(msg)`` says when a message's routes are all
+            unavailable (the queue manager then leaves it untouched until
+            then); ``unavailable()`` is set only when every route is.
+            ``route_state()`` is what ``pysendmail status`` shows.
+Crashes:    pauses (quota, spam block) are written to spool/state by the
+            queue manager and restored here, so a restart does not try
+            again inside the provider's window.
+See also:   routes.py, sender.py, transport/smtp.py, qmgr.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+from pysendmail.core import config, log, rfc5322
+from pysendmail.core.queue import QueuedMessage
+from pysendmail.daemon import routes, sender
+from pysendmail.daemon.qmgr import RateLimit
+from pysendmail.daemon.transport.base import DEFERRED, Result
+from pysendmail.daemon.transport.smtp import SmtpTransport
+
+STATE_FILE = "routes.json"
+
+
+def header_from(message: bytes) -> str | None:
+    """The first address of the From header, for routing; None without one."""
+    head, _ = rfc5322.split_message(message)
+    for name, value in rfc5322.header_fields(head):
+        if name.lower() == "from":
+            try:
+                found = rfc5322.parse_address_list(rfc5322.unfold(value))
+            except rfc5322.AddressError:
+                return None
+            return found[0] if found else None
+    return None
+
+
+class Route:
+    def __init__(self, settings: routes.RelaySettings, helo: str) -> None:
+        self.settings = settings
+        self.name = settings.name
+        values = settings.values
+        self.smtp = SmtpTransport(values, str(values.get("helo") or helo), settings.name, settings.provider)
+        self.rate = RateLimit(int(values.get("rate_per_minute") or 0), int(values.get("rate_per_day") or 0))  # type: ignore[call-overload]
+        self.last_success: tuple[float, str] | None = None
+        self.last_failure: tuple[float, str] | None = None
+
+    def unavailable(self, now: float) -> tuple[float, str] | None:
+        blocked = self.smtp.unavailable()
+        if blocked:
+            return blocked
+        wait = self.rate.delay(now)
+        if wait > 0:
+            return now + wait, f"sending budget ({self.settings.where}.rate_per_minute / rate_per_day) used up"
+        return None
+
+
+class RouterTransport:
+    def __init__(self, cfg: config.Config, helo: str, state_dir: str | None = None) -> None:
+        self.routing = routes.resolve(cfg)
+        self.routes = {name: Route(s, helo) for name, s in self.routing.relays.items()}
+        for route in self.routes.values():
+            sender.check(route.settings)
+        first = self.routes[self.routing.default.relay]
+        self.relay = first.smtp.relay
+        self.tls_version = ""
+        self.pool_size = sum(r.smtp.pool_size for r in self.routes.values())
+        self.idle_timeout = min(r.smtp.idle_timeout for r in self.routes.values())
+        self.state_dir = state_dir
+        if state_dir:
+            self._restore(os.path.join(state_dir, STATE_FILE))
+
+    def _restore(self, path: str) -> None:
+        try:
+            with open(path) as fh:
+                data = json.load(fh)
+        except (OSError, ValueError):
+            return
+        saved = data.get("routes", {}) if isinstance(data, dict) else {}
+        for name, entry in saved.items():
+            route = self.routes.get(name)
+            if route is None or not isinstance(entry, dict):
+                continue
+            for key in ("last_success", "last_failure"):
+                item = entry.get(key)
+                if isinstance(item, list) and len(item) == 2:
+                    setattr(route, key, (float(item[0]), str(item[1])))
+            until, why = entry.get("paused_until"), entry.get("pause_reason")
+            if entry.get("pause") and isinstance(until, (int, float)) and isinstance(why, str):
+                route.smtp.restore_pause(float(until), why)
+
+    # ------------------------------------------------------------ choice
+    def _choose(self, msg: QueuedMessage) -> tuple[Route, Route | None]:
+        primary, fallback = self.routing.choose(msg.envelope, header_from(msg.message) if msg.message else None)
+        return self.routes[primary], self.routes[fallback] if fallback else None
+
+    def blocked_for(self, msg: QueuedMessage) -> tuple[float, str] | None:
+        now = time.time()
+        primary, fallback = self._choose(msg)
+        first = primary.unavailable(now)
+        if first is None:
+            return None
+        if fallback is not None:
+            second = fallback.unavailable(now)
+            if second is None:
+                return None
+            return min(first[0], second[0]), first[1]
+        return first
+
+    def unavailable(self) -> tuple[float, str] | None:
+        now = time.time()
+        blocked = [r.unavailable(now) for r in self.routes.values()]
+        if any(b is None for b in blocked):
+            return None
+        until = min(b[0] for b in blocked if b)
+        return until, "; ".join(f"{name}: {b[1]}" for name, b in zip(self.routes, blocked) if b)
+
+    def max_recipients(self, msg: QueuedMessage) -> int:
+        """Recipients per transaction on the route ``msg`` takes (0: no limit).
+
+        The queue manager splits by this so that each chunk's outcomes are
+        durable before the next chunk goes (qmgr._deliver).
+        """
+        now = time.time()
+        primary, fallback = self._choose(msg)
+        route = primary
+        if primary.unavailable(now) and fallback is not None and fallback.unavailable(now) is None:
+            route = fallback
+        return int(route.smtp.max_rcpt)
+
+    # ------------------------------------------------------------ delivery
+    async def deliver(self, msg: QueuedMessage, indices: list[int]) -> list[Result]:
+        now = time.time()
+        primary, fallback = self._choose(msg)
+        route = primary
+        if primary.unavailable(now) and fallback is not None and fallback.unavailable(now) is None:
+            route = fallback
+        results = await self._through(route, msg, indices)
+        if route is primary and fallback is not None and primary.unavailable(time.time()):
+            # The primary failed as a route (down, paused, credentials),
+            # not over this message: what it could not take goes through
+            # the fallback now rather than waiting for the primary.
+            again = [r.index for r in results if r.status == DEFERRED]
+            if again and fallback.unavailable(time.time()) is None:
+                log.event(msg.qid, f"route {primary.name} unavailable, trying fallback route {fallback.name}")
+                retried = {r.index: r for r in await self._through(fallback, msg, again)}
+                results = [retried.get(r.index, r) for r in results]
+        return results
+
+    async def _through(self, route: Route, msg: QueuedMessage, indices: list[int]) -> list[Result]:
+        mail_from, message, changed = sender.align(msg.envelope.sender, msg.message, route.settings)
+        if changed:
+            log.event(msg.qid, f"route={route.name}", f"rewrote {changed}")
+        out = msg
+        if mail_from != msg.envelope.sender or message is not msg.message:
+            out = _copy(msg, mail_from, message)
+        route.rate.spend(time.time())
+        results = await route.smtp.deliver(out, indices)
+        now = time.time()
+        self.relay, self.tls_version = route.smtp.relay, route.smtp.tls_version
+        tagged = []
+        for r in results:
+            rcpt = msg.envelope.recipients[r.index]
+            if r.status == "sent":
+                route.last_success = (now, f"{rcpt}: {r.text}")
+            else:
+                route.last_failure = (now, f"{rcpt}: {r.text}")
+            tagged.append(dataclasses.replace(r, relay=route.smtp.relay, tls=route.smtp.tls_version, route=route.name))
+        return tagged
+
+    # ------------------------------------------------------------ seam
+    def reset_holds(self) -> None:
+        for r in self.routes.values():
+            r.smtp.reset_holds()
+
+    def has_idle(self) -> bool:
+        return any(r.smtp.has_idle() for r in self.routes.values())
+
+    async def close_idle(self, older_than: float = 0.0) -> None:
+        for r in self.routes.values():
+            await r.smtp.close_idle(older_than)
+
+    async def close(self) -> None:
+        for r in self.routes.values():
+            await r.smtp.close()
+
+    def route_state(self) -> dict[str, object]:
+        now = time.time()
+        out: dict[str, object] = {}
+        for name, r in self.routes.items():
+            blocked = r.unavailable(now)
+            out[name] = {
+                "relay": r.smtp.relay,
+                "provider": r.settings.provider,
+                "last_success": r.last_success,
+                "last_failure": r.last_failure,
+                "paused_until": blocked[0] if blocked else None,
+                "paused_because": blocked[1] if blocked else None,
+                "pause": r.smtp.pause_until > now,
+                "pause_reason": r.smtp.pause_reason if r.smtp.pause_until > now else None,
+            }
+        return out
+
+
+def _copy(msg: QueuedMessage, mail_from: str, message: bytes) -> QueuedMessage:
+    """The same queued message with another MAIL FROM and bytes; the queue file is untouched."""
+    env = msg.envelope
+    new_env = type(env)(
+        mail_from, env.recipients, uid=env.uid, time=env.time, fullname=env.fullname, login=env.login,
+        envid=env.envid, notify=env.notify, ret=env.ret, body="7BIT" if message.isascii() else "8BITMIME",
+    )
+    out = QueuedMessage.__new__(QueuedMessage)
+    for slot in QueuedMessage.__slots__:
+        setattr(out, slot, getattr(msg, slot))
+    out.envelope = new_env
+    out.message = message
+    out.size = len(message)
+    return out
