@@ -3,7 +3,8 @@
 Contract:   ``main(argv)`` runs one subcommand and returns a sysexits.h
             code; every PysendmailError becomes one sentence on stderr.
             Subcommands: daemon, flush, status, mailq, newaliases, queue
-            (list, show, delete, hold, release), spool init, config check.
+            (list, show, delete, hold, release), spool init, config check,
+            dkim keygen|check (admin/dkimcmd.py).
 Security:   run as root, commands that touch the queue first drop to the
             spool's owner, so every file they create belongs to the daemon
             user; other users get NoPermission for the queue.
@@ -331,6 +332,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     sp.add_argument("action", choices=["init"])
     c = sub.add_parser("config", help="configuration checks")
     c.add_argument("action", choices=["check"])
+    from pysendmail.admin import dkimcmd
+
+    dkimcmd.add_parser(sub)
     return p
 
 
@@ -351,7 +355,14 @@ def run(args: argparse.Namespace) -> int:
         return cmd_queue(cfg, args.action, args.ids, args.all)
     if cmd == "spool":
         return cmd_spool_init(cfg)
+    if cmd == "dkim":
+        from pysendmail.admin import dkimcmd
+
+        return dkimcmd.run(cfg, args)
     if cmd == "config":
+        from pysendmail.admin.dkimcmd import check_config
+
+        check_config(cfg)  # the DKIM keys, checked as the daemon will
         sys.stdout.write(f"{cfg.path or 'built-in defaults'}: ok\n")
         return 0
     raise AssertionError(cmd)

@@ -9,7 +9,8 @@ and every command word received in clear (``plaintext_commands``;
 ``saw_plaintext_mail`` when one was MAIL, RCPT, DATA or AUTH).  Faults
 are set per test through attributes: ``rcpt_replies``, ``mail_reply``,
 ``data_reply``, ``stall_data``, ``drop_in_data``, ``greet_421``,
-``size_limit``.
+``size_limit``.  ``smtputf8=False`` / ``eightbitmime=False`` leave
+SMTPUTF8 / 8BITMIME out of the EHLO reply.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ def _is_tls(server: SMTP) -> bool:
 class _Handler:
     def __init__(self, relay: "Relay") -> None:
         self.relay = relay
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+        session.host_name = hostname
+        if not self.relay.eightbitmime:  # a relay that takes 7-bit only (RFC 6152 not offered)
+            responses = [r for r in responses if r != "250-8BITMIME"]
+        return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
         self.relay.saw_plaintext_mail |= not _is_tls(server) and self.relay.mode != "plain"
@@ -124,8 +131,9 @@ class _Controller(Controller):
 
 class Relay:
     def __init__(self, mode: str = "implicit", tmpdir: Path | None = None, size_limit: int = 35 * 1024 * 1024,
-                 smtputf8: bool = True, password: str = PASSWORD) -> None:
+                 smtputf8: bool = True, password: str = PASSWORD, eightbitmime: bool = True) -> None:
         self.mode = mode
+        self.eightbitmime = eightbitmime
         self.password = password
         self.messages: list[Received] = []
         self.mail_commands: list[str] = []  # every MAIL FROM address that reached the handler
