@@ -184,3 +184,24 @@ def test_maildir_delivery_is_signed_too(env: Env, dns: DnsServer) -> None:
     [data] = env.delivered()
     assert data.startswith(b"Return-Path: ")
     assert mail_dkim(data.replace(b"\n", b"\r\n"), dns.port) == [("pass", "example.org", "rsa", "rsa-sha256")]
+
+
+@pytest.mark.parametrize("smtputf8", [True, False], ids=["smtputf8", "no-smtputf8"])
+def test_non_ascii_recipient_needs_smtputf8_else_fails_permanently_saying_why(
+        tmp_path: Path, relay_factory, dns: DnsServer, smtputf8: bool) -> None:
+    relay = relay_factory(smtputf8=smtputf8)
+    e = signing_env(tmp_path, relay, dns, ed25519=False)
+    message = "From: Jürgen <shop@example.org>\nTo: jürgen@example.net\nSubject: Grüße\n\nHallo\n".encode()
+    e.sendmail("-i", "jürgen@example.net", input=message, check=True)
+    flush = e.sendmail("-q")
+    if smtputf8:
+        assert relay.messages, flush.stderr
+        [got] = relay.wait_for(1)
+        assert "SMTPUTF8" in got.mail_options and got.rcpt_tos == ["jürgen@example.net"]
+        assert "Subject: Grüße".encode() in got.data  # raw UTF-8 headers are fine in an SMTPUTF8 session
+        assert ("pass", "example.org", "rsa", "rsa-sha256") in mail_dkim(got.data, dns.port)
+    else:
+        assert [m.rcpt_tos for m in relay.messages] == [["root@example.org"]]  # only the bounce
+        failed = list((e.spool / "failed").iterdir())
+        assert len(failed) == 1
+        assert b"does not offer SMTPUTF8 (RFC 6531)" in failed[0].read_bytes()
