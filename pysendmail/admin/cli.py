@@ -4,7 +4,8 @@ Contract:   ``main(argv)`` runs one subcommand and returns a sysexits.h
             code; every PysendmailError becomes one sentence on stderr.
             Subcommands: daemon, flush, status, mailq, newaliases, queue
             (list, show, delete, hold, release, retry), spool init, config
-            check|show, setup, test, doctor.
+            check|show, setup, test, doctor, dkim keygen|check
+            (admin/dkimcmd.py).
 Security:   run as root, commands that touch the queue first drop to the
             spool's owner, so every file they create belongs to the daemon
             user; other users get NoPermission for the queue.
@@ -342,6 +343,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     dr.add_argument("--domain", help="the sending domain (default: the first [[dkim]] domain or the account's)")
     dr.add_argument("--nameserver", metavar="HOST[:PORT]", help="ask this DNS server instead of the system's")
     dr.add_argument("--json", action="store_true")
+    from pysendmail.admin import dkimcmd
+
+    dkimcmd.add_parser(sub)
     return p
 
 
@@ -406,6 +410,9 @@ def cmd_config(cfg: config.Config, action: str, as_json: bool, verbose: bool) ->
         data = configcmd.show(cfg)
         sys.stdout.write(json.dumps(data, indent=2) + "\n" if as_json else configcmd.render_show(data))
         return 0
+    from pysendmail.admin.dkimcmd import check_config
+
+    check_config(cfg)  # the DKIM keys, loaded as the daemon loads them: one sentence, exit 78
     return configcmd.run_check(cfg, as_json, verbose)
 
 
@@ -431,6 +438,10 @@ def run(args: argparse.Namespace) -> int:
         return cmd_queue(cfg, args.action, args.ids, args.all)
     if cmd == "spool":
         return cmd_spool_init(cfg)
+    if cmd == "dkim":
+        from pysendmail.admin import dkimcmd
+
+        return dkimcmd.run(cfg, args)
     if cmd == "config":
         return cmd_config(cfg, args.action, args.json, args.verbose)
     if cmd == "test":

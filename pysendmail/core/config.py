@@ -132,6 +132,7 @@ DKIM_SCHEMA: dict[str, tuple[str, object]] = {
     "key_file": (_STR, None),
     "algorithm": (_STR, "rsa-sha256"),
     "headers": (_LIST, None),
+    "subdomains": (_BOOL, False),  # this key also signs mail From subdomains of domain
 }
 _DKIM_REQUIRED = ("domain", "selector", "key_file")
 # [[route]] is an array of tables: which relay a message leaves through.
@@ -302,6 +303,8 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
         for key in _DKIM_REQUIRED:
             if key not in table:
                 raise ConfigError(f"[[dkim]] number {n} in {where} lacks {key}")
+        if table.get("algorithm", "rsa-sha256") not in ("rsa-sha256", "ed25519-sha256"):
+            raise ConfigError(f"dkim.algorithm in {where} must be rsa-sha256 or ed25519-sha256, not {table['algorithm']!r}")
         dkim.append({key: table.get(key, default) for key, (_, default) in DKIM_SCHEMA.items()})
 
     aliases: dict[str, list[str]] = {}

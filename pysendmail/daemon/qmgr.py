@@ -142,6 +142,13 @@ class QueueManager:
         self.spool = layout.Spool(cfg.spool_path)
         self.ctx = make_context(cfg)
         self.transport = transport or make_transport(cfg)
+        if cfg.dkim:  # keys are loaded and checked once per (re)load; a bad one is a ConfigError
+            from pysendmail.daemon.dkim import Signer, log_warnings
+
+            signer = Signer.from_config(cfg)
+            log_warnings(signer)
+            if hasattr(self.transport, "signer"):
+                self.transport.signer = signer
         self.lifetime = float(cfg.get("queue", "lifetime"))  # type: ignore[arg-type]
         self.schedule = parse_schedule(cfg.get("queue", "retry_schedule"), cfg.path or "config")  # type: ignore[arg-type]
         self.more_incoming = False

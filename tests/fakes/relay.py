@@ -17,6 +17,8 @@ accepting only ``oauth_token``; ``fault_after`` = N lets the first N
 transactions through before ``stall_data`` or ``drop_in_data`` applies,
 and ``stalling`` is set when a DATA starts to stall (for a test that
 kills the client then).
+``smtputf8=False`` / ``eightbitmime=False`` leave SMTPUTF8 / 8BITMIME
+out of the EHLO reply.
 """
 
 from __future__ import annotations
@@ -105,6 +107,12 @@ class _Handler:
     async def auth_OAUTHBEARER(self, server, args):  # type: ignore[no-untyped-def]
         return await self._oauth(server, args, "OAUTHBEARER")
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+        session.host_name = hostname
+        if not self.relay.eightbitmime:  # a relay that takes 7-bit only (RFC 6152 not offered)
+            responses = [r for r in responses if r != "250-8BITMIME"]
+        return responses
+
     async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
         self.relay.saw_plaintext_mail |= not _is_tls(server) and self.relay.mode != "plain"
         with self.relay.cond:
@@ -183,8 +191,10 @@ class _Controller(Controller):
 
 class Relay:
     def __init__(self, mode: str = "implicit", tmpdir: Path | None = None, size_limit: int = 35 * 1024 * 1024,
-                 smtputf8: bool = True, password: str = PASSWORD, oauth: tuple[str, ...] = ()) -> None:
+                 smtputf8: bool = True, password: str = PASSWORD, oauth: tuple[str, ...] = (),
+                 eightbitmime: bool = True) -> None:
         self.mode = mode
+        self.eightbitmime = eightbitmime
         self.password = password
         self.messages: list[Received] = []
         self.mail_commands: list[str] = []  # every MAIL FROM address that reached the handler

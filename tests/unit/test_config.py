@@ -153,7 +153,7 @@ staff = ["a@example.org", "b@example.org"]
     assert cfg.get("relay", "port") == 465
     assert cfg.get("queue", "retry_schedule") == ["1m", "5m"]
     assert cfg.dkim == [{"domain": "example.org", "selector": "mail", "key_file": "/k.key",
-                         "algorithm": "rsa-sha256", "headers": None}]
+                         "algorithm": "rsa-sha256", "headers": None, "subdomains": False}]
     assert cfg.aliases == {"root": ["admin@example.org"], "staff": ["a@example.org", "b@example.org"]}
 
 

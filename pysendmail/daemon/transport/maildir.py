@@ -18,7 +18,12 @@ import socket
 import time
 
 from pysendmail.core.queue import QueuedMessage
+from pysendmail.daemon import wire
 from pysendmail.daemon.transport.base import DEFERRED, SENT, Result
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pysendmail.daemon.dkim import Signer
 
 
 def ensure_maildir(path: str) -> None:
@@ -32,6 +37,10 @@ class MaildirTransport:
         self.relay = f"maildir[{path}]"
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
         self._count = 0
+        # Signed like relayed mail, so that a developer sees (and can verify)
+        # the DKIM-Signature a receiver would get; a local Maildir takes
+        # 8-bit and UTF-8 as they are, so only over-long lines are changed.
+        self.signer: Signer | None = None
 
     def _unique(self) -> str:
         self._count += 1
@@ -62,7 +71,8 @@ class MaildirTransport:
         return final
 
     async def deliver(self, msg: QueuedMessage, indices: list[int]) -> list[Result]:
-        body = msg.message.replace(b"\r\n", b"\n")
+        data = wire.for_delivery(msg, eightbit=True, utf8=True, signer=self.signer).data
+        body = data.replace(b"\r\n", b"\n")
         sender = msg.envelope.sender
         results = []
         for i in indices:

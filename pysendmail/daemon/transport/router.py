@@ -30,6 +30,10 @@ from pysendmail.daemon.qmgr import RateLimit
 from pysendmail.daemon.transport.base import DEFERRED, Result
 from pysendmail.daemon.transport.smtp import SmtpTransport
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pysendmail.daemon.dkim import Signer
+
 STATE_FILE = "routes.json"
 
 
@@ -78,8 +82,20 @@ class RouterTransport:
         self.pool_size = sum(r.smtp.pool_size for r in self.routes.values())
         self.idle_timeout = min(r.smtp.idle_timeout for r in self.routes.values())
         self.state_dir = state_dir
+        self._signer: Signer | None = None
         if state_dir:
             self._restore(os.path.join(state_dir, STATE_FILE))
+
+    @property
+    def signer(self) -> Signer | None:
+        """The [[dkim]] keys; set by the queue manager, shared by every route."""
+        return self._signer
+
+    @signer.setter
+    def signer(self, value: Signer | None) -> None:
+        self._signer = value
+        for route in self.routes.values():
+            route.smtp.signer = value
 
     def _restore(self, path: str) -> None:
         try:

@@ -39,9 +39,13 @@ import aiosmtplib
 from pysendmail.core import log
 from pysendmail.core.errors import ConfigError
 from pysendmail.core.queue import QueuedMessage
-from pysendmail.daemon import outcome, secrets
+from pysendmail.daemon import outcome, secrets, wire
 from pysendmail.daemon.providers import BOUNCE, HOLD_MESSAGE, HOLD_ROUTE, PAUSE
 from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Result
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pysendmail.daemon.dkim import Signer
 
 DEFAULT_PORTS = {"implicit": 465, "starttls": 587, "none": 25}
 DOWN_SECONDS = 30  # after a failed connection, defer the rest of the queue this long
@@ -131,6 +135,7 @@ class SmtpTransport:
         self.down_reason = ""
         self.pause_until = 0.0  # a provider's quota or block window; a flush does not lift it
         self.pause_reason = ""
+        self.signer: Signer | None = None  # the [[dkim]] keys, set by the queue manager
 
     # ------------------------------------------------------------ connections
     async def _open(self) -> _Conn:
@@ -334,13 +339,16 @@ class SmtpTransport:
                     healthy = True
                     return [Result(i, FAILED, "5.3.4", text) for i in indices]
                 if needs_utf8 and not conn.smtputf8:
-                    text = "the address is not ASCII and the relay does not offer SMTPUTF8"
+                    text = ("an address is not ASCII and the relay does not offer SMTPUTF8 (RFC 6531), so it "
+                            "cannot be sent: use an ASCII address or a relay that offers SMTPUTF8")
                     healthy = True
                     return [Result(i, FAILED, "5.6.7", text) for i in indices]
+                # After EHLO: transform for what this relay offers, then sign those bytes.
+                data = wire.for_delivery(msg, eightbit=conn.eightbit, utf8=needs_utf8, signer=self.signer)
                 size = self.max_rcpt or len(indices)
                 for start in range(0, len(indices), size):
                     chunk = [i for i in indices[start : start + size] if i not in results]
-                    for r in await self._transaction(conn, msg, chunk, needs_utf8):
+                    for r in await self._transaction(conn, msg, chunk, needs_utf8, data):
                         results[r.index] = r
                 healthy = True
                 conn.messages += 1
@@ -359,13 +367,15 @@ class SmtpTransport:
                 self._release(conn, healthy)
         raise AssertionError("unreachable")
 
-    async def _transaction(self, conn: _Conn, msg: QueuedMessage, chunk: list[int], utf8: bool) -> list[Result]:
+    async def _transaction(
+        self, conn: _Conn, msg: QueuedMessage, chunk: list[int], utf8: bool, data: wire.Prepared
+    ) -> list[Result]:
         smtp = conn.smtp
         env = msg.envelope
         options = []
         if conn.max_size:
-            options.append(f"SIZE={msg.size}")
-        if env.body == "8BITMIME" and conn.eightbit:
+            options.append(f"SIZE={len(data.data)}")
+        if data.body_8bitmime:
             options.append("BODY=8BITMIME")
         if utf8:
             options.append("SMTPUTF8")
@@ -389,7 +399,7 @@ class SmtpTransport:
             await self._rset(smtp)
             return results
         try:
-            resp = await smtp.data(msg.message)
+            resp = await smtp.data(data.data)
         except aiosmtplib.SMTPResponseException as exc:
             await self._rset(smtp)
             return results + self._refused(exc, accepted, "data")

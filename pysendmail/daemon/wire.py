@@ -1,0 +1,434 @@
+"""Make a queued message fit for the wire the relay offers, before DKIM signs it.
+
+Contract:   ``prepare(message, eightbit=, utf8=)`` takes the queued CRLF
+            message and returns a Prepared: ``data``, the bytes to send
+            (and to sign), ``body_8bitmime`` (send MAIL FROM with
+            BODY=8BITMIME), ``changes`` (short words for the log).  It never
+            loses or alters content as a reader decodes it:
+            - a MIME part with a line over 998 octets (RFC 5322 2.1.1), a
+              bare CR, NUL, or 8-bit octets the relay cannot take (no
+              8BITMIME, RFC 6152) is re-encoded quoted-printable when it is
+              text, base64 otherwise, and its Content-Transfer-Encoding
+              says so; a base64 or quoted-printable part with over-long
+              lines is re-wrapped;
+            - 8-bit text in a message with no MIME header at all (PHP's
+              plain mail() with UTF-8) gets MIME-Version, Content-Type
+              text/plain with charset=utf-8 when the body decodes as
+              UTF-8, else charset=unknown-8bit (RFC 1428: we do not guess a
+              legacy charset; mail readers then use their own default, which
+              is what the sender's readers saw), and a transfer encoding;
+            - header lines over 998 octets are folded at white space (RFC
+              5322 2.2.3); an unstructured field (Subject...) that cannot
+              be folded, or that holds raw UTF-8 while the session is not
+              SMTPUTF8, becomes RFC 2047 encoded-words; non-ASCII display
+              names in address fields likewise.
+            With ``utf8`` (an SMTPUTF8 session, RFC 6531/6532) raw UTF-8
+            headers are left as written.
+Security:   the message came from any local user; the parser works on
+            bytes, never raises on malformed MIME (it leaves what it cannot
+            understand as it is), and recursion is bounded.
+See also:   RFC 2045 6.7 (quoted-printable), RFC 2046 5.1 (multipart),
+            RFC 2047, RFC 6152 (8BITMIME), RFC 6532; Postfix's
+            8bit-to-7bit conversion (smtp_never_send_ehlo / disable_mime_
+            output_conversion), which does the same for the same reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+from dataclasses import dataclass, field
+
+from pysendmail.core import log, rfc5322
+from pysendmail.core.queue import QueuedMessage
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pysendmail.daemon.dkim import Signer
+
+MAX_LINE = 998  # octets, without the CRLF (RFC 5322 2.1.1, RFC 5321 4.5.3.1.6)
+QP_LINE = 76  # RFC 2045 6.7 rule 5
+FOLD_AT = 78
+MAX_DEPTH = 20
+FALLBACK_CHARSET = "unknown-8bit"
+_UNSTRUCTURED = frozenset({"subject", "comments", "content-description", "thread-topic"})
+_ADDRESS = frozenset({"from", "sender", "reply-to", "to", "cc", "resent-from", "resent-sender", "resent-to",
+                      "resent-cc"})
+
+Fields = list[tuple[str, bytes]]
+
+
+@dataclass
+class Prepared:
+    data: bytes
+    body_8bitmime: bool
+    changes: list[str] = field(default_factory=list)
+
+
+class _Ctx:
+    def __init__(self, eightbit: bool, utf8: bool) -> None:
+        self.eightbit = eightbit
+        self.utf8 = utf8
+        self.changes: list[str] = []
+
+    def note(self, what: str) -> None:
+        if what not in self.changes:
+            self.changes.append(what)
+
+
+# ---------------------------------------------------------------- encoders
+_QP_TABLE = [chr(c) if 33 <= c <= 126 and c != 61 else f"={c:02X}" for c in range(256)]
+
+
+def qp_encode(data: bytes) -> bytes:
+    """Quoted-printable of CRLF text: hard breaks stay CRLF, every other octet round-trips."""
+    out: list[str] = []
+    for line in data.split(b"\r\n"):
+        toks = [_QP_TABLE[c] if c not in (9, 32) else chr(c) for c in line]
+        if toks and toks[-1] in (" ", "\t"):
+            toks[-1] = f"={ord(toks[-1]):02X}"  # rule 3: no white space at the end of a line
+        cur = ""
+        for tok in toks:
+            if len(cur) + len(tok) > QP_LINE - 1:
+                out.append(cur + "=")  # soft line break
+                cur = ""
+            cur += tok
+        out.append(cur)
+    return "\r\n".join(out).encode("ascii")
+
+
+def b64_encode(data: bytes) -> bytes:
+    return base64.encodebytes(data).replace(b"\n", b"\r\n")
+
+
+def encoded_words(text: str) -> list[str]:
+    """RFC 2047 B encoded-words of at most 75 characters, split on character boundaries."""
+    words, piece = [], b""
+    for ch in text:
+        raw = ch.encode("utf-8", "surrogateescape")
+        if len(piece) + len(raw) > 45:
+            words.append(piece)
+            piece = b""
+        piece += raw
+    words.append(piece)
+    return ["=?utf-8?b?" + base64.b64encode(w).decode("ascii") + "?=" for w in words]
+
+
+# ---------------------------------------------------------------- headers
+def _get(fields: Fields, name: str) -> bytes | None:
+    for n, v in fields:
+        if n.lower() == name:
+            return v
+    return None
+
+
+def _set(fields: Fields, name: str, value: str) -> Fields:
+    """``fields`` with the first ``name`` replaced (others dropped), or it appended."""
+    out: Fields = []
+    done = False
+    for n, v in fields:
+        if n.lower() == name.lower():
+            if not done:
+                out.append((n, b" " + value.encode("ascii")))
+                done = True
+            continue
+        out.append((n, v))
+    if not done:
+        out.append((name, b" " + value.encode("ascii")))
+    return out
+
+
+def content_type(fields: Fields, default: str) -> tuple[str, dict[str, str]]:
+    raw = _get(fields, "content-type")
+    if raw is None:
+        return default, {}
+    text = rfc5322.unfold(raw)
+    parts = _split_params(text)
+    ctype = parts[0].strip().lower() if parts else ""
+    if "/" not in ctype:
+        return default, {}  # RFC 2045 5.2: an invalid Content-Type means text/plain
+    params: dict[str, str] = {}
+    for p in parts[1:]:
+        if "=" in p:
+            k, v = p.split("=", 1)
+            v = v.strip()
+            if len(v) >= 2 and v[0] == '"' and v[-1] == '"':
+                v = v[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+            params[k.strip().lower()] = v
+    return ctype, params
+
+
+def _split_params(text: str) -> list[str]:
+    """Split on ';' outside quoted strings."""
+    out, cur, quoted, escape = [], "", False, False
+    for ch in text:
+        if escape:
+            cur += ch
+            escape = False
+        elif ch == "\\" and quoted:
+            cur += ch
+            escape = True
+        elif ch == '"':
+            quoted = not quoted
+            cur += ch
+        elif ch == ";" and not quoted:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur)
+    return out
+
+
+def _cte(fields: Fields) -> str:
+    raw = _get(fields, "content-transfer-encoding")
+    return rfc5322.unfold(raw).lower() if raw is not None else "7bit"
+
+
+def fold_line(line: bytes) -> bytes | None:
+    """One over-long header line folded at white space, or None if it has none to fold at."""
+    out: list[bytes] = []
+    rest = line
+    while len(rest) > MAX_LINE:
+        cut = -1
+        # Prefer a fold before column 78; else the first white space after
+        # it; never at position 0 (a line of only white space is not allowed).
+        for i in range(min(FOLD_AT, len(rest) - 1), 0, -1):
+            if rest[i] in (9, 32) and rest[:i].strip(b" \t"):
+                cut = i
+                break
+        if cut < 0:
+            for i in range(FOLD_AT, len(rest)):
+                if rest[i] in (9, 32) and rest[i:].strip(b" \t"):
+                    cut = i
+                    break
+        if cut < 0 or cut > MAX_LINE:
+            return None
+        out.append(rest[:cut])
+        rest = rest[cut:]
+    out.append(rest)
+    return b"\r\n".join(out)
+
+
+def _encode_unstructured(value: bytes) -> bytes | None:
+    text = rfc5322.unfold(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None  # not UTF-8: we cannot name its charset
+    return b" " + "\r\n ".join(encoded_words(text)).encode("ascii")
+
+
+def _encode_addresses(value: bytes) -> bytes | None:
+    text = rfc5322.unfold(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    pairs = email.utils.getaddresses([text])
+    if not pairs or any(not addr.isascii() or not addr for _, addr in pairs):
+        return None  # a non-ASCII address needs SMTPUTF8; nothing to encode here
+    return b" " + ",\r\n ".join(email.utils.formataddr(p, charset="utf-8") for p in pairs).encode("ascii")
+
+
+def fix_headers(fields: Fields, ctx: _Ctx) -> Fields:
+    out: Fields = []
+    for name, value in fields:
+        low = name.lower()
+        if b"\r" in value.replace(b"\r\n", b""):
+            value = value.replace(b"\r\n", b"\0").replace(b"\r", b" ").replace(b"\0", b"\r\n")
+            ctx.note("bare CR in header")
+        if not value.isascii() and not ctx.utf8:
+            new = None
+            if low in _UNSTRUCTURED:
+                new = _encode_unstructured(value)
+            elif low in _ADDRESS:
+                new = _encode_addresses(value)
+            if new is not None:
+                value = new
+                ctx.note("8-bit header encoded")
+        lines = (name.encode("ascii") + b":" + value).split(b"\r\n")
+        if any(len(line) > MAX_LINE for line in lines):
+            folded = []
+            ok = True
+            for line in lines:
+                f = fold_line(line) if len(line) > MAX_LINE else line
+                if f is None:
+                    ok = False
+                    break
+                folded.append(f)
+            if ok:
+                value = b"\r\n".join(folded)[len(name) + 1 :]
+                ctx.note("long header folded")
+            elif low in _UNSTRUCTURED and (enc := _encode_unstructured(value)) is not None:
+                value = enc
+                ctx.note("long header encoded")
+            # XXX: a structured field with a 999-octet token cannot be
+            # folded; it goes as it is and the relay judges it.
+        out.append((name, value))
+    return out
+
+
+def serialize(fields: Fields) -> bytes:
+    return b"".join(n.encode("ascii") + b":" + v + b"\r\n" for n, v in fields)
+
+
+# ---------------------------------------------------------------- bodies
+def _long_lines(data: bytes) -> bool:
+    if len(data) <= MAX_LINE:
+        return False
+    return any(len(line) > MAX_LINE for line in data.split(b"\r\n"))
+
+
+def _bare_cr(data: bytes) -> bool:
+    return data.count(b"\r") != data.count(b"\r\n")
+
+
+def _charset_of(data: bytes) -> str:
+    if data.isascii():
+        return "us-ascii"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return FALLBACK_CHARSET
+    return "utf-8"
+
+
+def _entity(fields: Fields, body: bytes, ctx: _Ctx, default: str, depth: int) -> tuple[Fields, bytes, bool]:
+    """(fields, body, changed) of one MIME entity made wire-safe."""
+    ctype, params = content_type(fields, default)
+    cte = _cte(fields)
+    if depth < MAX_DEPTH and ctype.startswith("multipart/") and params.get("boundary"):
+        child = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
+        new, changed = _multipart(body, params["boundary"].encode("utf-8", "surrogateescape"), ctx, child, depth)
+        if changed and cte in ("8bit", "binary") and new.isascii():
+            fields = _set(fields, "Content-Transfer-Encoding", "7bit")
+        return fields, new, changed
+    if depth < MAX_DEPTH and ctype == "message/rfc822" and cte in ("7bit", "8bit", "binary"):
+        head, inner = rfc5322.split_message(body)
+        sub = rfc5322.header_fields(head)
+        sub2, inner2, changed = _entity(sub, inner, ctx, "text/plain", depth + 1)
+        fixed = fix_headers(sub2, ctx)
+        if not changed and fixed == sub2:
+            return fields, body, False
+        new = serialize(fixed) + b"\r\n" + inner2
+        if cte != "7bit" and new.isascii():
+            fields = _set(fields, "Content-Transfer-Encoding", "7bit")
+        return fields, new, True
+    # A leaf.
+    if cte == "base64":
+        if not _long_lines(body):
+            return fields, body, False
+        try:
+            raw = base64.b64decode(b"".join(body.split()), validate=True)
+        except (binascii.Error, ValueError):
+            return fields, body, False  # not ours to repair
+        ctx.note("long lines re-wrapped")
+        return fields, b64_encode(raw), True
+    if cte == "quoted-printable":
+        if not _long_lines(body):
+            return fields, body, False
+        ctx.note("long lines re-wrapped")
+        return fields, qp_encode(binascii.a2b_qp(body)), True
+    eight = not body.isascii()
+    if _long_lines(body) or _bare_cr(body) or b"\0" in body or (eight and not ctx.eightbit) or cte == "binary" and eight:
+        if _long_lines(body):
+            ctx.note("long lines")
+        if eight and not ctx.eightbit:
+            ctx.note("8-bit converted")
+        if ctype.startswith("text/"):
+            return _set(fields, "Content-Transfer-Encoding", "quoted-printable"), qp_encode(body), True
+        return _set(fields, "Content-Transfer-Encoding", "base64"), b64_encode(body), True
+    if eight and cte not in ("8bit", "binary"):
+        return _set(fields, "Content-Transfer-Encoding", "8bit"), body, True
+    return fields, body, False
+
+
+def _multipart(body: bytes, boundary: bytes, ctx: _Ctx, child: str, depth: int) -> tuple[bytes, bool]:
+    delim = b"--" + boundary
+    lines = body.split(b"\r\n")
+    marks: list[int] = []  # indices of delimiter lines; the last may be the close delimiter
+    closed = False
+    for i, line in enumerate(lines):
+        if line.startswith(delim):
+            tail = line[len(delim) :].rstrip(b" \t")
+            if tail in (b"", b"--"):
+                marks.append(i)
+                if tail == b"--":
+                    closed = True
+                    break
+    if not marks:
+        return body, False
+    changed = False
+
+    def outside(chunk: list[bytes]) -> list[bytes]:
+        # Preamble and epilogue are not shown by MIME readers (RFC 2046
+        # 5.1.1): a line too long for the wire is broken, 8-bit is kept.
+        nonlocal changed
+        fixed: list[bytes] = []
+        for line in chunk:
+            while len(line) > MAX_LINE:
+                fixed.append(line[:MAX_LINE])
+                line = line[MAX_LINE:]
+                changed = True
+            fixed.append(line)
+        return fixed
+
+    out = outside(lines[: marks[0]])
+    for n, start in enumerate(marks):
+        out.append(lines[start])
+        if closed and n == len(marks) - 1:
+            out += outside(lines[start + 1 :])
+            break
+        end = marks[n + 1] if n + 1 < len(marks) else len(lines)
+        # The CRLF before a delimiter belongs to the delimiter (RFC 2046 5.1.1).
+        part = b"\r\n".join(lines[start + 1 : end])
+        head, inner = rfc5322.split_message(part)
+        fields = rfc5322.header_fields(head)
+        f2, inner2, ch = _entity(fields, inner, ctx, child, depth + 1)
+        fixed = fix_headers(f2, ctx)
+        if ch or fixed != f2:
+            changed = True
+            part = serialize(fixed) + b"\r\n" + inner2
+        out.append(part)
+    return b"\r\n".join(out), changed
+
+
+def prepare(message: bytes, *, eightbit: bool, utf8: bool) -> Prepared:
+    ctx = _Ctx(eightbit, utf8)
+    head, body = rfc5322.split_message(message)
+    fields = rfc5322.header_fields(head)
+    if not fields:
+        return Prepared(message, eightbit and not message.isascii())
+    mime = _get(fields, "mime-version") is not None or _get(fields, "content-type") is not None
+    f2, body2, changed = _entity(fields, body, ctx, "text/plain", 0)
+    if not mime and (changed or not body.isascii()):
+        # RFC 2045 4: a transfer encoding means nothing without MIME-Version.
+        f2 = _set(f2, "MIME-Version", "1.0")
+        f2 = _set(f2, "Content-Type", f"text/plain; charset={_charset_of(body)}")
+        if _get(f2, "content-transfer-encoding") is None:
+            f2 = _set(f2, "Content-Transfer-Encoding", "8bit" if not body2.isascii() else "7bit")
+        ctx.note("MIME headers added")
+    fixed = fix_headers(f2, ctx)
+    if not changed and fixed == fields:
+        data = message
+    else:
+        data = serialize(fixed) + b"\r\n" + body2
+    return Prepared(data, eightbit and not body2.isascii(), ctx.changes)
+
+
+def for_delivery(msg: QueuedMessage, *, eightbit: bool, utf8: bool, signer: Signer | None) -> Prepared:
+    """The pipeline's last steps: make ``msg`` wire-safe, then DKIM-sign exactly those bytes."""
+    prepared = prepare(msg.message, eightbit=eightbit, utf8=utf8)
+    if prepared.changes:
+        log.event(msg.qid, f"converted for the relay ({', '.join(prepared.changes)})")
+    if signer is not None and signer.keys:
+        fields, keys = signer.sign(prepared.data)
+        if keys:
+            prepared.data = fields + prepared.data
+            used = ", ".join(f"d={k.domain} s={k.selector} a={k.algorithm}" for k in keys)
+            log.event(msg.qid, f"dkim=signed ({used})")
+        else:
+            log.event(msg.qid, "dkim=none (no [[dkim]] key for the From domain)")
+    return prepared

@@ -1,0 +1,85 @@
+"""The signer: OpenSSL's RSA step gives dkimpy's exact signature; which key signs what."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dkim as dkimpy
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from pysendmail.daemon import dkim
+
+MESSAGE = (b"From: A <a@example.org>\r\nTo: b@example.net\r\nSubject: s\r\nDate: Tue, 01 Dec 2026 12:00:00 +0000\r\n"
+           b"\r\nbody\r\n")
+
+
+def write_key(path: Path, key: object) -> Path:
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,  # type: ignore[attr-defined]
+                            serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, pem)
+    os.close(fd)
+    return path
+
+
+def table(path: Path, domain: str = "example.org", algorithm: str = "rsa-sha256", selector: str = "s",
+          subdomains: bool = False) -> dict[str, object]:
+    return {"domain": domain, "selector": selector, "key_file": str(path), "algorithm": algorithm,
+            "headers": None, "subdomains": subdomains}
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dkimpy.time, "time", lambda: 1_800_000_000.0)
+
+
+def test_openssl_rsa_step_gives_the_same_signature_as_dkimpys_pure_python(tmp_path: Path, frozen_clock: None) -> None:
+    assert dkim.FAST_RSA
+    path = write_key(tmp_path / "k", rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    slow, _ = dkim.load_key(table(path), "test", fast=False)
+    pure = dkim.Signer([slow]).sign(MESSAGE)[0]
+    fast_key, _ = dkim.load_key(table(path), "test", fast=True)
+    try:
+        fast = dkim.Signer([fast_key]).sign(MESSAGE)[0]
+    finally:
+        dkim._FAST_KEYS.clear()
+        dkim._PARSED.clear()
+    assert fast == pure and b"a=rsa-sha256" in fast
+    assert dkimpy.verify(fast + MESSAGE, dnsfunc=lambda name, timeout=5: b"v=DKIM1; k=rsa; p="
+                         + __import__("base64").b64encode(slow.public)) is True
+
+
+def test_keys_for_the_from_domain_and_for_subdomains_only_when_asked(tmp_path: Path) -> None:
+    r = write_key(tmp_path / "r", rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    e = write_key(tmp_path / "e", ed25519.Ed25519PrivateKey.generate())
+    k1, _ = dkim.load_key(table(r, "example.org"), "t")
+    k2, _ = dkim.load_key(table(e, "example.org", "ed25519-sha256", "ed"), "t")
+    k3, _ = dkim.load_key(table(r, "example.net", subdomains=True), "t")
+    signer = dkim.Signer([k1, k2, k3])
+    assert [k.algorithm for k in signer.keys_for("example.org")] == ["ed25519-sha256", "rsa-sha256"]
+    assert signer.keys_for("news.example.org") == []  # no subdomains = true
+    assert signer.keys_for("a.b.example.net") == [k3]
+    assert signer.keys_for("net") == [] and signer.keys_for(None) == []
+    fields, used = signer.sign(MESSAGE)
+    assert used == [k2, k1] and fields.count(b"DKIM-Signature:") == 2
+    assert signer.sign(MESSAGE.replace(b"a@example.org", b"a@example.com")) == (b"", [])
+
+
+@pytest.mark.parametrize("value, domain", [
+    (b" A <a@Example.ORG>", "example.org"), (b" a@example.org (comment)", "example.org"),
+    (b' "x, y" <a@example.org>, b@example.net', "example.org"), (b" undisclosed:;", None), (b" root", None),
+])
+def test_from_domain(value: bytes, domain: str | None) -> None:
+    assert dkim.from_domain(b"To: x@y.z\r\nFrom:" + value + b"\r\n\r\nbody\r\n") == domain
+
+
+def test_txt_record_splits_in_255_octet_strings(tmp_path: Path) -> None:
+    path = write_key(tmp_path / "k", rsa.generate_private_key(public_exponent=65537, key_size=4096))
+    key, _ = dkim.load_key(table(path), "t")
+    record = dkim.txt_record(key)
+    strings = dkim.split_txt(record)
+    assert "".join(strings) == record and all(len(s) == 255 for s in strings[:-1]) and len(strings[-1]) <= 255
+    assert dkim.zone_line(key).startswith('s._domainkey.example.org. IN TXT ( "v=DKIM1; k=rsa; p=')
