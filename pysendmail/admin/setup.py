@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import getpass
-import grp
 import os
 import pwd
 import subprocess

@@ -315,3 +315,20 @@ def parse_recipient_arg(value: str) -> list[str]:
     if not found:
         raise AddressError(f"recipient {value!r} is not an address")
     return found
+
+
+def first_from(message: bytes) -> str | None:
+    """The first address of the message's From header; None without one or when it does not parse.
+
+    Used where the From decides something (the route, the DKIM key), so
+    both read it the same way.
+    """
+    head, _ = split_message(message)
+    for name, value in header_fields(head):
+        if name.lower() == "from":
+            try:
+                found = parse_address_list(unfold(value))
+            except AddressError:
+                return None
+            return found[0] if found else None
+    return None

@@ -244,16 +244,9 @@ def load_key(table: dict[str, object], where: str, fast: bool = True) -> tuple[K
 
 def from_domain(message: bytes) -> str | None:
     """The domain of the (first) From address, lower case, or None."""
-    head, _ = rfc5322.split_message(message)
-    for name, value in rfc5322.header_fields(head):
-        if name.lower() == "from":
-            try:
-                addrs = rfc5322.parse_address_list(rfc5322.unfold(value))
-            except rfc5322.AddressError:
-                return None
-            if addrs and "@" in addrs[0]:
-                return addrs[0].rsplit("@", 1)[1].rstrip(">").strip("[]").lower()
-            return None
+    addr = rfc5322.first_from(message)
+    if addr and "@" in addr:
+        return addr.rsplit("@", 1)[1].rstrip(">").strip("[]").lower()
     return None
 
 

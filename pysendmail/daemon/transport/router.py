@@ -37,19 +37,6 @@ if TYPE_CHECKING:
 STATE_FILE = "routes.json"
 
 
-def header_from(message: bytes) -> str | None:
-    """The first address of the From header, for routing; None without one."""
-    head, _ = rfc5322.split_message(message)
-    for name, value in rfc5322.header_fields(head):
-        if name.lower() == "from":
-            try:
-                found = rfc5322.parse_address_list(rfc5322.unfold(value))
-            except rfc5322.AddressError:
-                return None
-            return found[0] if found else None
-    return None
-
-
 class Route:
     def __init__(self, settings: routes.RelaySettings, helo: str) -> None:
         self.settings = settings
@@ -118,7 +105,7 @@ class RouterTransport:
 
     # ------------------------------------------------------------ choice
     def _choose(self, msg: QueuedMessage) -> tuple[Route, Route | None]:
-        primary, fallback = self.routing.choose(msg.envelope, header_from(msg.message) if msg.message else None)
+        primary, fallback = self.routing.choose(msg.envelope, rfc5322.first_from(msg.message) if msg.message else None)
         return self.routes[primary], self.routes[fallback] if fallback else None
 
     def blocked_for(self, msg: QueuedMessage) -> tuple[float, str] | None:
