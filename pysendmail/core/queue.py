@@ -118,11 +118,15 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_new(directory: str, qid: str, data: bytes) -> str:
-    """Create ``directory/qid`` with ``data`` atomically and durably."""
-    final = os.path.join(directory, qid)
-    tmp = os.path.join(directory, f".{qid}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def publish(tmp: str, final: str, data: bytes, exclusive: bool = False) -> None:
+    """Write ``data`` to ``tmp``, fsync, rename it to ``final``, fsync the directory.
+
+    The rename is the one atomic step: a reader sees nothing or the whole
+    file, and after return both the file and its name survive a crash.
+    ``exclusive`` refuses an existing ``tmp`` (Maildir's unique names).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(tmp, flags, 0o600)
     try:
         view = memoryview(data)
         while view:
@@ -131,7 +135,13 @@ def write_new(directory: str, qid: str, data: bytes) -> str:
     finally:
         os.close(fd)
     os.rename(tmp, final)
-    _fsync_dir(directory)
+    _fsync_dir(os.path.dirname(final))
+
+
+def write_new(directory: str, qid: str, data: bytes) -> str:
+    """Create ``directory/qid`` with ``data`` atomically and durably."""
+    final = os.path.join(directory, qid)
+    publish(os.path.join(directory, f".{qid}.tmp"), final, data)
     return final
 
 

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 
+from pysendmail.core import queue
 from pysendmail.core.queue import QueuedMessage
 from pysendmail.daemon import wire
 from pysendmail.daemon.transport.base import DEFERRED, SENT, Result
@@ -54,20 +55,7 @@ class MaildirTransport:
         name = self._unique()
         tmp = os.path.join(self.path, "tmp", name)
         final = os.path.join(self.path, "new", name)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, final)
-        dfd = os.open(os.path.join(self.path, "new"), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        queue.publish(tmp, final, data, exclusive=True)
         return final
 
     async def deliver(self, msg: QueuedMessage, indices: list[int]) -> list[Result]:
