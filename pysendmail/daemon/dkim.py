@@ -41,6 +41,7 @@ import base64
 import os
 import pwd
 import stat
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,34 @@ def _install_fast_rsa() -> bool:
 
 
 FAST_RSA = _install_fast_rsa()
+
+# Dual signing (RSA + Ed25519) canonicalises the same body twice, and body
+# canonicalisation is over half of a signature's cost.  While _sign_with
+# runs, the first result is kept for that body object and that algorithm;
+# outside it (verification, other callers) nothing is cached.
+_canon = threading.local()
+
+
+def _install_body_cache() -> None:
+    policy = getattr(dkimpy, "CanonicalizationPolicy", None)
+    pure = getattr(policy, "canonicalize_body", None)
+    if policy is None or pure is None or getattr(pure, "_pysendmail", False):
+        return
+
+    def cached(self: Any, body: bytes) -> Any:
+        memo = getattr(_canon, "memo", None)
+        if memo is None:
+            return pure(self, body)
+        key = (id(body), self.body_algorithm)
+        if key not in memo:
+            memo[key] = (body, pure(self, body))  # body kept alive: its id stays unique
+        return memo[key][1]
+
+    cached._pysendmail = True  # type: ignore[attr-defined]
+    policy.canonicalize_body = cached
+
+
+_install_body_cache()
 
 
 @dataclass(frozen=True)
@@ -316,17 +345,21 @@ class Signer:
             low = name.decode("ascii", "replace").lower()
             present[low] = present.get(low, 0) + 1
         out = []
-        for key in keys:
-            include = []
-            for h in key.headers:
-                include += [h] * (present.get(h, 0) + (1 if h in OVERSIGN else 0))
-            out.append(
-                signer.sign(
-                    key.selector.encode(), key.domain.encode(), key.private,
-                    signature_algorithm=key.algorithm.encode(), canonicalize=(b"relaxed", b"relaxed"),
-                    include_headers=[h.encode() for h in include],
+        _canon.memo = {}
+        try:
+            for key in keys:
+                include = []
+                for h in key.headers:
+                    include += [h] * (present.get(h, 0) + (1 if h in OVERSIGN else 0))
+                out.append(
+                    signer.sign(
+                        key.selector.encode(), key.domain.encode(), key.private,
+                        signature_algorithm=key.algorithm.encode(), canonicalize=(b"relaxed", b"relaxed"),
+                        include_headers=[h.encode() for h in include],
+                    )
                 )
-            )
+        finally:
+            _canon.memo = None
         return b"".join(out)
 
 

@@ -83,3 +83,26 @@ def test_txt_record_splits_in_255_octet_strings(tmp_path: Path) -> None:
     strings = dkim.split_txt(record)
     assert "".join(strings) == record and all(len(s) == 255 for s in strings[:-1]) and len(strings[-1]) <= 255
     assert dkim.zone_line(key).startswith('s._domainkey.example.org. IN TXT ( "v=DKIM1; k=rsa; p=')
+
+
+def test_dual_signing_canonicalises_the_body_once_and_caches_nothing_afterwards(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rsa_key, _ = dkim.load_key(table(write_key(tmp_path / "r", rsa.generate_private_key(
+        public_exponent=65537, key_size=2048))), "test")
+    ed_key, _ = dkim.load_key(table(write_key(tmp_path / "e", ed25519.Ed25519PrivateKey.generate()),
+                                    algorithm="ed25519-sha256", selector="e"), "test")
+    algorithm = dkimpy.canonicalization.Relaxed
+    runs: list[bytes] = []
+    pure = algorithm.canonicalize_body
+    monkeypatch.setattr(algorithm, "canonicalize_body", staticmethod(lambda body: runs.append(body) or pure(body)))
+
+    fields, used = dkim.Signer([rsa_key, ed_key]).sign(MESSAGE)
+
+    assert len(used) == 2 and len(runs) == 1
+    bhs = [line.split(b"bh=", 1)[1].split(b";", 1)[0] for line in fields.split(b"DKIM-Signature:")[1:]]
+    assert len(bhs) == 2 and bhs[0] == bhs[1]
+    # Outside signing (a verification, say) every call canonicalises afresh.
+    policy = dkimpy.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+    policy.canonicalize_body(b"a  b \r\n")
+    policy.canonicalize_body(b"a  b \r\n")
+    assert len(runs) == 3
