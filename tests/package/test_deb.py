@@ -36,6 +36,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import needs_root
+from tests.fakes.dns import DnsServer
+from tests.fakes.verifiers import mail_dkim, opendkim
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "packaging" / "deb" / "build"
@@ -323,7 +325,14 @@ def test_unit_exposure_is_below_2(installed: Chroot) -> None:
     print(found.group(0))  # for the record: pytest -rP shows it
 
 
-def test_php_mail_daemon_upgrade_remove_purge(installed: Chroot, debs: tuple[Path, Path], relay_factory) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def dns() -> Iterator[DnsServer]:
+    with DnsServer() as server:
+        yield server
+
+
+def test_php_mail_daemon_upgrade_remove_purge(installed: Chroot, debs: tuple[Path, Path], relay_factory,  # type: ignore[no-untyped-def]
+                                              dns: DnsServer, tmp_path: Path) -> None:
     c = installed
     relay = relay_factory("implicit")
     uid, gid = c.ids("pysendmail")
@@ -337,7 +346,19 @@ def test_php_mail_daemon_upgrade_remove_purge(installed: Chroot, debs: tuple[Pat
     table = relay.config(Path("/etc/pysendmail/password"), host="127.0.0.1").replace(
         str(relay.ca_file), "/etc/pysendmail/relay-ca.pem")
     config = c.path("/etc/pysendmail/pysendmail.toml")
-    config.write_text(config.read_text() + "\n" + table + '\n[host]\nname = "web.example.org"\n')
+    # DKIM with Debian 12's python3-dkim, -cryptography and -nacl: keys from
+    # the packaged keygen (root: owned by pysendmail), RSA and Ed25519.
+    dkim_tables = ""
+    for selector, algorithm in (("deb", "rsa"), ("deb-ed", "ed25519")):
+        key = f"/etc/pysendmail/dkim/example.org.{selector}.key"
+        out = c.run("pysendmail", "dkim", "keygen", "--domain", "example.org", "--selector", selector,
+                    "--algorithm", algorithm, "--output", key).stdout
+        line = next(x for x in out.splitlines() if " IN TXT " in x)
+        dns.set_txt(f"{selector}._domainkey.example.org", [re.findall(r'"([^"]*)"', line)])
+        assert mode_owner(c.path(key)) == (0o600, uid, gid)
+        dkim_tables += (f'\n[[dkim]]\ndomain = "example.org"\nselector = "{selector}"\nkey_file = "{key}"\n'
+                        f'algorithm = "{algorithm}-sha256"\n')
+    config.write_text(config.read_text() + "\n" + table + '\n[host]\nname = "web.example.org"\n' + dkim_tables)
     c.run("pysendmail", "config", "check")
 
     # PHP's mail() as the web server's user, with php.ini's default sendmail_path.
@@ -359,6 +380,10 @@ def test_php_mail_daemon_upgrade_remove_purge(installed: Chroot, debs: tuple[Pat
     assert b"Subject: from the package" in got.data and b"Hello from Debian 12." in got.data
     assert re.search(r"status=sent", log), log
     assert relay.password not in log
+    # Signed by Debian's libraries, verified by tools that are not dkimpy.
+    assert ("pass", "example.org", "deb", "rsa-sha256") in mail_dkim(got.data, dns.port), log
+    odk = opendkim(got.data, dns.port, tmp_path / "opendkim")
+    assert ("pass", "example.org", "deb-ed", "ed25519-sha256") in odk and len(odk) == 2, (odk, log)
 
     # A message deferred in the queue across the upgrade.
     relay.data_reply = "451 4.3.0 try again later"
