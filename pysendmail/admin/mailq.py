@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import os
 import time
+import dataclasses
 from dataclasses import dataclass, field
 
 from pysendmail.core import errors, layout, queue, spoolfile
 
 
-@dataclass
+@dataclass(slots=True)
 class QueueEntry:
     queue_id: str
     state: str  # incoming, active, deferred, held
@@ -46,7 +47,9 @@ def collect(spool: layout.Spool) -> list[QueueEntry]:
     entries: list[QueueEntry] = []
     for qid in _read_dir(spool.queue):
         try:
-            msg = queue.QueuedMessage.load(os.path.join(spool.queue, qid))
+            # Envelope and records only: listing 100,000 messages must not
+            # read 100,000 message bodies.
+            msg = queue.read_state(os.path.join(spool.queue, qid))
         except (FileNotFoundError, spoolfile.SpoolFormatError):
             continue
         pending = msg.pending()
@@ -71,11 +74,11 @@ def collect(spool: layout.Spool) -> list[QueueEntry]:
             st = os.lstat(path)
             if (st.st_mode & 0o777) != layout.READY_MODE:
                 continue
-            with open(path, "rb") as fh:
-                env, message, _ = spoolfile.decode(fh.read())
+            state = queue.read_state(path)
         except (OSError, spoolfile.SpoolFormatError):
             continue
-        entries.append(QueueEntry(qid, "incoming", len(message), env.time, env.sender, list(env.recipients)))
+        env = state.envelope
+        entries.append(QueueEntry(qid, "incoming", state.size, env.time, env.sender, list(env.recipients)))
     entries.sort(key=lambda e: e.queue_id)
     return entries
 
@@ -104,4 +107,4 @@ def render_text(entries: list[QueueEntry]) -> str:
 
 
 def render_json(entries: list[QueueEntry]) -> str:
-    return json.dumps([e.__dict__ for e in entries], indent=2) + "\n"
+    return json.dumps([dataclasses.asdict(e) for e in entries], indent=2) + "\n"
