@@ -5,8 +5,11 @@
   project itself ships (mandoc looks cross-references up in the system's
   manual database, where ours are not before the package is installed;
   tests/package checks that the .deb installs every one of them).
-* Every key of config.SCHEMA and config.DKIM_SCHEMA is documented in
-  pysendmail.toml(5), under its own section's heading.
+* Every key of config.SCHEMA, config.DKIM_SCHEMA and config.ROUTE_SCHEMA
+  is documented in pysendmail.toml(5), under its own section's heading,
+  and the named relays ([relay.NAME]) have a heading of their own.
+* Every provider preset is an item of pysendmail.toml(5) PROVIDERS that
+  names its host and port.
 * Every subcommand of the ``pysendmail`` argparse parser, every choice of
   its positional action and every option is documented in pysendmail(8).
 * Every sendmail flag of the flag table and every exit code sendmail uses
@@ -28,6 +31,7 @@ import pytest
 
 from pysendmail.admin import cli
 from pysendmail.core import config, errors
+from pysendmail.daemon import providers
 from pysendmail.submit import flags
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,10 +101,48 @@ def test_every_config_key_is_in_pysendmail_toml_5(section: str, key: str) -> Non
     assert key in documented_keys(subs[heading]), f"pysendmail.toml(5) does not document {heading} {key}"
 
 
+@pytest.mark.parametrize("key", list(config.ROUTE_SCHEMA))
+def test_every_route_key_is_in_pysendmail_toml_5(key: str) -> None:
+    subs = subsections("pysendmail.toml.5")
+    assert "[[route]]" in subs, "pysendmail.toml(5) has no '.Ss [[route]] ...' subsection"
+    assert key in documented_keys(subs["[[route]]"]), f"pysendmail.toml(5) does not document [[route]] {key}"
+
+
 def test_every_config_section_is_in_pysendmail_toml_5() -> None:
     subs = subsections("pysendmail.toml.5")
-    wanted = [f"[{s}]" for s in config.SCHEMA] + ["[[dkim]]", "[aliases]"]
+    wanted = [f"[{s}]" for s in config.SCHEMA] + ["[relay.NAME]", "[[route]]", "[[dkim]]", "[aliases]"]
     assert [w for w in wanted if w not in subs] == [], sorted(subs)
+
+
+def provider_items() -> dict[str, str]:
+    """Text of each ``.It Cm NAME`` item of pysendmail.toml(5) PROVIDERS, keyed by NAME."""
+    text = (MAN / "pysendmail.toml.5").read_text()
+    section = text.split(".Sh PROVIDERS", 1)[1].split(".Sh ", 1)[0]
+    items: dict[str, str] = {}
+    name = None
+    for line in section.splitlines():
+        found = re.match(r"\.It Cm (\S+)$", line)
+        if found:
+            name = found.group(1)
+            items[name] = ""
+        elif line == ".El":
+            name = None
+        elif name is not None:
+            items[name] += line + "\n"
+    return items
+
+
+@pytest.mark.parametrize("name", sorted(providers.PRESETS))
+def test_every_provider_is_in_pysendmail_toml_5(name: str) -> None:
+    preset = providers.PRESETS[name]
+    items = provider_items()
+    assert name in items, f"pysendmail.toml(5) PROVIDERS has no '.It Cm {name}' item"
+    host = preset.host.split("{", 1)[0]  # ses: email-smtp.{region}.amazonaws.com
+    assert host in items[name], f"pysendmail.toml(5) PROVIDERS {name} does not name its host {preset.host}"
+    if preset.port:
+        assert re.search(rf"\b{preset.port}\b", items[name]), f"pysendmail.toml(5) PROVIDERS {name} lacks port {preset.port}"
+    if preset.spf_include:
+        assert preset.spf_include in items[name], f"pysendmail.toml(5) PROVIDERS {name} lacks SPF {preset.spf_include}"
 
 
 # ---------------------------------------------------------------- pysendmail(8)
