@@ -378,15 +378,18 @@ def cmd_test(cfg: config.Config, to: str, route: str | None, sender: str | None,
         rfc5322.check_addr_spec(to)
     except rfc5322.AddressError as exc:
         raise errors.UsageError(f"--to {to!r} is not an address: {exc}") from None
-    status, text = sendtest.run(cfg, to, route, sender, sys.stdout)
+    # With --json, stdout holds the JSON alone; the dialogue goes to stderr.
+    status, text = sendtest.run(cfg, to, route, sender, sys.stderr if as_json else sys.stdout)
+    code = 0 if status == "sent" else errors.EX_TEMPFAIL if status in ("deferred", "held") else errors.EX_DATAERR
     if as_json:
         sys.stdout.write(json.dumps({"status": status, "text": text}) + "\n")
+        return code
     if status == "sent":
         sys.stdout.write(f"test: sent to {to}: {text}\n")
-        return 0
+        return code
     explained = text if "hint:" in text else text + "; hint: see the dialogue above and 'pysendmail config check'"
     sys.stdout.write(f"test: NOT sent ({status}): {explained}\n")
-    return errors.EX_TEMPFAIL if status in ("deferred", "held") else errors.EX_DATAERR
+    return code
 
 
 def cmd_doctor(cfg: config.Config, domain: str | None, nameserver: str | None, as_json: bool) -> int:

@@ -110,6 +110,11 @@ def run(cfg: config.Config, to: str, route_name: str | None, sender: str | None,
     if not cfg.relay_configured:
         raise errors.ConfigError("no [relay] is configured, so there is nothing to test: run 'pysendmail setup'")
     router = RouterTransport(cfg, qmgr.helo_name(cfg))
+    if cfg.dkim:
+        from pysendmail.daemon.dkim import Signer
+
+        # Signed as the daemon signs, so the test shows what receivers get.
+        router.signer = Signer.from_config(cfg)
     probe = spoolfile.Envelope(sender or "", [to], uid=os.getuid(), time=time.time())
     first = choose(router, route_name, QueuedMessage("TEST", "", spoolfile.encode(probe, b"")))
     account = first.settings.account

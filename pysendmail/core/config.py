@@ -29,6 +29,7 @@ from pysendmail.core.errors import ConfigError
 SYSTEM_CONFIG = "/etc/pysendmail/pysendmail.toml"
 SYSTEM_SPOOL = "/var/spool/pysendmail"
 DEFAULT_MAX_MESSAGE_SIZE = 35 * 1024 * 1024
+AUTH_CHOICES = ("auto", "plain", "login", "oauthbearer", "xoauth2")
 CACHE_VERSION = 1
 
 
@@ -337,6 +338,11 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
         tls = table["tls"]
         if tls is not None and tls not in ("implicit", "starttls", "none"):
             raise ConfigError(f"{name}.tls in {where} must be implicit, starttls or none, not {tls!r}")
+        auth = table["auth"]
+        if auth is not None and str(auth).lower() not in AUTH_CHOICES:
+            # Caught here, not at the first login: a typo would otherwise
+            # hold the route with a message about the relay.
+            raise ConfigError(f"{name}.auth in {where} must be one of {', '.join(AUTH_CHOICES)}, not {auth!r}")
         policy = table["from_policy"]
         if policy is not None and policy not in ("keep", "rewrite"):
             raise ConfigError(f"{name}.from_policy in {where} must be keep or rewrite, not {policy!r}")

@@ -167,6 +167,37 @@ def test_test_command_sends_now_and_prints_the_dialogue_with_credentials_masked(
     assert e.queued() == []
 
 
+def test_test_command_signs_as_the_daemon_does_and_json_stays_parseable(tmp_path: Path, relay_factory) -> None:
+    from tests.fakes.verifiers import mail_dkim
+    from tests.integration.test_dkim import dkim_table, keygen
+
+    relay = relay_factory("implicit")
+    e = make_env(tmp_path, relay_table(relay, password_file(tmp_path)))
+    with DnsServer() as dns:
+        key, _ = keygen(e, dns, "example.org", "t")
+        with open(e.config, "a") as fh:
+            fh.write(dkim_table("example.org", "t", key))
+
+        proc = e.run("pysendmail", "test", "--to", "someone@example.net", "--from", "robot@example.org", "--json")
+
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert json.loads(proc.stdout) == {"status": "sent", "text": json.loads(proc.stdout)["text"]}
+        assert "C: EHLO" in proc.stderr.decode(), "the dialogue goes to stderr under --json"
+        (got,) = relay.wait_for(1)
+        assert ("pass", "example.org", "t", "rsa-sha256") in mail_dkim(got.data, dns.port)
+
+
+def test_typo_in_relay_auth_is_a_config_error_naming_the_choices(tmp_path: Path, relay_factory) -> None:
+    relay = relay_factory("implicit")
+    e = write_config(tmp_path, relay_table(relay, password_file(tmp_path), extra='auth = "plian"\n'))
+
+    for name, args in (("pysendmail", ["config", "check"]), ("sendmail", ["-q"])):
+        proc = e.run(name, *args)
+        assert proc.returncode == 78, (name, proc.stderr.decode())
+        assert proc.stderr.decode().count("\n") == 1
+        assert "relay.auth" in proc.stderr.decode() and "plian" in proc.stderr.decode()
+
+
 def test_test_command_explains_a_known_refusal(tmp_path: Path, relay_factory) -> None:
     relay = relay_factory("implicit")
     relay.auth_reply = PROVIDER_REPLIES["gmail-app-password"]
