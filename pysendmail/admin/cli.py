@@ -5,7 +5,7 @@ Contract:   ``main(argv)`` runs one subcommand and returns a sysexits.h
             Subcommands: daemon, flush, status, mailq, newaliases, queue
             (list, show, delete, hold, release, retry), spool init, config
             check|show, setup, test, doctor, dkim keygen|check
-            (admin/dkimcmd.py).
+            (admin/dkimcmd.py), route list|resume (admin/routecmd.py).
 Security:   run as root, commands that touch the queue first drop to the
             spool's owner, so every file they create belongs to the daemon
             user; other users get NoPermission for the queue.
@@ -343,9 +343,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     dr.add_argument("--domain", help="the sending domain (default: the first [[dkim]] domain or the account's)")
     dr.add_argument("--nameserver", metavar="HOST[:PORT]", help="ask this DNS server instead of the system's")
     dr.add_argument("--json", action="store_true")
-    from pysendmail.admin import dkimcmd
+    from pysendmail.admin import dkimcmd, routecmd
 
     dkimcmd.add_parser(sub)
+    routecmd.add_parser(sub)
     return p
 
 
@@ -442,6 +443,10 @@ def run(args: argparse.Namespace) -> int:
         from pysendmail.admin import dkimcmd
 
         return dkimcmd.run(cfg, args)
+    if cmd == "route":
+        from pysendmail.admin import routecmd
+
+        return routecmd.run(cfg, args)
     if cmd == "config":
         return cmd_config(cfg, args.action, args.json, args.verbose)
     if cmd == "test":
