@@ -359,3 +359,58 @@ def test_setup_dkim_key_is_accepted_by_the_daemon_and_its_signature_verifies(
         [got] = relay.wait_for(1)
         assert b"DKIM-Signature:" in got.data
         assert mail_dkim(got.data, dns.port) == [("pass", "example.org", "mail", "rsa-sha256")]
+
+
+# ------------------------------------------------------------------ user mode, end to end
+@needs_root
+def test_setup_user_mode_as_an_unprivileged_user_then_php_mail_and_sendmail_q_reach_the_relay(
+        world_dir: Path, relay_factory) -> None:
+    """A user with nothing but a HOME: setup finds its own directories (no -C, no
+    PYSENDMAIL_CONFIG), PHP's mail() submits through sendmail -t -i, sendmail -q sends."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import ensure_user, program
+
+    if os.path.exists("/etc/pysendmail/pysendmail.toml"):
+        pytest.skip("a system configuration exists on this host: it would win over the user's own")
+    php = shutil.which("php")
+    if php is None:
+        pytest.fail("php is not installed: apt-get install php-cli (the README's test command does)")
+    uid = ensure_user("psm-robot")
+    user = pwd.getpwnam("psm-robot")
+    home = world_dir / "home-robot"
+    home.mkdir(mode=0o700)
+    os.chown(home, uid, user.pw_gid)
+    relay = relay_factory("implicit")
+    ca = world_dir / "relay-ca.pem"  # the fixture's CA lives under root's private tmp_path
+    ca.write_bytes(relay.ca_file.read_bytes())
+    ca.chmod(0o644)
+
+    def as_robot(*cmd: str, input: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["runuser", "-u", "psm-robot", "--", "env", "-i", f"HOME={home}", "PATH=/usr/bin:/bin",
+                               *cmd], input=input, capture_output=True, timeout=60, cwd=str(home))
+
+    made = as_robot(program("pysendmail"), "setup", "--user-mode", "--provider", "custom", "--host", "localhost",
+                    "--port", str(relay.port), "--tls", "implicit", "--ca-file", str(ca), "--user", USER,
+                    "--password-stdin", input=(PASSWORD + "\n").encode())
+    assert made.returncode == 0, made.stderr.decode()
+    config_file = home / ".config" / "pysendmail" / "pysendmail.toml"
+    spool = home / ".local" / "share" / "pysendmail" / "spool"
+    assert f"config:   {config_file} (written)" in made.stdout.decode()
+    assert f"spool:    {spool} (ready)" in made.stdout.decode()
+    assert config_file.stat().st_uid == uid and mode_of(config_file) == 0o600
+    assert (spool / "queue").stat().st_uid == uid
+
+    sent = as_robot(php, "-n", "-d", f"sendmail_path={program('sendmail')} -t -i", "-r",
+                    'var_dump(mail("someone@example.net", "from php", "sent by a user-mode pysendmail"));')
+    assert sent.stdout == b"bool(true)\n", (sent.stdout, sent.stderr)
+    assert relay.messages == []  # queued, not sent: the caller never waits for the relay
+    flushed = as_robot(program("sendmail"), "-q")
+    assert flushed.returncode == 0, flushed.stderr.decode()
+
+    [got] = relay.wait_for(1)
+    assert got.rcpt_tos == ["someone@example.net"] and got.tls and got.account == USER
+    assert b"Subject: from php\r\n" in got.data and b"sent by a user-mode pysendmail" in got.data
+    assert f"(uid {uid})".encode() in got.data  # the Received line names the submitting user
+    assert os.listdir(spool / "queue") == []
