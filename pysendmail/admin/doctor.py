@@ -8,7 +8,9 @@ Contract:   ``check(cfg, domain, resolver)`` returns [(level, text)] with
             present, and aligned with how mail is signed and sent; the
             HELO name resolving.  ``resolver(nameserver)`` builds the
             dnspython resolver (``--nameserver HOST[:PORT]`` for tests and
-            split-horizon DNS).
+            split-horizon DNS).  ``pysendmail doctor`` exits 78 (EX_CONFIG)
+            when a line is FAIL (a record configures the domain wrongly,
+            as for 'dkim check'), else 0.
 Security:   answers come from the network: they are compared, never
             executed; a DNS failure is a WARN naming the query, not a crash.
 See also:   RFC 7208 (SPF), RFC 6376 3.6 (DKIM key records), RFC 7489
