@@ -5,7 +5,7 @@ Contract:   ``main(argv)`` runs one subcommand and returns a sysexits.h
             Subcommands: daemon, flush, status, mailq, newaliases, queue
             (list, show, delete, hold, release, retry), spool init, config
             check|show, setup, test, doctor, dkim keygen|check
-            (admin/dkimcmd.py).
+            (admin/dkimcmd.py), route list|resume (admin/routecmd.py).
 Security:   run as root, commands that touch the queue first drop to the
             spool's owner, so every file they create belongs to the daemon
             user; other users get NoPermission for the queue.
@@ -339,13 +339,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     t.add_argument("--from", dest="sender", metavar="ADDR", help="envelope sender (default: the account)")
     t.add_argument("--json", action="store_true", help="print the outcome as JSON after the dialogue")
     dr = sub.add_parser("doctor", help="DNS checks: MX, SPF, DKIM, DMARC, HELO name",
-                        description="Each line is OK, WARN or FAIL with the fix; exits 1 when something FAILs.")
+                        description="Each line is OK, WARN or FAIL with the fix; exits 78 (EX_CONFIG) when something FAILs.")
     dr.add_argument("--domain", help="the sending domain (default: the first [[dkim]] domain or the account's)")
     dr.add_argument("--nameserver", metavar="HOST[:PORT]", help="ask this DNS server instead of the system's")
     dr.add_argument("--json", action="store_true")
-    from pysendmail.admin import dkimcmd
+    from pysendmail.admin import dkimcmd, routecmd
 
     dkimcmd.add_parser(sub)
+    routecmd.add_parser(sub)
     return p
 
 
@@ -403,7 +404,9 @@ def cmd_doctor(cfg: config.Config, domain: str | None, nameserver: str | None, a
         sys.stdout.write(json.dumps([{"level": lv, "text": t} for lv, t in findings], indent=2) + "\n")
     else:
         sys.stdout.write("".join(f"{lv:<4} {t}\n" for lv, t in findings))
-    return 1 if any(lv == "FAIL" for lv, _ in findings) else 0
+    # A FAIL is a DNS record that configures the domain wrongly: EX_CONFIG,
+    # as 'dkim check' exits for a missing or different key record.
+    return errors.EX_CONFIG if any(lv == "FAIL" for lv, _ in findings) else 0
 
 
 def cmd_config(cfg: config.Config, action: str, as_json: bool, verbose: bool) -> int:
@@ -445,6 +448,10 @@ def run(args: argparse.Namespace) -> int:
         from pysendmail.admin import dkimcmd
 
         return dkimcmd.run(cfg, args)
+    if cmd == "route":
+        from pysendmail.admin import routecmd
+
+        return routecmd.run(cfg, args)
     if cmd == "config":
         return cmd_config(cfg, args.action, args.json, args.verbose)
     if cmd == "test":

@@ -64,15 +64,20 @@ def _default_output(cfg: config.Config, domain: str, selector: str) -> str:
     return os.path.join(base, "dkim", f"{domain}.{selector}.key")
 
 
-def keygen(cfg: config.Config, domain: str, selector: str, algorithm: str, bits: int | None, output: str | None) -> int:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-
+def _check_names(domain: str, selector: str) -> str:
     domain = domain.rstrip(".").lower()
     if not domain or "." not in domain or not all(c.isalnum() or c in "-." for c in domain):
         raise errors.UsageError(f"--domain {domain!r} is not a domain name such as example.org")
     if not selector or not all(c.isalnum() or c in "-." for c in selector):
         raise errors.UsageError(f"--selector {selector!r} must be letters, digits, '-' or '.' (e.g. mail or 2026a)")
+    return domain
+
+
+def new_key(algorithm: str, bits: int | None) -> tuple[bytes, str, str | None]:
+    """(PKCS#8 PEM of a fresh key, algorithm as configured, warning or None)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
     algorithm = "ed25519-sha256" if algorithm.startswith("ed25519") else "rsa-sha256"
     warning = None
     if algorithm == "ed25519-sha256":
@@ -88,10 +93,28 @@ def keygen(cfg: config.Config, domain: str, selector: str, algorithm: str, bits:
         key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     assert isinstance(key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey))
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    path = os.path.abspath(output or _default_output(cfg, domain, selector))
-    _write_key(cfg, path, pem)
+    return pem, algorithm, warning
+
+
+def make_key(domain: str, selector: str, algorithm: str, bits: int | None, path: str,
+             owner: tuple[int, int] | None) -> tuple[dkim.Key, str | None]:
+    """Generate a key, write it (write_key), and return it as the daemon will load it, with any warning.
+
+    ``pysendmail dkim keygen`` and ``pysendmail setup --dkim`` both come here:
+    one way to make a key, one file layout, one record.
+    """
+    domain = _check_names(domain, selector)
+    pem, algorithm, warning = new_key(algorithm, bits)
+    write_key(path, pem, owner)
     private, public, size, _ = dkim.parse_private_key(pem, path, domain, algorithm)
-    made = dkim.Key(domain, selector, algorithm, path, dkim.DEFAULT_HEADERS, False, private, public, size)
+    return dkim.Key(domain, selector, algorithm, path, dkim.DEFAULT_HEADERS, False, private, public, size), warning
+
+
+def keygen(cfg: config.Config, domain: str, selector: str, algorithm: str, bits: int | None, output: str | None) -> int:
+    domain = _check_names(domain, selector)
+    path = os.path.abspath(output or _default_output(cfg, domain, selector))
+    made, warning = make_key(domain, selector, algorithm, bits, path, daemon_owner(cfg))
+    algorithm, size = made.algorithm, made.bits
     owner = _owner_name(path)
     out = sys.stdout
     if warning:
@@ -117,13 +140,22 @@ def _owner_name(path: str) -> str:
         return str(uid)
 
 
-def _write_key(cfg: config.Config, path: str, pem: bytes) -> None:
-    owner: tuple[int, int] | None = None
-    if os.geteuid() == 0:
-        from pysendmail.admin.cli import _spool_owner
+def daemon_owner(cfg: config.Config) -> tuple[int, int] | None:
+    """Run as root: the daemon user's (uid, gid), who alone must read a key; else None (the caller's own)."""
+    if os.geteuid() != 0:
+        return None
+    from pysendmail.admin.cli import _spool_owner
 
-        uid, gid, _ = _spool_owner(cfg)
-        owner = (uid, gid)
+    uid, gid, _ = _spool_owner(cfg)
+    return uid, gid
+
+
+def write_key(path: str, pem: bytes, owner: tuple[int, int] | None) -> None:
+    """Create ``path`` holding ``pem``: never over an existing file, mode 0600, owned by ``owner`` when given.
+
+    The mode is set by open() itself, before a byte is written; dkim.py
+    refuses a key that group or others can read, so 0600 it stays.
+    """
     directory = os.path.dirname(path)
     try:
         os.makedirs(directory, 0o755, exist_ok=True)

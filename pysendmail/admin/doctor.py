@@ -8,7 +8,9 @@ Contract:   ``check(cfg, domain, resolver)`` returns [(level, text)] with
             present, and aligned with how mail is signed and sent; the
             HELO name resolving.  ``resolver(nameserver)`` builds the
             dnspython resolver (``--nameserver HOST[:PORT]`` for tests and
-            split-horizon DNS).
+            split-horizon DNS).  ``pysendmail doctor`` exits 78 (EX_CONFIG)
+            when a line is FAIL (a record configures the domain wrongly,
+            as for 'dkim check'), else 0.
 Security:   answers come from the network: they are compared, never
             executed; a DNS failure is a WARN naming the query, not a crash.
 See also:   RFC 7208 (SPF), RFC 6376 3.6 (DKIM key records), RFC 7489
@@ -21,6 +23,7 @@ import dns.exception
 import dns.resolver
 
 from pysendmail.core import config
+from pysendmail.core.errors import ConfigError
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -78,7 +81,7 @@ def default_domain(cfg: config.Config) -> str | None:
 
 def check(cfg: config.Config, domain: str, res: dns.resolver.Resolver) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    from pysendmail.admin.setup import public_key_b64
+    from pysendmail.daemon import dkim
 
     # MX: without one, replies and bounces to the domain have nowhere to go.
     try:
@@ -122,18 +125,21 @@ def check(cfg: config.Config, domain: str, res: dns.resolver.Resolver) -> list[t
         signed = True
         name = f"{table['selector']}._domainkey.{domain}"
         try:
-            mine = public_key_b64(str(table["key_file"]))
-        except (OSError, ValueError) as exc:
-            out.append((FAIL, f"DKIM {name}: cannot read the key file {table['key_file']}: {exc}"))
+            # The daemon's own reader and checks (dkim.py), and the record
+            # 'pysendmail dkim keygen' prints.
+            key, _ = dkim.load_key(table, cfg.path or "the configuration", fast=False)
+        except ConfigError as exc:
+            out.append((FAIL, f"DKIM {name}: {exc}"))
             continue
+        mine = dkim.txt_record(key).rpartition("p=")[2]
         found = _txt(res, name)
         if found is None:
             out.append((WARN, f"DKIM {name}: TXT lookup failed"))
         elif not found:
-            out.append((FAIL, f"DKIM {name}: not published; publish {name}. TXT \"v=DKIM1; k=rsa; p={mine}\""))
+            out.append((FAIL, f"DKIM {name}: not published; publish {dkim.zone_line(key)}"))
         elif not any(_tags(t).get("p") == mine for t in found):
             out.append((FAIL, f"DKIM {name}: the published key is not the key in {table['key_file']}; "
-                              f"publish \"v=DKIM1; k=rsa; p={mine}\" (or a new selector)"))
+                              f"publish {dkim.zone_line(key)} (or a new selector)"))
         else:
             out.append((OK, f"DKIM {name}: published and matches {table['key_file']}"))
     if not signed:

@@ -10,9 +10,11 @@ Contract:   ``run(opts, config_path, out)`` writes the config, the password
             overwritten without ``--force`` (a DKIM key never is: its DNS
             record is published).  Returns a summary dict (``--json``).
 Security:   system mode: config root:root 0644 (it holds no secret; every
-            submitter reads it), password and key root:pysendmail 0640,
-            spool owned by the pysendmail user (--daemon-user; created as
-            a system user when missing).  User mode: everything
+            submitter reads it), password root:pysendmail 0640, DKIM key
+            0600 owned by the pysendmail user (dkimcmd.make_key, the same
+            code as 'pysendmail dkim keygen'; dkim.py refuses a key others
+            can read), spool owned by the pysendmail user (--daemon-user;
+            created as a system user when missing).  User mode: everything
             0600/0700 under the user's directories.  Files are written to
             a temporary name with their final mode and renamed.
 See also:   pysendmail(8) setup; providers.py (hosts, SPF includes).
@@ -20,17 +22,18 @@ See also:   pysendmail(8) setup; providers.py (hosts, SPF includes).
 
 from __future__ import annotations
 
-import base64
 import getpass
 import os
 import pwd
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
 from typing import TextIO
 
 from pysendmail.core import config, errors, layout
-from pysendmail.daemon import providers
+from pysendmail.admin import dkimcmd
+from pysendmail.daemon import dkim, providers
 
 DAEMON_USER = "pysendmail"
 
@@ -68,47 +71,38 @@ def _missing(what: str, flag: str) -> errors.UsageError:
 
 
 # ---------------------------------------------------------------- DKIM keys
-def generate_key(path: str, bits: int = 2048) -> None:
-    """A new RSA private key in PEM at ``path`` (0600 until chowned).
+def dkim_key(domain: str, selector: str, key_file: str, owner: tuple[int, int] | None) -> tuple[dkim.Key, str]:
+    """The key at ``key_file``, made by dkimcmd.make_key when missing; (key, what was done).
 
-    XXX: the dkim branch's 'pysendmail dkim keygen' should replace this
-    once merged; this one uses cryptography, else the openssl program.
+    An existing key is kept (its record may be published) but given the
+    mode and owner the daemon accepts (0600, the daemon's user): an
+    earlier setup left it root:pysendmail 0640, which dkim.py refuses.
     """
-    try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
-        key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption())
-    except ImportError:
-        try:
-            pem = subprocess.run(["openssl", "genrsa", str(bits)], capture_output=True, check=True, timeout=60).stdout
-        except (OSError, subprocess.SubprocessError):
-            raise errors.ConfigError("cannot generate a DKIM key: install python3-cryptography or openssl") from None
-    _write(path, pem, 0o600)
-
-
-def public_key_b64(path: str) -> str:
-    """The p= value of the DKIM record for the private key at ``path``."""
-    with open(path, "rb") as fh:
-        pem = fh.read()
-    try:
-        from cryptography.hazmat.primitives import serialization
-
-        key = serialization.load_pem_private_key(pem, password=None)
-        der = key.public_key().public_bytes(serialization.Encoding.DER,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
-    except ImportError:
-        der = subprocess.run(["openssl", "pkey", "-pubout", "-outform", "DER"], input=pem, capture_output=True,
-                             check=True, timeout=30).stdout
-    return base64.b64encode(der).decode()
+    if not os.path.lexists(key_file):
+        key, _ = dkimcmd.make_key(domain, selector, "rsa-sha256", None, key_file, owner)
+        return key, "generated"
+    done = "kept"
+    st = os.lstat(key_file)
+    if stat.S_ISREG(st.st_mode):
+        if owner is not None and (st.st_uid, st.st_gid) != owner:
+            os.chown(key_file, *owner)
+            done = "kept, owner fixed"
+        if st.st_mode & 0o077:
+            os.chmod(key_file, 0o600)
+            done = "kept, mode fixed"
+    algorithm = "rsa-sha256"
+    with open(key_file, "rb") as fh:
+        if b"-----BEGIN" not in fh.read(1 << 16):
+            algorithm = "ed25519-sha256"  # dknewkey's raw Ed25519 seed
+    key, _ = dkim.load_key({"domain": domain, "selector": selector, "key_file": key_file, "algorithm": algorithm},
+                           "setup", fast=False)
+    return key, done
 
 
-def dns_records(domain: str, selector: str | None, key_file: str | None, spf_include: str) -> list[str]:
+def dns_records(domain: str, key: dkim.Key | None, spf_include: str) -> list[str]:
     out = []
-    if selector and key_file:
-        out.append(f'{selector}._domainkey.{domain}. IN TXT "v=DKIM1; k=rsa; p={public_key_b64(key_file)}"')
+    if key is not None:
+        out.append(dkim.zone_line(key))
     spf = f"include:{spf_include} " if spf_include else ""
     out.append(f'{domain}. IN TXT "v=spf1 {spf}~all"')
     out.append(f'_dmarc.{domain}. IN TXT "v=DMARC1; p=none; rua=mailto:postmaster@{domain}"')
@@ -239,23 +233,22 @@ def run(opts: Options, config_path: str | None, out: TextIO) -> dict[str, object
         lines.append(f"port = {opts.port}")
     lines += [f"username = {_toml_str(user)}", f"password_file = {_toml_str(password_path)}", ""]
 
-    key_file = None
+    signing_key: dkim.Key | None = None
     if opts.dkim:
         keydir = os.path.join(confdir, "dkim")
         os.makedirs(keydir, 0o750 if system else 0o700, exist_ok=True)
         if secret_owner:
             os.chown(keydir, *secret_owner)
         key_file = os.path.join(keydir, f"{opts.dkim}.{opts.selector}.key")
-        if os.path.exists(key_file):
-            summary["dkim_key"] = "kept"  # its record may be published: never replaced
-        else:
-            generate_key(key_file)
-            summary["dkim_key"] = "generated"
-        if secret_owner:
-            os.chown(key_file, *secret_owner)
-            os.chmod(key_file, 0o640)
-        lines += ["[[dkim]]", f"domain = {_toml_str(opts.dkim)}", f"selector = {_toml_str(opts.selector)}",
-                  f"key_file = {_toml_str(key_file)}", ""]
+        # 0600, owned by the daemon's user (system mode) or by us (user mode):
+        # the one key file dkim.py accepts.  Its record may already be
+        # published, so an existing key is never replaced.
+        signing_key, summary["dkim_key"] = dkim_key(opts.dkim, opts.selector, key_file, spool_owner)
+        lines += ["[[dkim]]", f"domain = {_toml_str(signing_key.domain)}", f"selector = {_toml_str(opts.selector)}",
+                  f"key_file = {_toml_str(key_file)}"]
+        if signing_key.algorithm != "rsa-sha256":
+            lines.append(f"algorithm = {_toml_str(signing_key.algorithm)}")
+        lines.append("")
 
     if password is not None:
         summary["password_file"] = _place(password_path, (password + "\n").encode(), 0o640 if system else 0o600,
@@ -271,7 +264,7 @@ def run(opts: Options, config_path: str | None, out: TextIO) -> dict[str, object
     summary["spool"] = cfg.spool_path
 
     domain = opts.dkim or (user.rpartition("@")[2] if "@" in user else None)
-    records = dns_records(domain, opts.selector if key_file else None, key_file, p.spf_include) if domain else []
+    records = dns_records(domain, signing_key, p.spf_include) if domain else []
     summary["dns"] = records
     return summary
 

@@ -195,7 +195,8 @@ def poke(spool: Spool, what: bytes = b"W") -> None:
     """Wake the daemon if one listens; never block, never fail.
 
     ``W`` means "look at incoming/"; ``F`` (pysendmail flush) means "try
-    the whole queue now".
+    the whole queue now"; ``R`` (pysendmail route resume) means "read the
+    resume requests in state/".
     """
     try:
         fd = os.open(spool.pickup, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)

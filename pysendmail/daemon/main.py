@@ -7,6 +7,9 @@ Contract:   ``run(cfg, interval)`` runs until SIGTERM/SIGINT and returns
             earliest due time in its in-memory index (rebuilt from queue/
             at start), never polling.  SIGHUP reloads the configuration
             between messages.  ``lock_holder`` tells status who runs.
+            FIFO bytes: W (look at incoming/), F (run the whole queue,
+            then write state/flushed), R (carry out the 'route resume'
+            requests in state/resume.*, see _take_resumes).
 Crashes:    all state is in the spool; a SIGKILL at any instant is
             recovered by the next start (see core/queue.py).
 See also:   sd_notify(3) (the protocol, spoken without libsystemd);
@@ -106,6 +109,7 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self.flush_requested = False
+        self.resume_requested = False
         self.inflight: set[str] = set()
         self.blocked_until = 0.0
 
@@ -135,6 +139,8 @@ class Daemon:
             return
         if b"F" in data:
             self.flush_requested = True
+        if b"R" in data:
+            self.resume_requested = True
         self.wake.set()
 
     def _on_signal(self, signum: int) -> None:
@@ -151,6 +157,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._on_signal, sig)
         self._rebuild_index()
+        self._take_resumes()  # asked for while no daemon ran, and not yet handled
         log.log(f"daemon: started, pid {os.getpid()}, spool {self.spool.path}, {len(self.due)} messages queued")
         sd_notify(f"READY=1\nSTATUS=queue: {len(self.due)} messages")
         last_full = time.monotonic()
@@ -164,6 +171,8 @@ class Daemon:
                 self.wake.clear()
                 if self.reload_requested:
                     await self._reload()
+                if self.resume_requested:
+                    self._take_resumes()
                 await self._pickup()
                 flushing = self.flush_requested
                 if flushing or (self.interval and time.monotonic() - last_full >= self.interval):
@@ -238,7 +247,7 @@ class Daemon:
 
     async def _sleep(self, last_full: float) -> None:
         """Wait for a poke, a signal, the next due time, or idle connections to expire."""
-        if self.flush_requested or self.reload_requested or self.stopping:
+        if self.flush_requested or self.reload_requested or self.resume_requested or self.stopping:
             return  # their wake-up may have been consumed by _run_due's pickup
         now = time.time()
         wake_at = self.due[0][0] if self.due else None
@@ -260,6 +269,31 @@ class Daemon:
         close_idle = getattr(transport, "close_idle", None)
         if close_idle:
             await close_idle(idle)
+
+    def _take_resumes(self) -> None:
+        """Carry out 'pysendmail route resume' requests (resume_requests()); then save the state, then ack.
+
+        The state is saved before the request file goes, so the command,
+        which waits for the file to go, then reads the state it asked for.
+        """
+        self.resume_requested = False
+        taken = resume_requests(self.spool)
+        if not taken:
+            return
+        resume = getattr(self.manager.transport, "resume", None)
+        for _, name in taken:
+            if resume is not None and resume(name):
+                log.log(f"daemon: route {name} resumed by the administrator")
+            else:
+                log.log(f"daemon: route resume {name}: no such route in the configuration")
+        self.manager.save_route_state()
+        for path, _ in taken:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        # What waited for the route goes now (other routes' blocks still hold theirs back).
+        self.due = [(0.0, qid) for _, qid in self.due]
 
     def _mark_flushed(self) -> None:
         """Tell a waiting 'pysendmail flush' that the run it asked for is over."""
@@ -284,6 +318,30 @@ class Daemon:
             await old.transport.close()
             log.log("daemon: configuration reloaded")
         sd_notify("READY=1")
+
+
+RESUME_PREFIX = "resume."
+
+
+def resume_request_path(spool: layout.Spool, route: str) -> str:
+    """spool/state/resume.<route name in hex>: one file per request (hex: a route name may hold any character)."""
+    return os.path.join(spool.state, RESUME_PREFIX + route.encode().hex())
+
+
+def resume_requests(spool: layout.Spool) -> list[tuple[str, str]]:
+    """(path, route name) of every pending 'route resume' request."""
+    out = []
+    try:
+        names = os.listdir(spool.state)
+    except OSError:
+        return []
+    for n in sorted(names):
+        if n.startswith(RESUME_PREFIX):
+            try:
+                out.append((os.path.join(spool.state, n), bytes.fromhex(n[len(RESUME_PREFIX):]).decode()))
+            except ValueError:
+                continue
+    return out
 
 
 def run(cfg: config.Config, interval: int | None) -> int:

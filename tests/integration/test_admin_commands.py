@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import stat
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def run_setup(e: Env, relay: Relay, *extra: str, password: str = PASSWORD, ca: P
                  "--spool", str(e.spool), *extra, input=(password + "\n").encode())
 
 
-def mode(path: Path) -> int:
+def mode_of(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
@@ -49,10 +50,10 @@ def test_setup_from_nothing_in_user_mode_writes_private_files_and_mail_reaches_t
     proc = run_setup(e, relay, "--user-mode")
 
     assert proc.returncode == 0, proc.stderr.decode()
-    assert mode(e.config) == 0o600 and mode(e.config.parent / "password") == 0o600
+    assert mode_of(e.config) == 0o600 and mode_of(e.config.parent / "password") == 0o600
     assert (e.config.parent / "password").read_text() == PASSWORD + "\n"
     assert PASSWORD not in e.config.read_text()
-    assert mode(e.spool / "queue") == 0o700 and mode(e.spool / "incoming") == 0o700
+    assert mode_of(e.spool / "queue") == 0o700 and mode_of(e.spool / "incoming") == 0o700
     submit(e, "someone@example.net")
     run_queue(e)
     assert relay.wait_for(1)[0].rcpt_tos == ["someone@example.net"]
@@ -102,8 +103,12 @@ def test_setup_with_dkim_generates_a_key_once_and_prints_the_dns_records(tmp_pat
     out = proc.stdout.decode()
     assert proc.returncode == 0, proc.stderr.decode()
     key = e.config.parent / "dkim" / "example.org.mail.key"
-    assert mode(key) == 0o600 and b"PRIVATE KEY" in key.read_bytes()
-    assert 'mail._domainkey.example.org. IN TXT "v=DKIM1; k=rsa; p=' in out
+    assert mode_of(key) == 0o600 and b"PRIVATE KEY" in key.read_bytes()
+    # The record as 'pysendmail dkim keygen' prints it: strings of at most 255 octets.
+    line = next(x for x in out.splitlines() if "_domainkey" in x)
+    assert 'mail._domainkey.example.org. IN TXT ( "v=DKIM1; k=rsa; p=' in line
+    strings = re.findall(r'"([^"]*)"', line)
+    assert len(strings) == 2 and len(strings[0]) == 255
     assert 'example.org. IN TXT "v=spf1' in out and '_dmarc.example.org. IN TXT "v=DMARC1; p=none' in out
     first = key.read_bytes()
     assert run_setup(e, relay, "--user-mode", "--dkim", "example.org").returncode == 0
@@ -139,8 +144,8 @@ def test_setup_system_mode_gives_the_password_to_root_and_the_daemon_group_only(
     daemon = pwd.getpwnam("psm-daemon")
     pw = (e.config.parent / "password").stat()
     assert (pw.st_uid, pw.st_gid, stat.S_IMODE(pw.st_mode)) == (0, daemon.pw_gid, 0o640)
-    assert mode(e.config) == 0o644
-    assert (e.spool / "queue").stat().st_uid == daemon.pw_uid and mode(e.spool / "incoming") == 0o3733
+    assert mode_of(e.config) == 0o644
+    assert (e.spool / "queue").stat().st_uid == daemon.pw_uid and mode_of(e.spool / "incoming") == 0o3733
     check = e.run("pysendmail", "config", "check")
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
     submit(e, "someone@example.net")
@@ -276,8 +281,8 @@ def doctor_env(tmp_path: Path, relay: Relay) -> tuple[Env, str]:
                        "--spool", str(key_env.spool), "--user-mode", "--dkim", "example.org", input=b"x\n")
     assert made.returncode == 0, made.stderr.decode()
     key = key_env.config.parent / "dkim" / "example.org.mail.key"
-    record = next(line.split('"', 1)[1].rstrip('"') for line in made.stdout.decode().splitlines()
-                  if "_domainkey" in line)
+    record = "".join(re.findall(r'"([^"]*)"', next(line for line in made.stdout.decode().splitlines()
+                                                     if "_domainkey" in line)))
     e.config.write_text(e.config.read_text() + f'\n[[dkim]]\ndomain = "example.org"\nselector = "mail"\n'
                                                f'key_file = "{key}"\n')
     return e, record
@@ -341,4 +346,102 @@ def test_doctor_names_each_broken_record_and_the_fix(tmp_path: Path, relay_facto
             dns.remove("mail.example.org")
         code, out = doctor(e, dns)
     assert expected in out, out
-    assert code == (1 if expected.startswith("FAIL") else 0)
+    assert code == (78 if expected.startswith("FAIL") else 0)  # EX_CONFIG, as 'dkim check' for a bad record
+
+
+# ------------------------------------------------------------------ setup --dkim, end to end
+@pytest.mark.parametrize("mode", ["user", pytest.param("system", marks=needs_root)])
+def test_setup_dkim_key_is_accepted_by_the_daemon_and_its_signature_verifies(
+        tmp_path: Path, world_dir: Path, relay_factory, mode: str) -> None:
+    """The key setup writes passes config check and the daemon's start-up checks, and its
+    printed record verifies the relay's bytes with Mail::DKIM (not dkimpy)."""
+    from tests.fakes.verifiers import mail_dkim
+
+    relay = relay_factory("implicit")
+    extra = ["--user-mode"]
+    e = setup_env(tmp_path)
+    ca = None
+    if mode == "system":
+        from tests.conftest import ensure_user
+
+        daemon_uid = ensure_user("psm-daemon")
+        e = setup_env(world_dir)
+        ca = world_dir / "relay-ca.pem"
+        ca.write_bytes(relay.ca_file.read_bytes())
+        ca.chmod(0o644)
+        extra = ["--system", "--daemon-user", "psm-daemon"]
+
+    proc = run_setup(e, relay, *extra, "--dkim", "example.org", ca=ca)
+
+    assert proc.returncode == 0, proc.stderr.decode()
+    key = e.config.parent / "dkim" / "example.org.mail.key"
+    assert mode_of(key) == 0o600
+    if mode == "system":
+        assert key.stat().st_uid == daemon_uid  # the daemon reads it; root:group 0640 would be refused
+    check = e.run("pysendmail", "config", "check")
+    assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+    line = next(x for x in proc.stdout.decode().splitlines() if "_domainkey" in x)
+    with DnsServer() as dns:
+        dns.set_txt("mail._domainkey.example.org", [re.findall(r'"([^"]*)"', line)])
+        sent = e.sendmail("-i", "-f", USER, "someone@example.net",
+                          input=b"From: Robot <robot@example.org>\nTo: someone@example.net\nSubject: signed\n\nhello\n")
+        assert sent.returncode == 0, sent.stderr.decode()
+        run_queue(e)  # as root: dropped to psm-daemon, which must load the key
+        [got] = relay.wait_for(1)
+        assert b"DKIM-Signature:" in got.data
+        assert mail_dkim(got.data, dns.port) == [("pass", "example.org", "mail", "rsa-sha256")]
+
+
+# ------------------------------------------------------------------ user mode, end to end
+@needs_root
+def test_setup_user_mode_as_an_unprivileged_user_then_php_mail_and_sendmail_q_reach_the_relay(
+        world_dir: Path, relay_factory) -> None:
+    """A user with nothing but a HOME: setup finds its own directories (no -C, no
+    PYSENDMAIL_CONFIG), PHP's mail() submits through sendmail -t -i, sendmail -q sends."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import ensure_user, program
+
+    if os.path.exists("/etc/pysendmail/pysendmail.toml"):
+        pytest.skip("a system configuration exists on this host: it would win over the user's own")
+    php = shutil.which("php")
+    if php is None:
+        pytest.fail("php is not installed: apt-get install php-cli (the README's test command does)")
+    uid = ensure_user("psm-robot")
+    user = pwd.getpwnam("psm-robot")
+    home = world_dir / "home-robot"
+    home.mkdir(mode=0o700)
+    os.chown(home, uid, user.pw_gid)
+    relay = relay_factory("implicit")
+    ca = world_dir / "relay-ca.pem"  # the fixture's CA lives under root's private tmp_path
+    ca.write_bytes(relay.ca_file.read_bytes())
+    ca.chmod(0o644)
+
+    def as_robot(*cmd: str, input: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["runuser", "-u", "psm-robot", "--", "env", "-i", f"HOME={home}", "PATH=/usr/bin:/bin",
+                               *cmd], input=input, capture_output=True, timeout=60, cwd=str(home))
+
+    made = as_robot(program("pysendmail"), "setup", "--user-mode", "--provider", "custom", "--host", "localhost",
+                    "--port", str(relay.port), "--tls", "implicit", "--ca-file", str(ca), "--user", USER,
+                    "--password-stdin", input=(PASSWORD + "\n").encode())
+    assert made.returncode == 0, made.stderr.decode()
+    config_file = home / ".config" / "pysendmail" / "pysendmail.toml"
+    spool = home / ".local" / "share" / "pysendmail" / "spool"
+    assert f"config:   {config_file} (written)" in made.stdout.decode()
+    assert f"spool:    {spool} (ready)" in made.stdout.decode()
+    assert config_file.stat().st_uid == uid and mode_of(config_file) == 0o600
+    assert (spool / "queue").stat().st_uid == uid
+
+    sent = as_robot(php, "-n", "-d", f"sendmail_path={program('sendmail')} -t -i", "-r",
+                    'var_dump(mail("someone@example.net", "from php", "sent by a user-mode pysendmail"));')
+    assert sent.stdout == b"bool(true)\n", (sent.stdout, sent.stderr)
+    assert relay.messages == []  # queued, not sent: the caller never waits for the relay
+    flushed = as_robot(program("sendmail"), "-q")
+    assert flushed.returncode == 0, flushed.stderr.decode()
+
+    [got] = relay.wait_for(1)
+    assert got.rcpt_tos == ["someone@example.net"] and got.tls and got.account == USER
+    assert b"Subject: from php\r\n" in got.data and b"sent by a user-mode pysendmail" in got.data
+    assert f"(uid {uid})".encode() in got.data  # the Received line names the submitting user
+    assert os.listdir(spool / "queue") == []

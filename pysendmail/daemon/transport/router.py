@@ -101,7 +101,7 @@ class RouterTransport:
                     setattr(route, key, (float(item[0]), str(item[1])))
             until, why = entry.get("paused_until"), entry.get("pause_reason")
             if entry.get("pause") and isinstance(until, (int, float)) and isinstance(why, str):
-                route.smtp.restore_pause(float(until), why)
+                route.smtp.restore_pause(float(until), why, str(entry.get("pause_kind") or ""))
 
     # ------------------------------------------------------------ choice
     def _choose(self, msg: QueuedMessage) -> tuple[Route, Route | None]:
@@ -187,6 +187,14 @@ class RouterTransport:
         for r in self.routes.values():
             r.smtp.reset_holds()
 
+    def resume(self, name: str) -> bool:
+        """Lift route ``name``'s pause, hold and down mark ('pysendmail route resume'); False if unknown."""
+        route = self.routes.get(name)
+        if route is None:
+            return False
+        route.smtp.resume()
+        return True
+
     def has_idle(self) -> bool:
         return any(r.smtp.has_idle() for r in self.routes.values())
 
@@ -212,8 +220,21 @@ class RouterTransport:
                 "paused_because": blocked[1] if blocked else None,
                 "pause": r.smtp.pause_until > now,
                 "pause_reason": r.smtp.pause_reason if r.smtp.pause_until > now else None,
+                "pause_kind": r.smtp.pause_kind if r.smtp.pause_until > now else None,
+                "state": _state(r, now),
             }
         return out
+
+
+def _state(r: Route, now: float) -> str:
+    """One word for 'pysendmail route list': paused, held, down, budget or ok (unavailable()'s order)."""
+    if r.smtp.pause_until > now:
+        return "paused"
+    if r.smtp.hold_until > now:
+        return "held"
+    if r.smtp.down_until > now:
+        return "down"
+    return "budget" if r.rate.delay(now) > 0 else "ok"
 
 
 def _copy(msg: QueuedMessage, mail_from: str, message: bytes) -> QueuedMessage:

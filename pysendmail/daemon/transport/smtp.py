@@ -135,6 +135,7 @@ class SmtpTransport:
         self.down_reason = ""
         self.pause_until = 0.0  # a provider's quota or block window; a flush does not lift it
         self.pause_reason = ""
+        self.pause_kind = ""  # the verdict's kind (providers.py): spam-block, daily-quota, ...
         self.signer: Signer | None = None  # the [[dkim]] keys, set by the queue manager
 
     # ------------------------------------------------------------ connections
@@ -439,6 +440,7 @@ class SmtpTransport:
         if exc.pause:
             self.pause_until = max(self.pause_until, now + exc.pause)
             self.pause_reason = exc.text
+            self.pause_kind = exc.kind
             log.log(
                 f"relay {self.host}: PAUSED until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.pause_until))}"
                 f" ({int(exc.pause)} s), mail kept in the queue: {exc.text}"
@@ -465,10 +467,16 @@ class SmtpTransport:
         """
         self.hold_until = self.down_until = 0.0
 
-    def restore_pause(self, until: float, reason: str) -> None:
+    def restore_pause(self, until: float, reason: str, kind: str = "") -> None:
         """A pause recorded by an earlier run (spool/state) outlives a restart."""
         if until > time.time():
-            self.pause_until, self.pause_reason = until, reason
+            self.pause_until, self.pause_reason, self.pause_kind = until, reason, kind
+
+    def resume(self) -> None:
+        """'pysendmail route resume': lift a pause, a hold and a down mark now."""
+        self.pause_until = self.hold_until = self.down_until = 0.0
+        self.pause_reason = self.pause_kind = ""
+        self._auth_failures = 0
 
 
 def _saslname(user: str) -> str:

@@ -1,0 +1,242 @@
+"""``pysendmail route list`` and ``pysendmail route resume NAME``: see and lift a route's pause.
+
+Contract:   ``list`` prints every configured route with its relay and
+            provider, whether it is ok, paused (a provider's quota or
+            block window), held (refused login, backoff), down (connection
+            failures) or over its sending budget, until when and why;
+            ``--json`` gives the same as a list of objects.  ``resume
+            NAME`` lifts route NAME's pause, hold and down mark; an unknown
+            NAME is a usage error (64).  Resuming a Yandex spam block
+            before it ends prints a warning: Yandex extends the block when
+            the account sends during it.
+Design:     the state lives in the daemon's memory and is mirrored to
+            spool/state/routes.json after every round, so editing that file
+            under a running daemon would be undone by its next save (and
+            would race it).  So there is one writer at a time, chosen by
+            the spool lock:
+            * no daemon runs (we get the lock): we rewrite routes.json
+              ourselves, under the lock, and the next run starts unpaused;
+            * the daemon runs: we leave a request file,
+              state/resume.<name in hex> (main.resume_request_path), and
+              poke the FIFO with 'R', as flush pokes it with 'F'.  The
+              daemon lifts the pause in memory, saves routes.json, makes
+              its queue due now, and only then removes the request file:
+              its removal is the acknowledgement we wait for.  A file,
+              not a longer FIFO message: a poke can be lost (full FIFO)
+              and the file is not; the daemon also reads leftover
+              requests at start.  If the daemon dies meanwhile, we take the
+              lock and do it ourselves.
+            * a foreground flush holds the lock: we wait for it to finish
+              (it saves its own state last), then rewrite the file.
+Security:   run as root, the command first becomes the spool's owner
+            (cli.drop_privileges): state/ is the daemon user's alone.
+See also:   pysendmail(8) route; daemon/main.py (the FIFO); router.py
+            (route_state, resume); providers.py (which replies pause).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from pysendmail.core import config, errors, layout
+
+STATE_FILE = "routes.json"
+ACK_TIMEOUT = 30.0  # seconds the running daemon has to carry out a resume request
+YANDEX_SPAM_WARNING = (
+    "warning: route {name} is in a Yandex spam block until {until}; Yandex extends the block by another "
+    "24 hours each time the mailbox sends during it, so resume early only if Yandex support has lifted it"
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("route", help="list the routes and their pauses (list), or lift a pause or hold (resume)")
+    rsub = p.add_subparsers(dest="route_action", metavar="action", required=True, parser_class=type(p))
+    ls = rsub.add_parser("list", help="every route: relay, ok/paused/held/down, until when and why")
+    ls.add_argument("--json", action="store_true")
+    r = rsub.add_parser("resume", help="lift route NAME's pause or hold now (also in the running daemon)")
+    r.add_argument("name", metavar="NAME", help="the route ('default' for the plain [relay] table)")
+
+
+def run(cfg: config.Config, args: argparse.Namespace) -> int:
+    if args.route_action == "list":
+        return cmd_list(cfg, args.json)
+    return cmd_resume(cfg, args.name)
+
+
+def _when(value: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+def _read_state(spool: layout.Spool) -> dict[str, dict[str, object]]:
+    try:
+        with open(os.path.join(spool.state, STATE_FILE)) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    saved = data.get("routes") if isinstance(data, dict) else None
+    return {k: v for k, v in saved.items() if isinstance(v, dict)} if isinstance(saved, dict) else {}
+
+
+def _state_of(entry: dict[str, object], now: float) -> tuple[str, float | None, str | None]:
+    """(ok|paused|held|down|budget, until, why) from one routes.json entry; a window in the past is over."""
+    until = entry.get("paused_until")
+    if not isinstance(until, (int, float)) or until <= now:
+        return "ok", None, None
+    word = entry.get("state")
+    if not isinstance(word, str) or word == "ok":  # a file from before 'state' was written
+        why = str(entry.get("paused_because") or "")
+        word = "paused" if entry.get("pause") else "held" if "on hold" in why else "down"
+    reason = entry.get("pause_reason") if word == "paused" and entry.get("pause_reason") else entry.get("paused_because")
+    return word, float(until), str(reason) if reason else None
+
+
+def collect(cfg: config.Config, spool: layout.Spool, now: float | None = None) -> list[dict[str, object]]:
+    from pysendmail.daemon import routes
+
+    now = time.time() if now is None else now
+    saved = _read_state(spool)
+    out: list[dict[str, object]] = []
+    for name, s in routes.resolve(cfg).relays.items():
+        entry = saved.get(name, {})
+        state, until, why = _state_of(entry, now)
+        out.append({
+            "name": name,
+            "relay": f"{s.values.get('host')}:{s.values.get('port') or ''}".rstrip(":"),
+            "provider": s.provider,
+            "state": state,
+            "until": until,
+            "kind": entry.get("pause_kind") if state == "paused" else None,
+            "why": why,
+        })
+    return out
+
+
+def _spool(cfg: config.Config) -> layout.Spool:
+    from pysendmail.admin.cli import drop_privileges
+
+    spool = layout.Spool(cfg.spool_path)
+    if os.path.isdir(spool.path):
+        drop_privileges(cfg)
+    return spool
+
+
+def _need_relay(cfg: config.Config) -> None:
+    if not cfg.relay_configured:
+        raise errors.ConfigError(f"no relay is configured in {cfg.path or 'the configuration'}, so there are no "
+                                 "routes (mail goes to the local Maildir): run 'pysendmail setup'")
+
+
+def cmd_list(cfg: config.Config, as_json: bool) -> int:
+    _need_relay(cfg)
+    rows = collect(cfg, _spool(cfg))
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    for r in rows:
+        provider = f" ({r['provider']})" if r["provider"] else ""
+        line = f"route {r['name']}: {r['relay']}{provider}: {r['state']}"
+        if isinstance(r["until"], float):
+            line += f" until {_when(r['until'])}"
+            if r["kind"]:
+                line += f" ({r['kind']})"
+        if r["why"]:
+            line += f": {r['why']}"
+        sys.stdout.write(line + "\n")
+    return 0
+
+
+def _clear_in_file(spool: layout.Spool, name: str) -> None:
+    """Rewrite routes.json without route ``name``'s pause; the caller holds the spool lock."""
+    path = os.path.join(spool.state, STATE_FILE)
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:
+        raise errors.TempFailure(f"cannot read {path} ({exc}): stop the daemon and remove the file") from None
+    entry = data.get("routes", {}).get(name) if isinstance(data, dict) else None
+    if not isinstance(entry, dict):
+        return
+    entry.update({"pause": False, "pause_reason": None, "pause_kind": None, "paused_until": None,
+                  "paused_because": None, "state": "ok"})
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise errors.from_oserror(exc, f"write {path}") from None
+
+
+def _ask_daemon(spool: layout.Spool, pid: int, name: str) -> bool:
+    """Leave a request for the running daemon and wait until it has carried it out; False if it died first."""
+    from pysendmail.daemon.main import lock_holder, resume_request_path
+
+    request = resume_request_path(spool, name)
+    try:
+        with open(request, "w") as fh:
+            fh.write(f"{time.time():.3f}\n")
+    except OSError as exc:
+        raise errors.from_oserror(exc, f"write the request {request}") from None
+    last_poke = 0.0
+    deadline = time.monotonic() + ACK_TIMEOUT
+    while os.path.exists(request):
+        if lock_holder(spool) != pid:
+            return False
+        if time.monotonic() > deadline:
+            # An older daemon that does not know 'R', or one stuck in a long
+            # round.  The request stays: the daemon reads it at its next start.
+            raise errors.TempFailure(
+                f"the daemon (pid {pid}) did not carry out the resume of route {name} within {ACK_TIMEOUT:.0f} s; "
+                f"the request stays in {request} and is carried out when the daemon restarts "
+                "(systemctl restart pysendmail)"
+            )
+        if time.monotonic() - last_poke >= 1.0:
+            layout.poke(spool, b"R")  # again now and then: a poke into a full FIFO is dropped
+            last_poke = time.monotonic()
+        time.sleep(0.05)
+    return True
+
+
+def cmd_resume(cfg: config.Config, name: str) -> int:
+    from pysendmail.daemon.main import SpoolLock, lock_holder, resume_request_path
+
+    _need_relay(cfg)
+    spool = _spool(cfg)
+    rows = {str(r["name"]): r for r in collect(cfg, spool)}
+    if name not in rows:
+        raise errors.UsageError(f"no route named {name!r}; 'pysendmail route list' lists them ({', '.join(rows)})")
+    row = rows[name]
+    if row["state"] == "paused" and row["kind"] == "spam-block" and row["provider"] == "yandex":
+        assert isinstance(row["until"], float)
+        sys.stderr.write("pysendmail: " + YANDEX_SPAM_WARNING.format(name=name, until=_when(row["until"])) + "\n")
+    was = f"was {row['state']}" + (f" until {_when(row['until'])}" if isinstance(row["until"], float) else "")
+    if not os.path.isdir(spool.state):
+        sys.stdout.write(f"route {name}: nothing to resume (no spool state yet)\n")
+        return 0
+    lock = SpoolLock(spool)
+    if not lock.acquire("route"):
+        pid = lock_holder(spool, "daemon")
+        if pid and _ask_daemon(spool, pid, name):
+            sys.stdout.write(f"route {name}: resumed in the running daemon (pid {pid}; {was}); "
+                             "the mail waiting for it goes now\n")
+            return 0
+        lock.acquire("route", wait=True)  # a flush (or a daemon that just died): our turn after it
+    try:
+        try:
+            os.unlink(resume_request_path(spool, name))  # a request the dead daemon left undone
+        except FileNotFoundError:
+            pass
+        _clear_in_file(spool, name)
+    finally:
+        lock.release()
+    sys.stdout.write(f"route {name}: resumed ({was}); the daemon is not running: "
+                     "'pysendmail flush' sends the mail waiting for it now\n")
+    return 0
