@@ -272,6 +272,9 @@ def cmd_queue(cfg: config.Config, action: str, ids: list[str], all_: bool) -> in
         elif action in ("release", "retry"):
             queue.append(path, spoolfile.encode_record("release", now))
             sys.stdout.write(f"{qid}: {'released' if action == 'release' else 'due now'}\n")
+    if action in ("hold", "release", "retry"):
+        # A running daemon keeps due times in memory: ask it to read them again.
+        layout.poke(spool, b"I")
     return 0
 
 

@@ -110,12 +110,19 @@ class Daemon:
         self.reload_requested = False
         self.flush_requested = False
         self.resume_requested = False
+        self.reindex_requested = False
         self.inflight: set[str] = set()
         self.blocked_until = 0.0
 
     def _rebuild_index(self) -> None:
-        self.due = []
+        self.due = self._read_index()
+
+    def _read_index(self, skip: frozenset[str] = frozenset()) -> list[tuple[float, str]]:
+        """(due time, qid) of every queued message that is not held, as a heap."""
+        due: list[tuple[float, str]] = []
         for qid in queue.list_ids(self.spool.queue):
+            if qid in skip:
+                continue  # in flight: its attempt puts it back with its new due time
             try:
                 state = queue.read_state(os.path.join(self.spool.queue, qid))
             except Exception as exc:  # one bad file must not stop the daemon
@@ -124,13 +131,14 @@ class Daemon:
             if state.held:
                 continue
             if state.pending():
-                self.due.append((state.due, qid))
+                due.append((state.due, qid))
             else:
                 # Every outcome recorded, but a crash came before the file
                 # was removed (or moved to failed/ with its bounce): finish
                 # it now, or it would stay in queue/ forever, unseen by mailq.
-                self.due.append((0.0, qid))
-        heapq.heapify(self.due)
+                due.append((0.0, qid))
+        heapq.heapify(due)
+        return due
 
     def _on_fifo(self, fd: int) -> None:
         try:
@@ -141,6 +149,8 @@ class Daemon:
             self.flush_requested = True
         if b"R" in data:
             self.resume_requested = True
+        if b"I" in data:
+            self.reindex_requested = True
         self.wake.set()
 
     def _on_signal(self, signum: int) -> None:
@@ -173,6 +183,10 @@ class Daemon:
                     await self._reload()
                 if self.resume_requested:
                     self._take_resumes()
+                if self.reindex_requested:
+                    # queue release / retry changed due times on disk.
+                    self.reindex_requested = False
+                    self.due = await asyncio.to_thread(self._read_index, frozenset(self.inflight))
                 await self._pickup()
                 flushing = self.flush_requested
                 if flushing or (self.interval and time.monotonic() - last_full >= self.interval):

@@ -167,6 +167,33 @@ def test_daemon_delivers_submission_without_flush(tmp_path: Path, relay_factory,
     assert mailq(e) == []
 
 
+@pytest.mark.parametrize("how", ["retry", "hold-release"])
+def test_queue_retry_and_release_reach_the_running_daemon(tmp_path: Path, relay_factory, daemons, how: str) -> None:
+    """Regression: the daemon kept due times in memory only, so a released
+    or retried message waited for a restart (or its old backoff)."""
+    relay = relay_factory("implicit")
+    relay.rcpt_replies["someone@example.net"] = "451 4.3.0 try later"
+    e = relay_env(tmp_path, relay)
+    d = daemons(e)
+    submit(e, "backed off")
+    wait_until(lambda: [x["state"] for x in mailq(e)] == ["deferred"], "the message to be deferred")
+    (entry,) = mailq(e)
+    assert float(entry["next_attempt"]) - time.time() > 30, "deferred for minutes, not seconds"  # type: ignore[arg-type]
+    relay.rcpt_replies.clear()
+
+    qid = str(entry["queue_id"])
+    if how == "retry":
+        e.run("pysendmail", "queue", "retry", qid, check=True)
+    else:
+        e.run("pysendmail", "queue", "hold", qid, check=True)
+        e.run("pysendmail", "queue", "release", qid, check=True)
+
+    (got,) = relay.wait_for(1, timeout=15)
+    assert subject(got) == "backed off"
+    wait_until(lambda: mailq(e) == [], "the queue to empty")
+    assert d.stop() == 0
+
+
 def test_second_daemon_exits_75_naming_first_pid(tmp_path: Path, relay_factory, daemons) -> None:
     relay = relay_factory("implicit")
     e = relay_env(tmp_path, relay)
