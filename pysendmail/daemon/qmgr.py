@@ -103,8 +103,11 @@ def _duration(seconds: float) -> str:
 class RateLimit:
     """Messages per minute and per day for one route; over budget waits, never fails.
 
-    XXX: the day's count lives in memory; a restart forgets it.  Keeping it
-    in spool/state would make the daily budget exact across restarts.
+    The send times inside the windows are saved with the route state
+    (``snapshot``, ``restore``): a restarted daemon, and every
+    ``sendmail -q`` from cron, must not start the provider's day afresh.
+    The state file is written after each round without fsync, so a crash
+    forgets at most that round's sends.
     """
 
     def __init__(self, per_minute: int, per_day: int) -> None:
@@ -127,6 +130,22 @@ class RateLimit:
             self.minute.append(now)
         if self.per_day:
             self.day.append(now)
+
+    def snapshot(self, now: float) -> dict[str, list[float]]:
+        """The send times still inside each window, for the state file."""
+        self.delay(now)  # drops what has left the windows
+        return {"minute": list(self.minute), "day": list(self.day)}
+
+    def restore(self, saved: object, now: float) -> None:
+        """Take back ``snapshot``'s times; anything malformed or outside the windows is ignored."""
+        if not isinstance(saved, dict):
+            return
+        for key, window, span in (("minute", self.minute, 60.0), ("day", self.day, 86400.0)):
+            times = saved.get(key)
+            if isinstance(times, list):
+                kept = sorted(float(t) for t in times if isinstance(t, (int, float)) and now - span < t <= now)
+                window.clear()
+                window.extend(kept)
 
 
 class Counts:

@@ -369,3 +369,21 @@ def test_systemd_credential_of_a_named_relay_is_found_in_credentials_directory(t
     run_queue(e)
 
     assert len(relay.wait_for(1)) == 1
+
+
+def test_daily_budget_holds_across_separate_queue_runs(tmp_path: Path, relay_factory) -> None:
+    """Regression: each ``sendmail -q`` (cron's way, no daemon) started the
+    provider's day with a full budget, so a small limit never held."""
+    relay = relay_factory("implicit")
+    e = make_env(tmp_path, relay_table(relay, password_file(tmp_path), extra="rate_per_day = 2"))
+    qids = [submit(e, f"r{n}@example.net", subject=f"budget {n}") for n in range(3)]
+
+    run_queue(e)
+    run_queue(e)  # a second run, a new process: the day's two are spent
+
+    assert len(relay.messages) == 2
+    (waiting,) = mailq(e)
+    assert waiting["queue_id"] in qids
+    assert "sending budget" in str(waiting["reason"]) and "rate_per_day" in str(waiting["reason"])
+    times = routes_state(e)["default"]["sent_times"]
+    assert isinstance(times, dict) and len(times["day"]) == 2

@@ -99,6 +99,7 @@ class RouterTransport:
                 item = entry.get(key)
                 if isinstance(item, list) and len(item) == 2:
                     setattr(route, key, (float(item[0]), str(item[1])))
+            route.rate.restore(entry.get("sent_times"), time.time())
             until, why = entry.get("paused_until"), entry.get("pause_reason")
             if entry.get("pause") and isinstance(until, (int, float)) and isinstance(why, str):
                 route.smtp.restore_pause(float(until), why, str(entry.get("pause_kind") or ""))
@@ -222,6 +223,7 @@ class RouterTransport:
                 "pause_reason": r.smtp.pause_reason if r.smtp.pause_until > now else None,
                 "pause_kind": r.smtp.pause_kind if r.smtp.pause_until > now else None,
                 "state": _state(r, now),
+                "sent_times": r.rate.snapshot(now),
             }
         return out
 
