@@ -21,6 +21,7 @@ downloads for the .deb are kept in an archive directory beside it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import hashlib
@@ -245,8 +246,15 @@ class Chroot:
 
 @pytest.fixture(scope="module")
 def chroot() -> Iterator[Chroot]:
+    with make_chroot("main") as c:
+        yield c
+
+
+@contextlib.contextmanager
+def make_chroot(name: str) -> Iterator[Chroot]:
+    """A fresh Debian 12 root from the cached tarball, /proc and apt's archives mounted."""
     tarball = base_tarball()
-    root = Path(f"/var/tmp/pysendmail-deb-root-{os.getpid()}")
+    root = Path(f"/var/tmp/pysendmail-deb-root-{name}-{os.getpid()}")
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(mode=0o755)
     archives = CACHE / "archives"
@@ -418,3 +426,24 @@ def test_php_mail_daemon_upgrade_remove_purge(installed: Chroot, debs: tuple[Pat
     assert left == [], f"purge left {left}"
     # What policy allows to stay: the system user and group.
     c.ids("pysendmail")
+
+
+def test_installing_the_deb_replaces_exim4_in_one_apt_step(debs: tuple[Path, Path]) -> None:
+    """Debian's default MTA out, pysendmail in: Provides/Conflicts/Replaces
+    mail-transport-agent let apt swap them without a manual removal."""
+    with make_chroot("swap") as c:
+        with CacheLock("archives.lock"):
+            c.run("apt-get", "install", "-y", "--no-install-recommends", "exim4-daemon-light")
+        assert "Exim" in c.run("/usr/sbin/sendmail", "-bV", check=False).stdout
+
+        c.apt_install(debs[0])
+
+        left = c.run("dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package}\n", "exim4*", check=False).stdout
+        installed = {line.split()[1] for line in left.splitlines() if line.startswith("ii")}
+        assert "exim4-daemon-light" not in installed, left
+        # What stays (exim4-base, exim4-config) came in as its dependencies
+        # and is no MTA: apt offers it for autoremove, as with any MTA swap.
+        auto = set(c.run("apt-mark", "showauto").stdout.split())
+        assert installed <= auto, (installed, auto)
+        assert c.run("/usr/sbin/sendmail", "-bp").stdout == "Mail queue is empty\n"
+        assert c.run("dpkg", "-S", "/usr/sbin/sendmail").stdout.startswith("pysendmail:")
