@@ -21,6 +21,7 @@ import os
 import pwd
 import sys
 import time
+from collections.abc import Iterable
 
 from pysendmail import __version__
 from pysendmail.core import aliases, config, errors, layout, queue, spoolfile
@@ -101,11 +102,14 @@ def cmd_mailq(cfg: config.Config, as_json: bool) -> int:
 
     spool = layout.Spool(cfg.spool_path)
     if not os.path.isdir(spool.path):
-        entries = []
+        listed: Iterable[mailq.QueueEntry] = []
     else:
         drop_privileges(cfg)
-        entries = mailq.collect(spool)
-    sys.stdout.write(mailq.render_json(entries) if as_json else mailq.render_text(entries))
+        listed = mailq.entries(spool)
+    if as_json:
+        sys.stdout.write(mailq.render_json(list(listed)))
+    else:
+        mailq.write_text(listed, sys.stdout)  # streamed: one entry in memory at a time
     return 0
 
 
