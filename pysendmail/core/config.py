@@ -109,6 +109,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "max_recipients_per_message": (_INT, 0),
         "rate_per_minute": (_INT, 0),
         "rate_per_day": (_INT, 0),
+        "rate_unit": (_STR, None),  # messages | recipients; None: the preset's, else messages
         "idle_timeout": (_INT, 5),
         # Accounts and sender alignment (issue 5).  None: the preset's
         # value, else the built-in default (daemon/routes.py says which).
@@ -343,6 +344,9 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
             # Caught here, not at the first login: a typo would otherwise
             # hold the route with a message about the relay.
             raise ConfigError(f"{name}.auth in {where} must be one of {', '.join(AUTH_CHOICES)}, not {auth!r}")
+        unit = table["rate_unit"]
+        if unit is not None and unit not in ("messages", "recipients"):
+            raise ConfigError(f"{name}.rate_unit in {where} must be messages or recipients, not {unit!r}")
         policy = table["from_policy"]
         if policy is not None and policy not in ("keep", "rewrite"):
             raise ConfigError(f"{name}.from_policy in {where} must be keep or rewrite, not {policy!r}")

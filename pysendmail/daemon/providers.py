@@ -44,11 +44,14 @@ class Preset:
     from_policy: str  # keep | rewrite
     max_recipients_per_message: int  # 0: no published limit
     rate_per_minute: int  # messages; 0: none published
-    rate_per_day: int  # messages (recipients for some: see the comments); 0: none published
+    rate_per_day: int  # in rate_unit; 0: none published
     spf_include: str  # what the domain's SPF record must include, "" when none applies
     username_hint: str
     password_hint: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # What rate_per_day counts: "messages" (one per transaction) or
+    # "recipients" (each RCPT), as the provider's own limit is written.
+    rate_unit: str = "messages"
 
 
 PRESETS: dict[str, Preset] = {
@@ -64,6 +67,7 @@ PRESETS: dict[str, Preset] = {
         "yandex", "Yandex Mail", "smtp.yandex.ru", 465, "implicit", "app password", True, "rewrite",
         35, 0, 500, "_spf.yandex.net", "your full Yandex address",
         "an app password for Mail (id.yandex.com > Security > App passwords)",
+        rate_unit="recipients",  # "500 emails per 24 hours counting each recipient"
     ),
     # Gmail: "Check Gmail through other email platforms" (smtp.gmail.com,
     # 465 SSL / 587 TLS); "Sign in with app passwords" (needs 2-Step
@@ -77,6 +81,7 @@ PRESETS: dict[str, Preset] = {
         "gmail", "Gmail / Google Workspace", "smtp.gmail.com", 465, "implicit", "app password", True, "rewrite",
         100, 0, 500, "_spf.google.com", "your full Gmail or Workspace address",
         "a 16-letter app password (myaccount.google.com/apppasswords; needs 2-Step Verification)",
+        rate_unit="recipients",  # Gmail's limit is on recipients per day
     ),
     # Mail.ru: help.mail.ru "Настройка почтовой программы" (smtp.mail.ru, 465
     # SSL) and "Пароли для внешних приложений" (app passwords).  No sending
@@ -100,6 +105,7 @@ PRESETS: dict[str, Preset] = {
         "outlook", "Microsoft 365 / Outlook", "smtp.office365.com", 587, "starttls", "password or OAuth2", True,
         "rewrite", 500, 30, 10000, "spf.protection.outlook.com", "the mailbox's address",
         "the mailbox password (SMTP AUTH must be enabled for it) or an OAuth2 token command",
+        rate_unit="recipients",  # "10,000 recipients per day"
     ),
     # Fastmail: "Server names and ports" (smtp.fastmail.com, 465 SSL/TLS,
     # or 587 STARTTLS) and "App passwords" (required for SMTP).  Fastmail
@@ -125,6 +131,7 @@ PRESETS: dict[str, Preset] = {
         "keep", 50, 60, 200, "amazonses.com", "the SMTP user name from the SES console (not the AWS access key)",
         "the SMTP password from the SES console",
         ("the limits are the sandbox's: set rate_per_day and rate_per_minute to your account's quota",),
+        rate_unit="recipients",  # SES's sending quota counts recipients ("Service quotas in Amazon SES")
     ),
     # SendGrid: "Integrating with the SMTP API" (smtp.sendgrid.net, 587
     # STARTTLS or 465 SSL; user name the literal "apikey", password an API

@@ -110,26 +110,38 @@ class RateLimit:
     forgets at most that round's sends.
     """
 
-    def __init__(self, per_minute: int, per_day: int) -> None:
-        self.per_minute = per_minute
-        self.per_day = per_day
+    def __init__(self, per_minute: int, per_day: int, day_unit: str = "messages") -> None:
+        self.per_minute = per_minute  # transactions
+        self.per_day = per_day  # in day_unit: "messages" (transactions) or "recipients"
+        self.day_unit = day_unit
         self.minute: collections.deque[float] = collections.deque()
-        self.day: collections.deque[float] = collections.deque()
+        self.day: collections.deque[float] = collections.deque()  # one entry per unit spent
 
-    def delay(self, now: float) -> float:
-        """Seconds to wait before the next message may go (0: go now)."""
-        for window, limit, span in ((self.minute, self.per_minute, 60.0), (self.day, self.per_day, 86400.0)):
+    def delay(self, now: float, recipients: int = 1) -> float:
+        """Seconds to wait before a transaction with ``recipients`` may go (0: go now).
+
+        Counting recipients, the day must have room for all of them: a
+        35-recipient message with 20 left waits for 15 to expire instead of
+        pushing the account over the provider's limit.  One larger than the
+        whole budget goes once the window is empty, or it would wait forever.
+        """
+        need_day = max(1, recipients) if self.day_unit == "recipients" else 1
+        for window, limit, span, need in (
+            (self.minute, self.per_minute, 60.0, 1),
+            (self.day, self.per_day, 86400.0, need_day),
+        ):
             while window and window[0] <= now - span:
                 window.popleft()
-            if limit and len(window) >= limit:
-                return window[0] + span - now
+            if limit and window and len(window) + need > limit:
+                must_leave = min(len(window), len(window) + need - limit)
+                return window[must_leave - 1] + span - now
         return 0.0
 
-    def spend(self, now: float) -> None:
+    def spend(self, now: float, recipients: int = 1) -> None:
         if self.per_minute:
             self.minute.append(now)
         if self.per_day:
-            self.day.append(now)
+            self.day.extend([now] * (max(1, recipients) if self.day_unit == "recipients" else 1))
 
     def snapshot(self, now: float) -> dict[str, list[float]]:
         """The send times still inside each window, for the state file."""

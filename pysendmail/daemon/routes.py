@@ -35,8 +35,9 @@ from pysendmail.daemon import providers
 DEFAULT = config.DEFAULT_RELAY
 
 # Built-in defaults for keys whose schema default is None ("ask the preset").
-_BUILTIN: dict[str, object] = {"tls": "implicit", "from_policy": "keep"}
-_PRESET_KEYS = ("host", "port", "tls", "from_policy", "max_recipients_per_message", "rate_per_minute", "rate_per_day")
+_BUILTIN: dict[str, object] = {"tls": "implicit", "from_policy": "keep", "rate_unit": "messages"}
+_PRESET_KEYS = ("host", "port", "tls", "from_policy", "max_recipients_per_message", "rate_per_minute", "rate_per_day",
+                "rate_unit")
 SECRET_KEYS = ("password",)
 
 

@@ -387,3 +387,22 @@ def test_daily_budget_holds_across_separate_queue_runs(tmp_path: Path, relay_fac
     assert "sending budget" in str(waiting["reason"]) and "rate_per_day" in str(waiting["reason"])
     times = routes_state(e)["default"]["sent_times"]
     assert isinstance(times, dict) and len(times["day"]) == 2
+
+
+@pytest.mark.parametrize("unit, delivered", [("messages", 2), ("recipients", 1)])
+def test_daily_budget_counts_recipients_where_the_provider_does(tmp_path: Path, relay_factory, unit: str,
+                                                                 delivered: int) -> None:
+    relay = relay_factory("implicit")
+    e = make_env(tmp_path, relay_table(relay, password_file(tmp_path),
+                                       extra=f'rate_per_day = 3\nrate_unit = "{unit}"'))
+    submit(e, "a1@example.net", "a2@example.net", subject="first")
+    submit(e, "b1@example.net", "b2@example.net", subject="second")
+
+    run_queue(e)
+
+    assert len(relay.messages) == delivered
+    if unit == "recipients":
+        # Two of three spent: the second message's two recipients do not fit.
+        (waiting,) = mailq(e)
+        assert "sending budget" in str(waiting["reason"])
+

@@ -43,15 +43,16 @@ class Route:
         self.name = settings.name
         values = settings.values
         self.smtp = SmtpTransport(values, str(values.get("helo") or helo), settings.name, settings.provider)
-        self.rate = RateLimit(int(values.get("rate_per_minute") or 0), int(values.get("rate_per_day") or 0))  # type: ignore[call-overload]
+        self.rate = RateLimit(int(values.get("rate_per_minute") or 0), int(values.get("rate_per_day") or 0),  # type: ignore[call-overload]
+                              str(values.get("rate_unit") or "messages"))
         self.last_success: tuple[float, str] | None = None
         self.last_failure: tuple[float, str] | None = None
 
-    def unavailable(self, now: float) -> tuple[float, str] | None:
+    def unavailable(self, now: float, recipients: int = 1) -> tuple[float, str] | None:
         blocked = self.smtp.unavailable()
         if blocked:
             return blocked
-        wait = self.rate.delay(now)
+        wait = self.rate.delay(now, recipients)
         if wait > 0:
             return now + wait, f"sending budget ({self.settings.where}.rate_per_minute / rate_per_day) used up"
         return None
@@ -112,11 +113,13 @@ class RouterTransport:
     def blocked_for(self, msg: QueuedMessage) -> tuple[float, str] | None:
         now = time.time()
         primary, fallback = self._choose(msg)
-        first = primary.unavailable(now)
+        # The first transaction's recipients must fit the day's budget.
+        first_chunk = min(len(msg.pending()), primary.smtp.max_rcpt or len(msg.pending()))
+        first = primary.unavailable(now, first_chunk)
         if first is None:
             return None
         if fallback is not None:
-            second = fallback.unavailable(now)
+            second = fallback.unavailable(now, first_chunk)
             if second is None:
                 return None
             return min(first[0], second[0]), first[1]
@@ -147,9 +150,16 @@ class RouterTransport:
     async def deliver(self, msg: QueuedMessage, indices: list[int]) -> list[Result]:
         now = time.time()
         primary, fallback = self._choose(msg)
+        n = len(indices)
         route = primary
-        if primary.unavailable(now) and fallback is not None and fallback.unavailable(now) is None:
+        if primary.unavailable(now, n) and fallback is not None and fallback.unavailable(now, n) is None:
             route = fallback
+        wait = route.rate.delay(now, n)
+        if wait > 0:
+            # A later chunk of a message whose first chunk fit: it waits
+            # for the budget like any message, and is not tried over it.
+            why = f"sending budget ({route.settings.where}.rate_per_minute / rate_per_day) used up"
+            return [Result(i, DEFERRED, "4.7.0", why, route=route.name) for i in indices]
         results = await self._through(route, msg, indices)
         if route is primary and fallback is not None and primary.unavailable(time.time()):
             # The primary failed as a route (down, paused, credentials),
@@ -169,7 +179,7 @@ class RouterTransport:
         out = msg
         if mail_from != msg.envelope.sender or message is not msg.message:
             out = _copy(msg, mail_from, message)
-        route.rate.spend(time.time())
+        route.rate.spend(time.time(), len(indices))
         results = await route.smtp.deliver(out, indices)
         now = time.time()
         self.relay, self.tls_version = route.smtp.relay, route.smtp.tls_version
