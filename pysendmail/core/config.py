@@ -291,17 +291,7 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
     routes = _routes(data.get("route", []), where, relays, plain)
 
     dkim: list[dict[str, object]] = []
-    raw_dkim = data.get("dkim", [])
-    if not isinstance(raw_dkim, list):
-        raise ConfigError(f"dkim in {where} must be written [[dkim]] (an array of tables)")
-    for n, table in enumerate(raw_dkim, 1):
-        if not isinstance(table, dict):
-            raise ConfigError(f"[[dkim]] number {n} in {where} must be a table")
-        for key, value in table.items():
-            if key not in DKIM_SCHEMA:
-                raise ConfigError(f"unknown key dkim.{key} in {where}")
-            if not _typecheck(DKIM_SCHEMA[key][0], value):
-                raise ConfigError(f"dkim.{key} in {where} must be {_TYPE_WORDS[DKIM_SCHEMA[key][0]]}")
+    for n, table in _array_of_tables(data.get("dkim", []), "dkim", DKIM_SCHEMA, where):
         for key in _DKIM_REQUIRED:
             if key not in table:
                 raise ConfigError(f"[[dkim]] number {n} in {where} lacks {key}")
@@ -380,21 +370,31 @@ def _named_relays(raw: object, where: str, present: set[str]) -> dict[str, dict[
     return relays
 
 
-def _routes(raw: object, where: str, relays: dict[str, dict[str, object]], plain: bool) -> list[dict[str, object]]:
-    """The [[route]] rules; every relay they name must exist."""
+def _array_of_tables(
+    raw: object, name: str, schema: dict[str, tuple[str, object]], where: str
+) -> list[tuple[int, dict[str, object]]]:
+    """``[[name]]`` tables, numbered from 1, each key known to ``schema`` and of its type."""
     if not isinstance(raw, list):
-        raise ConfigError(f"route in {where} must be written [[route]] (an array of tables)")
-    known = set(relays) | ({DEFAULT_RELAY} if plain else set())
-    routes: list[dict[str, object]] = []
+        raise ConfigError(f"{name} in {where} must be written [[{name}]] (an array of tables)")
+    tables: list[tuple[int, dict[str, object]]] = []
     for n, table in enumerate(raw, 1):
         if not isinstance(table, dict):
-            raise ConfigError(f"[[route]] number {n} in {where} must be a table")
+            raise ConfigError(f"[[{name}]] number {n} in {where} must be a table")
         for key, value in table.items():
-            if key not in ROUTE_SCHEMA:
-                raise ConfigError(f"unknown key route.{key} in {where}")
-            kind = ROUTE_SCHEMA[key][0]
+            if key not in schema:
+                raise ConfigError(f"unknown key {name}.{key} in {where}")
+            kind = schema[key][0]
             if not _typecheck(kind, value):
-                raise ConfigError(f"route.{key} in {where} must be {_TYPE_WORDS[kind]}")
+                raise ConfigError(f"{name}.{key} in {where} must be {_TYPE_WORDS[kind]}")
+        tables.append((n, table))
+    return tables
+
+
+def _routes(raw: object, where: str, relays: dict[str, dict[str, object]], plain: bool) -> list[dict[str, object]]:
+    """The [[route]] rules; every relay they name must exist."""
+    known = set(relays) | ({DEFAULT_RELAY} if plain else set())
+    routes: list[dict[str, object]] = []
+    for n, table in _array_of_tables(raw, "route", ROUTE_SCHEMA, where):
         rule: dict[str, object] = {}
         for key, (kind, default) in ROUTE_SCHEMA.items():
             value = table.get(key, default)
