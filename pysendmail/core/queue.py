@@ -67,6 +67,28 @@ class QueuedMessage:
                 self.held = ""
                 self.due = float(rec.fields[0])
 
+    def variant(self, sender: str | None = None, recipients: list[str] | None = None,
+                message: bytes | None = None) -> QueuedMessage:
+        """This message with another envelope sender, recipients or bytes, for one delivery.
+
+        The queue file is untouched; indices into the recipients keep their
+        meaning, so outcomes are recorded against the original.
+        """
+        env = self.envelope
+        data = self.message if message is None else message
+        out = QueuedMessage.__new__(QueuedMessage)
+        for slot in QueuedMessage.__slots__:
+            setattr(out, slot, getattr(self, slot))
+        out.envelope = spoolfile.Envelope(
+            env.sender if sender is None else sender, list(env.recipients) if recipients is None else recipients,
+            uid=env.uid, time=env.time, fullname=env.fullname, login=env.login, envid=env.envid,
+            notify=env.notify, ret=env.ret,
+            body=env.body if message is None else ("7BIT" if data.isascii() else "8BITMIME"),
+        )
+        out.message = data
+        out.size = len(data) if message is not None else self.size
+        return out
+
     @classmethod
     def load(cls, path: str) -> QueuedMessage:
         with open(path, "rb") as fh:

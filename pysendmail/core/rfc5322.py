@@ -332,3 +332,23 @@ def first_from(message: bytes) -> str | None:
                 return None
             return found[0] if found else None
     return None
+
+
+def ascii_address(addr: str) -> str | None:
+    """``addr`` with a non-ASCII domain as its IDNA A-label; None if that cannot make it ASCII.
+
+    For a relay without SMTPUTF8 (RFC 6531): ``user@пример.рф`` can go as
+    ``user@xn--e1afmkfd.xn--p1ai`` (RFC 5890), the same mailbox; a
+    non-ASCII local part has no ASCII form and needs SMTPUTF8.
+    Python's codec is IDNA 2003 (nameprep), which maps case and width as
+    resolvers do; a name it refuses is None here, never an exception.
+    """
+    if addr.isascii():
+        return addr
+    local, at, domain = addr.rpartition("@")
+    if not at or not local.isascii():
+        return None
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        return None

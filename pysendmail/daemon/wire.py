@@ -227,8 +227,12 @@ def _encode_addresses(value: bytes) -> bytes | None:
     except UnicodeEncodeError:
         return None
     pairs = email.utils.getaddresses([text])
-    if not pairs or any(not addr.isascii() or not addr for _, addr in pairs):
-        return None  # a non-ASCII address needs SMTPUTF8; nothing to encode here
+    # A non-ASCII domain becomes its A-label; a non-ASCII local part has no
+    # ASCII form (it needs SMTPUTF8): then nothing is encoded here.
+    converted = [(name, rfc5322.ascii_address(addr) if addr else None) for name, addr in pairs]
+    if not converted or any(addr is None for _, addr in converted):
+        return None
+    pairs = [(name, str(addr)) for name, addr in converted]
     return b" " + ",\r\n ".join(email.utils.formataddr(p, charset="utf-8") for p in pairs).encode("ascii")
 
 

@@ -205,3 +205,23 @@ def test_non_ascii_recipient_needs_smtputf8_else_fails_permanently_saying_why(
         failed = list((e.spool / "failed").iterdir())
         assert len(failed) == 1
         assert b"does not offer SMTPUTF8 (RFC 6531)" in failed[0].read_bytes()
+
+
+def test_non_ascii_domain_goes_as_its_a_label_to_a_relay_without_smtputf8(
+        tmp_path: Path, relay_factory, dns: DnsServer) -> None:
+    relay = relay_factory(smtputf8=False)
+    e = signing_env(tmp_path, relay, dns, ed25519=False)
+    message = "From: Магазин <shop@example.org>\nTo: Заказы <orders@пример.рф>\nSubject: Заказ\n\nok\n".encode()
+    e.sendmail("-t", "-i", input=message, check=True)
+
+    flush = e.sendmail("-q")
+
+    [got] = relay.wait_for(1)
+    assert got.rcpt_tos == ["orders@xn--e1afmkfd.xn--p1ai"], flush.stderr
+    assert "SMTPUTF8" not in got.mail_options
+    assert got.data.isascii(), "headers encoded for a 7-bit, non-SMTPUTF8 session"
+    head = email.message_from_bytes(got.data, policy=email.policy.default)
+    assert head["To"].addresses[0].addr_spec == "orders@xn--e1afmkfd.xn--p1ai"
+    assert head["To"].addresses[0].display_name == "Заказы"
+    assert ("pass", "example.org", "rsa", "rsa-sha256") in mail_dkim(got.data, dns.port)
+    assert b"IDNA A-labels" in flush.stderr

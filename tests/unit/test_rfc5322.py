@@ -12,6 +12,7 @@ import pytest
 
 from pysendmail.core.rfc5322 import (
     AddressError,
+    ascii_address,
     check_addr_spec,
     header_fields,
     is_field_line,
@@ -325,3 +326,16 @@ def test_split_message_keeps_the_blank_line_in_the_body_when_the_body_has_more_b
 
 def test_split_message_returns_nothing_when_the_message_is_empty() -> None:
     assert split_message(b"") == (b"", b"")
+
+
+@pytest.mark.parametrize("addr, expected", [
+    ("user@example.org", "user@example.org"),
+    ("orders@пример.рф", "orders@xn--e1afmkfd.xn--p1ai"),
+    ("orders@ПРИМЕР.РФ", "orders@xn--e1afmkfd.xn--p1ai"),  # nameprep folds case
+    ("kontakt@bücher.de", "kontakt@xn--bcher-kva.de"),
+    ("jürgen@example.net", None),  # a non-ASCII local part has no ASCII form
+    ("x@" + "ä" * 70 + ".de", None),  # a label over 63 octets
+    ("no-at-sign-ü", None),
+])
+def test_ascii_address_uses_a_labels_for_domains_only(addr: str, expected: str | None) -> None:
+    assert ascii_address(addr) == expected

@@ -178,7 +178,7 @@ class RouterTransport:
             log.event(msg.qid, f"route={route.name}", f"rewrote {changed}")
         out = msg
         if mail_from != msg.envelope.sender or message is not msg.message:
-            out = _copy(msg, mail_from, message)
+            out = msg.variant(sender=mail_from, message=message)
         route.rate.spend(time.time(), len(indices))
         results = await route.smtp.deliver(out, indices)
         now = time.time()
@@ -247,19 +247,3 @@ def _state(r: Route, now: float) -> str:
     if r.smtp.down_until > now:
         return "down"
     return "budget" if r.rate.delay(now) > 0 else "ok"
-
-
-def _copy(msg: QueuedMessage, mail_from: str, message: bytes) -> QueuedMessage:
-    """The same queued message with another MAIL FROM and bytes; the queue file is untouched."""
-    env = msg.envelope
-    new_env = type(env)(
-        mail_from, env.recipients, uid=env.uid, time=env.time, fullname=env.fullname, login=env.login,
-        envid=env.envid, notify=env.notify, ret=env.ret, body="7BIT" if message.isascii() else "8BITMIME",
-    )
-    out = QueuedMessage.__new__(QueuedMessage)
-    for slot in QueuedMessage.__slots__:
-        setattr(out, slot, getattr(msg, slot))
-    out.envelope = new_env
-    out.message = message
-    out.size = len(message)
-    return out

@@ -36,7 +36,7 @@ import time
 
 import aiosmtplib
 
-from pysendmail.core import log
+from pysendmail.core import log, rfc5322
 from pysendmail.core.errors import ConfigError
 from pysendmail.core.queue import QueuedMessage
 from pysendmail.daemon import outcome, secrets, wire
@@ -340,10 +340,16 @@ class SmtpTransport:
                     healthy = True
                     return [Result(i, FAILED, "5.3.4", text) for i in indices]
                 if needs_utf8 and not conn.smtputf8:
-                    text = ("an address is not ASCII and the relay does not offer SMTPUTF8 (RFC 6531), so it "
-                            "cannot be sent: use an ASCII address or a relay that offers SMTPUTF8")
-                    healthy = True
-                    return [Result(i, FAILED, "5.6.7", text) for i in indices]
+                    ascii_msg = _idn_to_ascii(msg, indices)
+                    if ascii_msg is None:
+                        text = ("an address has a non-ASCII local part and the relay does not offer SMTPUTF8 "
+                                "(RFC 6531), so it cannot be sent: use an ASCII address or a relay that offers "
+                                "SMTPUTF8")
+                        healthy = True
+                        return [Result(i, FAILED, "5.6.7", text) for i in indices]
+                    # Only domains were non-ASCII: their A-labels name the same mailboxes.
+                    log.event(msg.qid, "non-ASCII domains sent as IDNA A-labels (the relay has no SMTPUTF8)")
+                    msg, needs_utf8 = ascii_msg, False
                 # After EHLO: transform for what this relay offers, then sign those bytes.
                 data = wire.for_delivery(msg, eightbit=conn.eightbit, utf8=needs_utf8, signer=self.signer)
                 size = self.max_rcpt or len(indices)
@@ -477,6 +483,21 @@ class SmtpTransport:
         self.pause_until = self.hold_until = self.down_until = 0.0
         self.pause_reason = self.pause_kind = ""
         self._auth_failures = 0
+
+
+def _idn_to_ascii(msg: QueuedMessage, indices: list[int]) -> QueuedMessage | None:
+    """``msg`` with the sender and ``indices``' recipients in ASCII form, or None if one has none."""
+    env = msg.envelope
+    sender = rfc5322.ascii_address(env.sender) if env.sender else ""
+    recipients = list(env.recipients)
+    for i in indices:
+        converted = rfc5322.ascii_address(recipients[i])
+        if converted is None:
+            return None
+        recipients[i] = converted
+    if sender is None:
+        return None
+    return msg.variant(sender=sender, recipients=recipients)
 
 
 def _saslname(user: str) -> str:
