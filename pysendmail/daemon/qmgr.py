@@ -125,10 +125,9 @@ class RateLimit:
         pushing the account over the provider's limit.  One larger than the
         whole budget goes once the window is empty, or it would wait forever.
         """
-        need_day = max(1, recipients) if self.day_unit == "recipients" else 1
         for window, limit, span, need in (
             (self.minute, self.per_minute, 60.0, 1),
-            (self.day, self.per_day, 86400.0, need_day),
+            (self.day, self.per_day, 86400.0, self._day_units(recipients)),
         ):
             while window and window[0] <= now - span:
                 window.popleft()
@@ -141,7 +140,11 @@ class RateLimit:
         if self.per_minute:
             self.minute.append(now)
         if self.per_day:
-            self.day.extend([now] * (max(1, recipients) if self.day_unit == "recipients" else 1))
+            self.day.extend([now] * self._day_units(recipients))
+
+    def _day_units(self, recipients: int) -> int:
+        """What one transaction with ``recipients`` costs of the daily budget."""
+        return max(1, recipients) if self.day_unit == "recipients" else 1
 
     def snapshot(self, now: float) -> dict[str, list[float]]:
         """The send times still inside each window, for the state file."""

@@ -49,9 +49,10 @@ class Route:
         self.last_failure: tuple[float, str] | None = None
 
     def unavailable(self, now: float, recipients: int = 1) -> tuple[float, str] | None:
-        blocked = self.smtp.unavailable()
-        if blocked:
-            return blocked
+        return self.smtp.unavailable() or self.over_budget(now, recipients)
+
+    def over_budget(self, now: float, recipients: int = 1) -> tuple[float, str] | None:
+        """(until, why) while a transaction with ``recipients`` would exceed the sending budget."""
         wait = self.rate.delay(now, recipients)
         if wait > 0:
             return now + wait, f"sending budget ({self.settings.where}.rate_per_minute / rate_per_day) used up"
@@ -139,27 +140,25 @@ class RouterTransport:
         The queue manager splits by this so that each chunk's outcomes are
         durable before the next chunk goes (qmgr._deliver).
         """
-        now = time.time()
-        primary, fallback = self._choose(msg)
-        route = primary
-        if primary.unavailable(now) and fallback is not None and fallback.unavailable(now) is None:
-            route = fallback
+        route, _, _ = self._pick(msg, time.time())
         return int(route.smtp.max_rcpt)
+
+    def _pick(self, msg: QueuedMessage, now: float, recipients: int = 1) -> tuple[Route, Route, Route | None]:
+        """(the route to use now, the primary, the fallback): the fallback while only it is available."""
+        primary, fallback = self._choose(msg)
+        if primary.unavailable(now, recipients) and fallback is not None and fallback.unavailable(now, recipients) is None:
+            return fallback, primary, fallback
+        return primary, primary, fallback
 
     # ------------------------------------------------------------ delivery
     async def deliver(self, msg: QueuedMessage, indices: list[int]) -> list[Result]:
         now = time.time()
-        primary, fallback = self._choose(msg)
-        n = len(indices)
-        route = primary
-        if primary.unavailable(now, n) and fallback is not None and fallback.unavailable(now, n) is None:
-            route = fallback
-        wait = route.rate.delay(now, n)
-        if wait > 0:
+        route, primary, fallback = self._pick(msg, now, len(indices))
+        budget = route.over_budget(now, len(indices))
+        if budget:
             # A later chunk of a message whose first chunk fit: it waits
             # for the budget like any message, and is not tried over it.
-            why = f"sending budget ({route.settings.where}.rate_per_minute / rate_per_day) used up"
-            return [Result(i, DEFERRED, "4.7.0", why, route=route.name) for i in indices]
+            return [Result(i, DEFERRED, "4.7.0", budget[1], route=route.name) for i in indices]
         results = await self._through(route, msg, indices)
         if route is primary and fallback is not None and primary.unavailable(time.time()):
             # The primary failed as a route (down, paused, credentials),
@@ -246,4 +245,4 @@ def _state(r: Route, now: float) -> str:
         return "held"
     if r.smtp.down_until > now:
         return "down"
-    return "budget" if r.rate.delay(now) > 0 else "ok"
+    return "budget" if r.over_budget(now) else "ok"
