@@ -9,7 +9,8 @@ Contract:   ``run(cfg, interval)`` runs until SIGTERM/SIGINT and returns
             between messages.  ``lock_holder`` tells status who runs.
             FIFO bytes: W (look at incoming/), F (run the whole queue,
             then write state/flushed), R (carry out the 'route resume'
-            requests in state/resume.*, see _take_resumes).
+            requests in state/resume.*, see _take_resumes), I (read the
+            due times in queue/ again: 'queue hold|release|retry').
 Crashes:    all state is in the spool; a SIGKILL at any instant is
             recovered by the next start (see core/queue.py).
 See also:   sd_notify(3) (the protocol, spoken without libsystemd);
@@ -114,9 +115,6 @@ class Daemon:
         self.inflight: set[str] = set()
         self.blocked_until = 0.0
 
-    def _rebuild_index(self) -> None:
-        self.due = self._read_index()
-
     def _read_index(self, skip: frozenset[str] = frozenset()) -> list[tuple[float, str]]:
         """(due time, qid) of every queued message that is not held, as a heap."""
         due: list[tuple[float, str]] = []
@@ -166,7 +164,7 @@ class Daemon:
         loop.add_reader(fifo, self._on_fifo, fifo)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        self._rebuild_index()
+        self.due = self._read_index()
         self._take_resumes()  # asked for while no daemon ran, and not yet handled
         log.log(f"daemon: started, pid {os.getpid()}, spool {self.spool.path}, {len(self.due)} messages queued")
         sd_notify(f"READY=1\nSTATUS=queue: {len(self.due)} messages")
@@ -261,7 +259,8 @@ class Daemon:
 
     async def _sleep(self, last_full: float) -> None:
         """Wait for a poke, a signal, the next due time, or idle connections to expire."""
-        if self.flush_requested or self.reload_requested or self.resume_requested or self.stopping:
+        if (self.flush_requested or self.reload_requested or self.resume_requested or self.reindex_requested
+                or self.stopping):
             return  # their wake-up may have been consumed by _run_due's pickup
         now = time.time()
         wake_at = self.due[0][0] if self.due else None
