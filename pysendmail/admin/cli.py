@@ -34,7 +34,7 @@ def _load(path: str | None) -> config.Config:
     return cfg
 
 
-def _spool_owner(cfg: config.Config) -> tuple[int, int, str]:
+def spool_owner(cfg: config.Config) -> tuple[int, int, str]:
     """(uid, gid, name) of the daemon's user for a spool created by root."""
     name = cfg.get("spool", "user")
     if name is None:
@@ -91,7 +91,7 @@ def _ready_spool(cfg: config.Config) -> layout.Spool:
 
 def cmd_spool_init(cfg: config.Config) -> int:
     spool = layout.Spool(cfg.spool_path)
-    uid, gid, name = _spool_owner(cfg)
+    uid, gid, name = spool_owner(cfg)
     shared = os.geteuid() == 0
     layout.ensure_layout(spool, shared=shared, owner=(uid, gid))
     return 0

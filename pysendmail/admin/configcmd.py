@@ -15,31 +15,24 @@ See also:   pysendmail(8) config; daemon/routes.py; daemon/secrets.py.
 from __future__ import annotations
 
 import os
-import pwd
 import stat
 
 from pysendmail.core import config, errors, layout
+from pysendmail.daemon import secrets
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 MASK = "********"
 
 
 def _daemon_user(cfg: config.Config) -> tuple[int, int, list[int], str]:
-    name = cfg.get("spool", "user")
-    entry = None
-    try:
-        if name:
-            entry = pwd.getpwnam(str(name))
-        elif os.path.isdir(cfg.spool_path):
-            entry = pwd.getpwuid(os.stat(cfg.spool_path).st_uid)
-    except KeyError:
-        pass
-    if entry is None:
-        entry = pwd.getpwuid(os.geteuid())
+    """(uid, gid, every gid, name) of the daemon's user, as 'pysendmail spool init' picks it."""
     import grp
 
-    gids = [g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem] + [entry.pw_gid]
-    return entry.pw_uid, entry.pw_gid, gids, entry.pw_name
+    from pysendmail.admin.cli import spool_owner
+
+    uid, gid, name = spool_owner(cfg)
+    gids = [g.gr_gid for g in grp.getgrall() if name in g.gr_mem] + [gid]
+    return uid, gid, gids, name
 
 
 def readable_by(st: os.stat_result, uid: int, gids: list[int]) -> bool:
@@ -59,12 +52,10 @@ def _secret_file(path: str, what: str, daemon: tuple[int, int, list[int], str]) 
         st = os.stat(path)
     except OSError as exc:
         return FAIL, f"{what} {path}: {exc.strerror}"
-    if not stat.S_ISREG(st.st_mode):
-        return FAIL, f"{what} {path} is not a regular file"
-    if st.st_mode & 0o004:
-        return FAIL, f"{what} {path} is readable by every user; run 'chmod o-rwx {path}'"
-    if st.st_mode & 0o040 and not (st.st_gid == gid and st.st_uid != uid):
-        return FAIL, f"{what} {path} is readable by group {st.st_gid}, not only by {name}; run 'chmod g-rwx {path}'"
+    # The daemon's own rule (secrets.py), judged for the daemon's user.
+    problem = secrets.exposure(st, path, what, (uid, gid))
+    if problem:
+        return FAIL, problem
     if not readable_by(st, uid, gids):
         return FAIL, (f"{what} {path} is not readable by {name}, the daemon's user; "
                       f"run 'chown {name} {path}' (mode 0600)")
@@ -91,7 +82,7 @@ def check(cfg: config.Config) -> list[tuple[str, str]]:
 
 
 def _check_relays(cfg: config.Config, daemon: tuple[int, int, list[int], str]) -> list[tuple[str, str]]:
-    from pysendmail.daemon import routes, secrets, sender
+    from pysendmail.daemon import routes, sender
     from pysendmail.daemon.transport.smtp import SmtpTransport
 
     out: list[tuple[str, str]] = []

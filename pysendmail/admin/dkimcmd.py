@@ -161,9 +161,9 @@ def daemon_owner(cfg: config.Config) -> tuple[int, int] | None:
     """Run as root: the daemon user's (uid, gid), who alone must read a key; else None (the caller's own)."""
     if os.geteuid() != 0:
         return None
-    from pysendmail.admin.cli import _spool_owner
+    from pysendmail.admin.cli import spool_owner
 
-    uid, gid, _ = _spool_owner(cfg)
+    uid, gid, _ = spool_owner(cfg)
     return uid, gid
 
 

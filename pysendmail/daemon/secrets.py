@@ -6,8 +6,8 @@ Contract:   ``password(relay, where, name)`` returns the password from, in
             systemd credential (``credential``, default ``relay-password``
             for [relay] and ``relay-NAME-password`` for [relay.NAME]); None
             when none is configured.  ``oauth_token(relay)`` runs
-            ``oauth_token_command``.  ``check_file(path, what)`` says what
-            is wrong with a secret file without reading it (config check).
+            ``oauth_token_command``.  ``exposure(st, path, what, reader)``
+            says who else could read a secret file (also for config check).
             Problems raise ConfigError with one sentence that never holds
             the secret.
 Security:   a password file that anyone but its owner and the daemon's own
@@ -38,13 +38,14 @@ def _first_line(data: bytes, what: str) -> str:
     return line.decode("utf-8")
 
 
-def exposure(st: os.stat_result, path: str, what: str) -> str | None:
+def exposure(st: os.stat_result, path: str, what: str, reader: tuple[int, int] | None = None) -> str | None:
     """Why a secret file with this stat is readable by the wrong people, else None.
 
     Others reading it is always wrong.  Group read is accepted only when
-    the group is the reading process's own group (root:pysendmail 0640,
-    the daemon reading as pysendmail): any other group lets its members
-    read the relay password.
+    the group is the reader's own group (root:pysendmail 0640, the daemon
+    reading as pysendmail): any other group lets its members read the
+    relay password.  ``reader`` is the (uid, gid) that will read the file,
+    by default this process ('config check' asks for the daemon's user).
     """
     if not stat.S_ISREG(st.st_mode):
         return f"{what} {path} is not a regular file"
@@ -53,7 +54,7 @@ def exposure(st: os.stat_result, path: str, what: str) -> str | None:
             f"{what} {path} is readable by every user; run 'chmod o-rwx {path}' "
             "(0600, or 0640 with the daemon's group)"
         )
-    if st.st_mode & 0o040 and not _group_may_read(st):
+    if st.st_mode & 0o040 and not _group_may_read(st, reader or (os.geteuid(), os.getegid())):
         return (
             f"{what} {path} is readable by its group (gid {st.st_gid}), not only by the daemon; "
             f"run 'chmod g-rwx {path}'"
@@ -61,30 +62,17 @@ def exposure(st: os.stat_result, path: str, what: str) -> str | None:
     return None
 
 
-def _group_may_read(st: os.stat_result) -> bool:
-    """Group read is the daemon's own access when another user (root) owns the file."""
-    if os.geteuid() == 0:
+def _group_may_read(st: os.stat_result, reader: tuple[int, int]) -> bool:
+    """Group read is the reader's own access when another user (root) owns the file."""
+    uid, gid = reader
+    if uid == 0:
         import grp
 
         try:
             return st.st_gid != 0 and st.st_gid == grp.getgrnam(DAEMON_GROUP).gr_gid
         except KeyError:
             return False
-    return st.st_gid == os.getegid() and st.st_uid != os.geteuid()
-
-
-def check_file(path: str, what: str) -> str | None:
-    """A problem with a secret file, in one sentence, without reading it; None when fine."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        return f"cannot read {what} {path}: {exc.strerror}"
-    problem = exposure(st, path, what)
-    if problem:
-        return problem
-    if not os.access(path, os.R_OK):
-        return f"{what} {path} is not readable by uid {os.geteuid()}, the user this runs as"
-    return None
+    return st.st_gid == gid and st.st_uid != uid
 
 
 def read_secret_file(path: str, what: str) -> str:
