@@ -42,7 +42,7 @@ import os
 import sys
 import time
 
-from pysendmail.core import config, errors, layout
+from pysendmail.core import config, errors, layout, queue
 
 STATE_FILE = "routes.json"
 ACK_TIMEOUT = 30.0  # seconds the running daemon has to carry out a resume request
@@ -164,13 +164,8 @@ def _clear_in_file(spool: layout.Spool, name: str) -> None:
         return
     entry.update({"pause": False, "pause_reason": None, "pause_kind": None, "paused_until": None,
                   "paused_because": None, "state": "ok"})
-    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        queue.publish(f"{path}.{os.getpid()}.tmp", path, json.dumps(data).encode())
     except OSError as exc:
         raise errors.from_oserror(exc, f"write {path}") from None
 

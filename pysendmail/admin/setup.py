@@ -31,7 +31,7 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from pysendmail.core import config, errors, layout
+from pysendmail.core import config, errors, layout, queue
 from pysendmail.admin import dkimcmd
 from pysendmail.daemon import dkim, providers
 
@@ -110,20 +110,6 @@ def dns_records(domain: str, key: dkim.Key | None, spf_include: str) -> list[str
 
 
 # ---------------------------------------------------------------- files
-def _write(path: str, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, data)
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-
-
 def _place(path: str, data: bytes, mode: int, owner: tuple[int, int] | None, force: bool, what: str) -> str:
     """Write unless the same bytes are there; refuse to replace different ones without --force."""
     try:
@@ -141,7 +127,7 @@ def _place(path: str, data: bytes, mode: int, owner: tuple[int, int] | None, for
         return "fixed mode"
     if current is not None and not force:
         raise errors.CantCreateError(f"{what} {path} exists and differs; pass --force to overwrite it")
-    _write(path, data, mode, owner)
+    queue.publish(f"{path}.{os.getpid()}.tmp", path, data, exclusive=True, mode=mode, owner=owner)
     return "written" if current is None else "overwritten"
 
 

@@ -140,12 +140,16 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def publish(tmp: str, final: str, data: bytes, exclusive: bool = False) -> None:
+def publish(tmp: str, final: str, data: bytes, exclusive: bool = False, mode: int = 0o600,
+            owner: tuple[int, int] | None = None) -> None:
     """Write ``data`` to ``tmp``, fsync, rename it to ``final``, fsync the directory.
 
     The rename is the one atomic step: a reader sees nothing or the whole
     file, and after return both the file and its name survive a crash.
-    ``exclusive`` refuses an existing ``tmp`` (Maildir's unique names).
+    ``exclusive`` refuses an existing ``tmp`` (Maildir's unique names,
+    setup's per-process names).  The file is created 0600 and gets
+    ``owner`` and ``mode`` before the rename, so it never appears with
+    wider rights than asked.
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
     fd = os.open(tmp, flags, 0o600)
@@ -153,6 +157,10 @@ def publish(tmp: str, final: str, data: bytes, exclusive: bool = False) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        if owner is not None:
+            os.fchown(fd, *owner)
+        if mode != 0o600:
+            os.fchmod(fd, mode)
         os.fsync(fd)
     finally:
         os.close(fd)
