@@ -27,23 +27,12 @@ import sys
 
 from pysendmail.core import config, errors
 
+# pysendmail.daemon.dkim brings dkimpy, and dkimpy brings dnspython (about
+# 14 MB): every pysendmail command builds the parser that names 'dkim',
+# the daemon among them, so each function below imports it when it runs.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import types
-
     from pysendmail.daemon import dkim
-
-
-def _dkim() -> types.ModuleType:
-    """pysendmail.daemon.dkim, imported on first use.
-
-    It brings dkimpy, and dkimpy brings dnspython (about 14 MB): every
-    pysendmail command builds the parser that names ``dkim``, the daemon
-    among them, and must not pay for it.
-    """
-    from pysendmail.daemon import dkim
-
-    return dkim
 
 NAMESERVER_ENV = "PYSENDMAIL_NAMESERVER"
 
@@ -71,7 +60,9 @@ def run(cfg: config.Config, args: argparse.Namespace) -> int:
 def check_config(cfg: config.Config) -> None:
     """Load every key as the daemon would (``pysendmail config check``); print warnings."""
     if cfg.dkim:
-        for text in _dkim().Signer.from_config(cfg).warnings:
+        from pysendmail.daemon import dkim
+
+        for text in dkim.Signer.from_config(cfg).warnings:
             sys.stderr.write(f"pysendmail: {text}\n")
 
 
@@ -95,6 +86,8 @@ def new_key(algorithm: str, bits: int | None) -> tuple[bytes, str, str | None]:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+    from pysendmail.daemon import dkim
+
     algorithm = "ed25519-sha256" if algorithm.startswith("ed25519") else "rsa-sha256"
     warning = None
     if algorithm == "ed25519-sha256":
@@ -103,9 +96,9 @@ def new_key(algorithm: str, bits: int | None) -> tuple[bytes, str, str | None]:
         key: object = ed25519.Ed25519PrivateKey.generate()
     else:
         bits = 2048 if bits is None else bits
-        if bits < _dkim().MIN_BITS or bits > 8192:
+        if bits < dkim.MIN_BITS or bits > 8192:
             raise errors.UsageError(f"--bits {bits}: receivers ignore RSA keys under 1024 bits (RFC 8301); use 2048")
-        if bits < _dkim().GOOD_BITS:
+        if bits < dkim.GOOD_BITS:
             warning = f"warning: {bits} bits is weak; 2048 is the size to use (RFC 8301)"
         key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     assert isinstance(key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey))
@@ -120,14 +113,18 @@ def make_key(domain: str, selector: str, algorithm: str, bits: int | None, path:
     ``pysendmail dkim keygen`` and ``pysendmail setup --dkim`` both come here:
     one way to make a key, one file layout, one record.
     """
+    from pysendmail.daemon import dkim
+
     domain = _check_names(domain, selector)
     pem, algorithm, warning = new_key(algorithm, bits)
     write_key(path, pem, owner)
-    private, public, size, _ = _dkim().parse_private_key(pem, path, domain, algorithm)
-    return _dkim().Key(domain, selector, algorithm, path, _dkim().DEFAULT_HEADERS, False, private, public, size), warning
+    private, public, size, _ = dkim.parse_private_key(pem, path, domain, algorithm)
+    return dkim.Key(domain, selector, algorithm, path, dkim.DEFAULT_HEADERS, False, private, public, size), warning
 
 
 def keygen(cfg: config.Config, domain: str, selector: str, algorithm: str, bits: int | None, output: str | None) -> int:
+    from pysendmail.daemon import dkim
+
     domain = _check_names(domain, selector)
     path = os.path.abspath(output or _default_output(cfg, domain, selector))
     made, warning = make_key(domain, selector, algorithm, bits, path, daemon_owner(cfg))
@@ -139,7 +136,7 @@ def keygen(cfg: config.Config, domain: str, selector: str, algorithm: str, bits:
     desc = f"{algorithm}, {size} bits" if algorithm == "rsa-sha256" else algorithm
     out.write(f"wrote {path} ({desc}, mode 0600, owner {owner})\n\n")
     out.write(f"Publish this TXT record at {made.name} (strings of at most 255 octets):\n\n")
-    out.write(_dkim().zone_line(made) + "\n\n")
+    out.write(dkim.zone_line(made) + "\n\n")
     out.write("Then add to the configuration, reload the daemon, and run 'pysendmail dkim check':\n\n")
     out.write(f'[[dkim]]\ndomain = "{domain}"\nselector = "{selector}"\nkey_file = "{path}"\n')
     if algorithm != "rsa-sha256":
@@ -284,6 +281,8 @@ def check_one(key: dkim.Key, resolver: object) -> tuple[str, str]:
 
 
 def check(cfg: config.Config, domain: str | None, nameserver: str | None) -> int:
+    from pysendmail.daemon import dkim
+
     where = cfg.path or "the configuration"
     tables = [t for t in cfg.dkim if domain is None or str(t["domain"]).rstrip(".").lower() == domain.rstrip(".").lower()]
     if not tables:
@@ -292,13 +291,13 @@ def check(cfg: config.Config, domain: str | None, nameserver: str | None) -> int
     resolver = _resolver(nameserver)
     worst = 0
     for table in tables:
-        key, warnings = _dkim().load_key(table, where, fast=False)
+        key, warnings = dkim.load_key(table, where, fast=False)
         for text in warnings:
             sys.stderr.write(f"pysendmail: {text}\n")
         verdict, sentence = check_one(key, resolver)
         sys.stdout.write(sentence + "\n")
         if verdict in ("missing", "mismatch"):
-            sys.stdout.write("         " + _dkim().zone_line(key) + "\n")
+            sys.stdout.write("         " + dkim.zone_line(key) + "\n")
             worst = errors.EX_CONFIG
         elif verdict == "dnserror" and worst == 0:
             worst = errors.EX_TEMPFAIL
