@@ -42,9 +42,9 @@ import os
 import sys
 import time
 
+from pysendmail.admin.status import when
 from pysendmail.core import config, errors, layout, queue
 
-STATE_FILE = "routes.json"
 ACK_TIMEOUT = 30.0  # seconds the running daemon has to carry out a resume request
 YANDEX_SPAM_WARNING = (
     "warning: route {name} is in a Yandex spam block until {until}; Yandex extends the block by another "
@@ -67,20 +67,6 @@ def run(cfg: config.Config, args: argparse.Namespace) -> int:
     return cmd_resume(cfg, args.name)
 
 
-def _when(value: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
-
-
-def _read_state(spool: layout.Spool) -> dict[str, dict[str, object]]:
-    try:
-        with open(os.path.join(spool.state, STATE_FILE)) as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return {}
-    saved = data.get("routes") if isinstance(data, dict) else None
-    return {k: v for k, v in saved.items() if isinstance(v, dict)} if isinstance(saved, dict) else {}
-
-
 def _state_of(entry: dict[str, object], now: float) -> tuple[str, float | None, str | None]:
     """(ok|paused|held|down|budget, until, why) from one routes.json entry; a window in the past is over."""
     until = entry.get("paused_until")
@@ -98,7 +84,7 @@ def collect(cfg: config.Config, spool: layout.Spool, now: float | None = None) -
     from pysendmail.daemon import routes
 
     now = time.time() if now is None else now
-    saved = _read_state(spool)
+    saved = routes.saved_state(spool.route_state)
     out: list[dict[str, object]] = []
     for name, s in routes.resolve(cfg).relays.items():
         entry = saved.get(name, {})
@@ -140,7 +126,7 @@ def cmd_list(cfg: config.Config, as_json: bool) -> int:
         provider = f" ({r['provider']})" if r["provider"] else ""
         line = f"route {r['name']}: {r['relay']}{provider}: {r['state']}"
         if isinstance(r["until"], float):
-            line += f" until {_when(r['until'])}"
+            line += f" until {when(r['until'])}"
             if r["kind"]:
                 line += f" ({r['kind']})"
         if r["why"]:
@@ -151,7 +137,7 @@ def cmd_list(cfg: config.Config, as_json: bool) -> int:
 
 def _clear_in_file(spool: layout.Spool, name: str) -> None:
     """Rewrite routes.json without route ``name``'s pause; the caller holds the spool lock."""
-    path = os.path.join(spool.state, STATE_FILE)
+    path = spool.route_state
     try:
         with open(path) as fh:
             data = json.load(fh)
@@ -211,8 +197,8 @@ def cmd_resume(cfg: config.Config, name: str) -> int:
     row = rows[name]
     if row["state"] == "paused" and row["kind"] == "spam-block" and row["provider"] == "yandex":
         assert isinstance(row["until"], float)
-        sys.stderr.write("pysendmail: " + YANDEX_SPAM_WARNING.format(name=name, until=_when(row["until"])) + "\n")
-    was = f"was {row['state']}" + (f" until {_when(row['until'])}" if isinstance(row["until"], float) else "")
+        sys.stderr.write("pysendmail: " + YANDEX_SPAM_WARNING.format(name=name, until=when(row["until"])) + "\n")
+    was = f"was {row['state']}" + (f" until {when(row['until'])}" if isinstance(row["until"], float) else "")
     if not os.path.isdir(spool.state):
         sys.stdout.write(f"route {name}: nothing to resume (no spool state yet)\n")
         return 0

@@ -9,8 +9,6 @@ See also:   pysendmail(8) status; daemon/transport/router.py route_state().
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
 from pysendmail.core import config, layout
@@ -36,17 +34,11 @@ def _routes_from_config(cfg: config.Config) -> dict[str, dict[str, object]]:
 
 
 def collect(cfg: config.Config, spool: layout.Spool, pid: int | None, counts: dict[str, int]) -> dict[str, object]:
-    saved: dict[str, object] = {}
-    try:
-        with open(os.path.join(spool.state, "routes.json")) as fh:
-            data = json.load(fh)
-        if isinstance(data, dict) and isinstance(data.get("routes"), dict):
-            saved = data["routes"]
-    except (OSError, ValueError):
-        pass
+    from pysendmail.daemon.routes import saved_state
+
     routes = _routes_from_config(cfg)
-    for name, entry in saved.items():
-        if name in routes and isinstance(entry, dict):
+    for name, entry in saved_state(spool.route_state).items():
+        if name in routes:
             routes[name].update({k: v for k, v in entry.items() if k != "relay"})
     if cfg.relay_configured:
         mode = "relay"
@@ -62,7 +54,8 @@ def collect(cfg: config.Config, spool: layout.Spool, pid: int | None, counts: di
     }
 
 
-def _when(value: float) -> str:
+def when(value: float) -> str:
+    """A time as status and route list print it."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
 
 
@@ -86,8 +79,8 @@ def render(data: dict[str, object], now: float | None = None) -> str:
         for key, label in (("last_success", "last sent:  "), ("last_failure", "last failed:")):
             item = r.get(key)
             if isinstance(item, (list, tuple)) and len(item) == 2:
-                lines.append(f"  {label} {_when(float(item[0]))} {item[1]}")
+                lines.append(f"  {label} {when(float(item[0]))} {item[1]}")
         until = r.get("paused_until")
         if isinstance(until, (int, float)) and until > now:
-            lines.append(f"  PAUSED until {_when(float(until))}: {r.get('paused_because')}")
+            lines.append(f"  PAUSED until {when(float(until))}: {r.get('paused_because')}")
     return "\n".join(lines) + "\n"

@@ -34,7 +34,7 @@ PICKUP_FIFO = "pickup"
 class Spool:
     """Paths under one spool directory."""
 
-    __slots__ = ("path", "incoming", "queue", "failed", "quarantine", "pickup", "lock", "state")
+    __slots__ = ("path", "incoming", "queue", "failed", "quarantine", "pickup", "lock", "state", "route_state")
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -45,6 +45,7 @@ class Spool:
         self.pickup = os.path.join(path, PICKUP_FIFO)
         self.lock = os.path.join(path, "lock")
         self.state = os.path.join(path, "state")
+        self.route_state = os.path.join(self.state, "routes.json")  # routes' pauses, budgets, last outcomes
 
     def private_dirs(self) -> tuple[str, ...]:
         return (self.queue, self.failed, self.quarantine, self.state)

@@ -87,7 +87,7 @@ def make_transport(cfg: config.Config) -> Transport:
     if cfg.relay_configured:
         from pysendmail.daemon.transport.router import RouterTransport
 
-        return RouterTransport(cfg, helo_name(cfg), layout.Spool(cfg.spool_path).state)
+        return RouterTransport(cfg, helo_name(cfg), layout.Spool(cfg.spool_path).route_state)
     return MaildirTransport(cfg.maildir_path)
 
 
@@ -318,7 +318,7 @@ class QueueManager:
             }
         }
         state = {"routes": routes, "written": time.time()}
-        path = os.path.join(self.spool.state, "routes.json")
+        path = self.spool.route_state
         try:
             with open(path + ".tmp", "w") as fh:
                 json.dump(state, fh)

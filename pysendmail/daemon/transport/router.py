@@ -1,6 +1,6 @@
 """The routing transport: one SmtpTransport per account, chosen per message.
 
-Contract:   ``RouterTransport(cfg, helo, state_dir)`` is a Transport (see
+Contract:   ``RouterTransport(cfg, helo, state_file)`` is a Transport (see
             base.py) over every relay of the configuration.  For each
             message it chooses the route (routes.py), switches to the
             fallback while the primary is paused, held or down (never for
@@ -19,8 +19,6 @@ See also:   routes.py, sender.py, transport/smtp.py, qmgr.py.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 
 from pysendmail.core import config, log, rfc5322
@@ -33,9 +31,6 @@ from pysendmail.daemon.transport.smtp import SmtpTransport
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pysendmail.daemon.dkim import Signer
-
-STATE_FILE = "routes.json"
-
 
 class Route:
     def __init__(self, settings: routes.RelaySettings, helo: str) -> None:
@@ -60,7 +55,7 @@ class Route:
 
 
 class RouterTransport:
-    def __init__(self, cfg: config.Config, helo: str, state_dir: str | None = None) -> None:
+    def __init__(self, cfg: config.Config, helo: str, state_file: str | None = None) -> None:
         self.routing = routes.resolve(cfg)
         self.routes = {name: Route(s, helo) for name, s in self.routing.relays.items()}
         for route in self.routes.values():
@@ -70,10 +65,9 @@ class RouterTransport:
         self.tls_version = ""
         self.pool_size = sum(r.smtp.pool_size for r in self.routes.values())
         self.idle_timeout = min(r.smtp.idle_timeout for r in self.routes.values())
-        self.state_dir = state_dir
         self._signer: Signer | None = None
-        if state_dir:
-            self._restore(os.path.join(state_dir, STATE_FILE))
+        if state_file:
+            self._restore(state_file)
 
     @property
     def signer(self) -> Signer | None:
@@ -87,15 +81,9 @@ class RouterTransport:
             route.smtp.signer = value
 
     def _restore(self, path: str) -> None:
-        try:
-            with open(path) as fh:
-                data = json.load(fh)
-        except (OSError, ValueError):
-            return
-        saved = data.get("routes", {}) if isinstance(data, dict) else {}
-        for name, entry in saved.items():
+        for name, entry in routes.saved_state(path).items():
             route = self.routes.get(name)
-            if route is None or not isinstance(entry, dict):
+            if route is None:
                 continue
             for key in ("last_success", "last_failure"):
                 item = entry.get(key)
