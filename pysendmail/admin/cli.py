@@ -348,7 +348,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     dr = sub.add_parser("doctor", help="DNS checks: MX, SPF, DKIM, DMARC, HELO name",
                         description="Each line is OK, WARN or FAIL with the fix; exits 78 (EX_CONFIG) when something FAILs.")
     dr.add_argument("--domain", help="the sending domain (default: the first [[dkim]] domain or the account's)")
-    dr.add_argument("--nameserver", metavar="HOST[:PORT]", help="ask this DNS server instead of the system's")
+    dr.add_argument("--nameserver", metavar="IP[:PORT]", help="ask this DNS server instead of the system's")
     dr.add_argument("--json", action="store_true")
     from pysendmail.admin import dkimcmd, routecmd
 
@@ -402,11 +402,12 @@ def cmd_test(cfg: config.Config, to: str, route: str | None, sender: str | None,
 
 def cmd_doctor(cfg: config.Config, domain: str | None, nameserver: str | None, as_json: bool) -> int:
     from pysendmail.admin import doctor
+    from pysendmail.admin.dkimcmd import resolver
 
     domain = domain or doctor.default_domain(cfg)
     if not domain:
         raise errors.UsageError("doctor needs a domain: pass --domain (no [[dkim]] or account address names one)")
-    findings = doctor.check(cfg, domain, doctor.resolver(nameserver))
+    findings = doctor.check(cfg, domain, resolver(nameserver))
     if as_json:
         sys.stdout.write(json.dumps([{"level": lv, "text": t} for lv, t in findings], indent=2) + "\n")
     else:

@@ -32,6 +32,8 @@ from pysendmail.core import config, errors
 # the daemon among them, so each function below imports it when it runs.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import dns.resolver
+
     from pysendmail.daemon import dkim
 
 NAMESERVER_ENV = "PYSENDMAIL_NAMESERVER"
@@ -194,7 +196,8 @@ def write_key(path: str, pem: bytes, owner: tuple[int, int] | None) -> None:
 
 
 # ---------------------------------------------------------------- check
-def _resolver(nameserver: str | None) -> object:
+def resolver(nameserver: str | None) -> dns.resolver.Resolver:
+    """The system's resolver, or one that asks only ``IP``, ``IP:PORT`` or ``[IPv6]:PORT`` (dkim check, doctor)."""
     import dns.resolver
 
     if not nameserver:
@@ -245,14 +248,14 @@ def _same_public(published: bytes, key: dkim.Key) -> bool:
     return False
 
 
-def check_one(key: dkim.Key, resolver: object) -> tuple[str, str]:
+def check_one(key: dkim.Key, res: dns.resolver.Resolver) -> tuple[str, str]:
     """(verdict, sentence): verdict is ok, missing, mismatch or dnserror."""
     import dns.exception
     import dns.resolver
 
     name = key.name
     try:
-        answer = resolver.resolve(name, "TXT")  # type: ignore[attr-defined]
+        answer = res.resolve(name, "TXT")
     except dns.resolver.NXDOMAIN:
         return "missing", f"MISSING  {name}: no such name in DNS; publish the record below"
     except dns.resolver.NoAnswer:
@@ -288,13 +291,13 @@ def check(cfg: config.Config, domain: str | None, nameserver: str | None) -> int
     if not tables:
         what = f"for {domain} " if domain else ""
         raise errors.ConfigError(f"no [[dkim]] key {what}in {where}: make one with 'pysendmail dkim keygen'")
-    resolver = _resolver(nameserver)
+    res = resolver(nameserver)
     worst = 0
     for table in tables:
         key, warnings = dkim.load_key(table, where, fast=False)
         for text in warnings:
             sys.stderr.write(f"pysendmail: {text}\n")
-        verdict, sentence = check_one(key, resolver)
+        verdict, sentence = check_one(key, res)
         sys.stdout.write(sentence + "\n")
         if verdict in ("missing", "mismatch"):
             sys.stdout.write("         " + dkim.zone_line(key) + "\n")

@@ -6,9 +6,9 @@ Contract:   ``check(cfg, domain, resolver)`` returns [(level, text)] with
             provider include that sends for the domain; each [[dkim]]
             key of the domain published and equal to the key file; DMARC
             present, and aligned with how mail is signed and sent; the
-            HELO name resolving.  ``resolver(nameserver)`` builds the
-            dnspython resolver (``--nameserver HOST[:PORT]`` for tests and
-            split-horizon DNS).  ``pysendmail doctor`` exits 78 (EX_CONFIG)
+            HELO name resolving, asked through dkimcmd.resolver
+            (``--nameserver IP[:PORT]`` for tests and split-horizon DNS).
+            ``pysendmail doctor`` exits 78 (EX_CONFIG)
             when a line is FAIL (a record configures the domain wrongly,
             as for 'dkim check'), else 0.
 Security:   answers come from the network: they are compared, never
@@ -22,23 +22,11 @@ from __future__ import annotations
 import dns.exception
 import dns.resolver
 
+from pysendmail.admin.dkimcmd import check_one
 from pysendmail.core import config
 from pysendmail.core.errors import ConfigError
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
-
-
-def resolver(nameserver: str | None) -> dns.resolver.Resolver:
-    if not nameserver:
-        res = dns.resolver.Resolver()
-    else:
-        host, _, port = nameserver.rpartition(":") if nameserver.count(":") == 1 else (nameserver, "", "")
-        res = dns.resolver.Resolver(configure=False)
-        res.nameservers = [host]
-        if port:
-            res.port = int(port)
-    res.timeout = res.lifetime = 5
-    return res
 
 
 def _txt(res: dns.resolver.Resolver, name: str) -> list[str] | None:
@@ -131,14 +119,16 @@ def check(cfg: config.Config, domain: str, res: dns.resolver.Resolver) -> list[t
         except ConfigError as exc:
             out.append((FAIL, f"DKIM {name}: {exc}"))
             continue
-        mine = dkim.txt_record(key).rpartition("p=")[2]
-        found = _txt(res, name)
-        if found is None:
+        # The comparison 'pysendmail dkim check' makes (k=, revoked, one
+        # record per name, the key's numbers rather than its base64 text).
+        verdict, sentence = check_one(key, res)
+        if verdict == "dnserror":
             out.append((WARN, f"DKIM {name}: TXT lookup failed"))
-        elif not found:
+        elif verdict == "missing":
             out.append((FAIL, f"DKIM {name}: not published; publish {dkim.zone_line(key)}"))
-        elif not any(_tags(t).get("p") == mine for t in found):
-            out.append((FAIL, f"DKIM {name}: the published key is not the key in {table['key_file']}; "
+        elif verdict == "mismatch":
+            why = sentence.split(": ", 1)[-1].removesuffix("; publish the record below")
+            out.append((FAIL, f"DKIM {name}: the published key is not the key in {table['key_file']} ({why}); "
                               f"publish {dkim.zone_line(key)} (or a new selector)"))
         else:
             out.append((OK, f"DKIM {name}: published and matches {table['key_file']}"))
