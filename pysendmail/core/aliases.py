@@ -1,14 +1,17 @@
 """Local aliases: /etc/aliases syntax, the [aliases] table, and expansion.
 
 Contract:   ``parse(text, filename)`` returns {name: [target, ...]} or
-            raises AliasError naming file and line; ``Aliases.expand`` maps
+            raises AliasError naming ``file:line``; ``load`` merges a file
+            with the config's [aliases] (an error there names the TOML
+            file and the line of the key); ``Aliases.expand`` maps
             one envelope address to its final addresses, following chains,
             stopping at loops, qualifying what stays unqualified.
 Security:   pysendmail only relays: a pipe ("|cmd"), a file ("/path") or
             ":include:" is refused, because running commands or writing
             files on behalf of whoever sent the mail is exactly what a
             null client must never do.
-See also:   aliases(5); Postfix local(8) "ALIAS EXPANSION"; newaliases(1).
+See also:   aliases(5); Postfix local(8) "ALIAS EXPANSION", postalias(1);
+            newaliases(1).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def _refusal(target: str) -> str | None:
 
 
 def parse_targets(text: str, where: str) -> list[str]:
-    """The addresses of one alias's right-hand side."""
+    """The addresses of one alias's right-hand side; errors start with ``where``."""
     targets: list[str] = []
     for item in _split_commas(text):
         item = item.strip()
@@ -71,7 +74,10 @@ def _split_commas(text: str) -> list[str]:
 
 
 def parse(text: str, filename: str) -> dict[str, list[str]]:
-    """Parse aliases(5) text: ``name: a, b``, # comments, indented continuations."""
+    """Parse aliases(5) text: ``name: a, b``, # comments, indented continuations.
+
+    Errors read ``FILE:LINE: what``, LINE being the first line of the entry.
+    """
     entries: dict[str, list[str]] = {}
     logical: list[tuple[int, str]] = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -80,13 +86,13 @@ def parse(text: str, filename: str) -> dict[str, list[str]]:
             continue
         if line[:1] in (" ", "\t"):
             if not logical:
-                raise AliasError(f"{filename}, line {number}: a continuation line with nothing to continue")
+                raise AliasError(f"{filename}:{number}: a continuation line with nothing to continue")
             first, previous = logical[-1]
             logical[-1] = (first, previous + " " + stripped)
         else:
             logical.append((number, line))
     for number, line in logical:
-        where = f"{filename}, line {number}"
+        where = f"{filename}:{number}"
         text = line.strip()
         quoted = text.startswith('"')
         if quoted:
@@ -191,7 +197,11 @@ class Aliases:
 
 
 def load(aliases_file: str, config_table: dict[str, list[str]], config_name: str) -> dict[str, list[str]]:
-    """Merge the aliases file (if present) with the config's [aliases]."""
+    """Merge the aliases file (if present) with the config's [aliases].
+
+    An error in [aliases] starts ``FILE:LINE: [aliases] NAME`` when
+    ``config_name`` is the TOML file and the key is found in it.
+    """
     merged: dict[str, list[str]] = {}
     try:
         with open(aliases_file, encoding="utf-8", errors="surrogateescape") as fh:
@@ -201,5 +211,179 @@ def load(aliases_file: str, config_table: dict[str, list[str]], config_name: str
     except OSError as exc:
         raise AliasError(f"cannot read {aliases_file}: {exc.strerror}") from None
     for name, targets in config_table.items():
-        merged[name.lower()] = parse_targets(", ".join(targets), f"{config_name} [aliases] {name}")
+        try:
+            # One element at a time: a comma inside a list element is still
+            # read as aliases(5) reads it, and [] has no target.
+            checked: list[str] = []
+            for target in targets or [""]:
+                checked += parse_targets(target, "")
+        except AliasError as exc:
+            raise AliasError(config_where(config_name, name) + str(exc)) from None
+        merged[name.lower()] = checked
     return merged
+
+
+def config_line(config_name: str, name: str) -> int | None:
+    """The line of ``name`` in the [aliases] table of the TOML file ``config_name``, if found."""
+    try:
+        with open(config_name, encoding="utf-8", errors="replace") as fh:
+            return toml_key_line(fh.read(), "aliases", name)
+    except OSError:
+        return None
+
+
+def config_where(config_name: str, name: str) -> str:
+    """``FILE:LINE: [aliases] NAME`` for an entry of the config's [aliases] (``FILE [aliases] NAME`` without a line)."""
+    line = config_line(config_name, name)
+    return f"{config_name}:{line}: [aliases] {name}" if line else f"{config_name} [aliases] {name}"
+
+
+# ---------------------------------------------------------------- TOML positions
+def toml_key_line(text: str, table: str, key: str) -> int | None:
+    """The line (from 1) where ``key`` of ``[table]`` is defined in the TOML ``text``, else None.
+
+    tomllib gives no positions, so the text is read once, left to right,
+    tracking strings (basic, literal, multi-line), comments and brackets,
+    so that a "[x]" or "k =" inside a value is not taken for a header or
+    a key.  Finds ``[table]`` then ``key = ...``, the dotted ``table.key
+    = ...``, and ``[table.key]``.  The key as written wins; else the
+    first that matches without case (alias names have none, and
+    config.py lowercases them).  Linear in the length of the text.
+    """
+    want = key.lower()
+    loose: int | None = None
+    current: tuple[str, ...] = ()
+    depth = 0  # open [ or { of a value
+    closing: str | None = None  # the delimiter that ends an open multi-line string
+    for number, line in enumerate(text.splitlines(), 1):
+        i = 0
+        if closing is None and depth == 0:
+            stripped = line.lstrip()
+            start = len(line) - len(stripped)
+            if stripped.startswith("["):
+                width = 2 if stripped.startswith("[[") else 1
+                found = _key_path(stripped, width, "]" * width)
+                if found is not None:
+                    current = found[0]
+                    if len(current) == 2 and current[0] == table and current[1].lower() == want:
+                        if current[1] == key:
+                            return number
+                        loose = loose or number
+                    i = start + found[1]
+            else:
+                found = _key_path(stripped, 0, "=")
+                if found is not None:
+                    path = current + found[0]
+                    if len(path) >= 2 and path[0] == table and path[1].lower() == want:
+                        if path[1] == key:
+                            return number
+                        loose = loose or number
+                    i = start + found[1]
+        closing, depth = _scan_value(line, i, closing, depth)
+    return loose
+
+
+_ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r"}
+
+
+def _key_path(s: str, i: int, end: str) -> tuple[tuple[str, ...], int] | None:
+    """A dotted TOML key read from ``s[i]`` up to ``end``: (its parts, the index after ``end``), else None."""
+    parts: list[str] = []
+    n = len(s)
+    while True:
+        while i < n and s[i] in " \t":
+            i += 1
+        if i >= n:
+            return None
+        c = s[i]
+        if c == '"':
+            j = i + 1
+            chars: list[str] = []
+            while j < n and s[j] != '"':
+                if s[j] == "\\" and j + 1 < n:
+                    j += 1
+                    esc = s[j]
+                    if esc in "uU":
+                        width = 4 if esc == "u" else 8
+                        try:
+                            chars.append(chr(int(s[j + 1 : j + 1 + width], 16)))
+                        except ValueError:
+                            return None
+                        j += width
+                    else:
+                        chars.append(_ESCAPES.get(esc, esc))
+                else:
+                    chars.append(s[j])
+                j += 1
+            if j >= n:
+                return None
+            parts.append("".join(chars))
+            i = j + 1
+        elif c == "'":
+            j = s.find("'", i + 1)
+            if j < 0:
+                return None
+            parts.append(s[i + 1 : j])
+            i = j + 1
+        else:
+            j = i
+            while j < n and s[j].isascii() and (s[j].isalnum() or s[j] in "-_"):
+                j += 1
+            if j == i:
+                return None
+            parts.append(s[i:j])
+            i = j
+        while i < n and s[i] in " \t":
+            i += 1
+        if i < n and s[i] == ".":
+            i += 1
+            continue
+        if s.startswith(end, i):
+            return tuple(parts), i + len(end)
+        return None
+
+
+def _scan_value(line: str, i: int, closing: str | None, depth: int) -> tuple[str | None, int]:
+    """Read the rest of a line of values: (delimiter of a multi-line string still open, bracket depth)."""
+    n = len(line)
+    while i < n:
+        if closing is not None:
+            j = line.find(closing, i)
+            while j > 0 and closing == '"""' and _escaped(line, j):
+                j = line.find(closing, j + 1)
+            if j < 0:
+                return closing, depth
+            i = j + 3
+            closing = None
+            continue
+        c = line[i]
+        if c == "#":
+            break
+        if line.startswith('"""', i) or line.startswith("'''", i):
+            closing = line[i : i + 3]
+            i += 3
+            continue
+        if c == '"':
+            j = i + 1
+            while j < n and line[j] != '"':
+                j += 2 if line[j] == "\\" else 1
+            i = j + 1
+            continue
+        if c == "'":
+            j = line.find("'", i + 1)
+            i = n if j < 0 else j + 1
+            continue
+        if c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return closing, depth
+
+
+def _escaped(line: str, j: int) -> bool:
+    """True when the character at ``j`` follows an odd number of backslashes."""
+    k = j
+    while k > 0 and line[k - 1] == "\\":
+        k -= 1
+    return (j - k) % 2 == 1

@@ -304,12 +304,17 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
     if not isinstance(raw_aliases, dict):
         raise ConfigError(f"[aliases] in {where} must be a table")
     for name, target in raw_aliases.items():
+        if name.lower() in aliases:
+            # Alias names have no case (aliases(5)): Root and root would
+            # silently replace one another.
+            raise ConfigError(f"{_alias_where(path, where, name)}: alias {name.lower()!r} is defined twice "
+                              "(alias names are matched without case)")
         if isinstance(target, str):
             aliases[name.lower()] = [target]
         elif _typecheck(_LIST, target):
             aliases[name.lower()] = list(target)
         else:
-            raise ConfigError(f"aliases.{name} in {where} must be a string or a list of strings")
+            raise ConfigError(f"{_alias_where(path, where, name)}: aliases.{name} must be a string or a list of strings")
 
     spool = values["spool"]
     if spool["path"] is None:
@@ -344,6 +349,16 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
         if fallback is not None and fallback not in relays and fallback != DEFAULT_RELAY:
             raise ConfigError(f"{name}.fallback in {where} names {fallback!r}, which is no [relay.{fallback}] table")
     return Config(path, source, values, dkim, aliases, present, relays, routes)
+
+
+def _alias_where(path: str | None, where: str, name: str) -> str:
+    """``FILE:LINE`` of an [aliases] key (tomllib gives no positions), else where the config is."""
+    if path is None:
+        return where
+    from pysendmail.core.aliases import config_line
+
+    line = config_line(path, name)
+    return f"{path}:{line}" if line else path
 
 
 def _named_relays(raw: object, where: str, present: set[str]) -> dict[str, dict[str, object]]:

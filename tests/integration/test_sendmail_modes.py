@@ -5,6 +5,9 @@ run with PYSENDMAIL_CONFIG naming config A (what any command would use
 without -C) and ``-C`` naming config B, and must act on B alone: B's
 queue, B's aliases, B's spool.  Before the fix -q, -q15m and -bd exited 64
 ("pysendmail: unrecognized arguments: -C FILE").
+
+newaliases (and sendmail -bi) name ``FILE:LINE`` of a malformed alias in
+the TOML [aliases] table too, as they do for /etc/aliases.
 """
 
 from __future__ import annotations
@@ -96,3 +99,25 @@ def test_sendmail_bd_runs_the_daemon_on_the_spool_of_the_c_file_when_the_environ
     assert code == 0, (tmp_path / "daemon.log").read_text()
     assert f"spool {b.spool}" in (tmp_path / "daemon.log").read_text()
     assert a.delivered() == [] and len(a.incoming()) == 1
+
+
+# ------------------------------------------------------------ newaliases: FILE:LINE in the TOML
+@pytest.mark.parametrize("how", [("newaliases",), ("sendmail", "-bi"), ("pysendmail", "newaliases")])
+def test_newaliases_names_the_toml_file_and_line_when_a_config_alias_is_a_pipe(env: Env, how: tuple[str, ...]) -> None:
+    text = env.config.read_text() + '\n[aliases]\nroot = "admin@example.net"\n# spam filter\nspam = "|/usr/bin/spamc"\n'
+    env.config.write_text(text)
+    line = text.splitlines().index('spam = "|/usr/bin/spamc"') + 1
+    proc = env.run(*how)
+    assert proc.returncode == 65
+    err = proc.stderr.decode()
+    assert f"{env.config}:{line}: [aliases] spam: '|/usr/bin/spamc' is a pipe to a command" in err
+    assert err.count("\n") == 1
+
+
+def test_newaliases_names_the_toml_file_and_line_when_a_config_alias_is_not_a_string(env: Env) -> None:
+    text = env.config.read_text() + '\n[aliases]\nroot = "admin@example.net"\nops = 42\n'
+    env.config.write_text(text)
+    line = text.splitlines().index("ops = 42") + 1
+    proc = env.run("newaliases")
+    assert proc.returncode == 78
+    assert f"{env.config}:{line}: aliases.ops must be a string or a list of strings" in proc.stderr.decode()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pysendmail.core.aliases import MAX_DEPTH, AliasError, Aliases, load, parse, parse_targets
+from pysendmail.core.aliases import MAX_DEPTH, AliasError, Aliases, load, parse, parse_targets, toml_key_line
 
 
 # ------------------------------------------------------------ parsing
@@ -67,7 +67,7 @@ def test_parse_accepts_display_names_and_comments_when_targets_use_them() -> Non
     ],
 )
 def test_parse_raises_naming_file_and_line_when_a_name_is_defined_twice(text: str, line: int) -> None:
-    with pytest.raises(AliasError, match=f"/etc/aliases, line {line}: alias 'root' is defined twice"):
+    with pytest.raises(AliasError, match=f"/etc/aliases:{line}: alias 'root' is defined twice"):
         parse(text, "/etc/aliases")
 
 
@@ -85,7 +85,7 @@ def test_parse_refuses_with_the_explanation_when_a_target_is_a_pipe_file_or_incl
     with pytest.raises(AliasError) as info:
         parse(f"ok: a@example.org\nbad: b@example.org, {target}\n", "/etc/aliases")
     text = str(info.value)
-    assert text.startswith("/etc/aliases, line 2: ")
+    assert text.startswith("/etc/aliases:2: ")
     assert why in text
     assert "pysendmail only relays mail, so aliases may only name addresses" in text
 
@@ -93,26 +93,26 @@ def test_parse_refuses_with_the_explanation_when_a_target_is_a_pipe_file_or_incl
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("  indented: a@example.org\n", "line 1: a continuation line with nothing to continue"),
-        ("no colon here\n", "line 1: expected 'name: address, ...'"),
-        ("ok: a@example.org\ntwo words: a@example.org\n", "line 2: expected 'name: address, ...'"),
-        ("x@example.org: a@example.org\n", "line 1: expected 'name: address, ...'"),
-        (": a@example.org\n", "line 1: expected 'name: address, ...'"),
-        ('"unterminated: a@example.org\n', "line 1: expected 'name: address, ...'"),
-        ("empty:\n", "line 1: the alias has no target address"),
-        ("empty: , ,\n", "line 1: the alias has no target address"),
-        ("x: John Smith\n", "line 1: 'John Smith' is not an address"),
-        ("x: a..b@example.org\n", "line 1: 'a..b@example.org' is not an address"),
+        ("  indented: a@example.org\n", ":1: a continuation line with nothing to continue"),
+        ("no colon here\n", ":1: expected 'name: address, ...'"),
+        ("ok: a@example.org\ntwo words: a@example.org\n", ":2: expected 'name: address, ...'"),
+        ("x@example.org: a@example.org\n", ":1: expected 'name: address, ...'"),
+        (": a@example.org\n", ":1: expected 'name: address, ...'"),
+        ('"unterminated: a@example.org\n', ":1: expected 'name: address, ...'"),
+        ("empty:\n", ":1: the alias has no target address"),
+        ("empty: , ,\n", ":1: the alias has no target address"),
+        ("x: John Smith\n", ":1: 'John Smith' is not an address"),
+        ("x: a..b@example.org\n", ":1: 'a..b@example.org' is not an address"),
     ],
 )
 def test_parse_raises_naming_file_and_line_when_a_line_is_malformed(text: str, fragment: str) -> None:
-    with pytest.raises(AliasError, match="^/etc/aliases, ") as info:
+    with pytest.raises(AliasError, match="^/etc/aliases:") as info:
         parse(text, "/etc/aliases")
     assert fragment in str(info.value)
 
 
 def test_parse_reports_the_first_line_of_an_entry_when_its_continuation_is_bad() -> None:
-    with pytest.raises(AliasError, match="f, line 2: 'John Smith' is not an address"):
+    with pytest.raises(AliasError, match="f:2: 'John Smith' is not an address"):
         parse("a: b@example.org\nstaff: x@example.org,\n  John Smith\n", "f")
 
 
@@ -227,3 +227,59 @@ def test_loops_reports_nothing_when_chains_end() -> None:
 def test_loops_follows_local_domains_when_targets_are_qualified() -> None:
     a = table(a=["b@localhost"], b=["a@host.example.org"])
     assert [sorted(set(c)) for c in a.loops()] == [["a", "b"]]
+
+
+# ------------------------------------------------------------ TOML positions (newaliases FILE:LINE)
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('[spool]\npath = "/x"\n\n[aliases]\nroot = "a@x"\nspam = "|cmd"\n', 6),
+        ('[aliases]\n  "spam" = "|cmd"\n', 2),
+        ("[aliases]\n'spam' = '|cmd'\n", 2),
+        ('[ aliases ] # comment\nspam="|cmd"\n', 2),
+        ('aliases.spam = "|cmd"\n', 1),
+        ('[aliases.spam]\nx = 1\n', 1),
+        ('[aliases]\nSpam = "|cmd"\n', 2),
+        # Look-alikes inside values must not count: a multi-line string,
+        # a multi-line array of another table, a key of another table.
+        ('[relay]\nhelo = """\n[aliases]\nspam = "no"\n"""\n[aliases]\nspam = "|cmd"\n', 7),
+        ("[relay]\nhelo = '''\n[aliases]\nspam = 1\n'''\n[aliases]\nspam = 2\n", 7),
+        ('[relay]\npassword_command = [\n  "[aliases]",\n  "spam = 1",\n]\n[aliases]\nspam = "|x"\n', 7),
+        ('[relay]\nspam = "x"\n[aliases]\nroot = "a@x"\nspam = ["a@x",\n  "|cmd"]\n', 5),
+        ('[aliases]\nroot = "a # b" # spam = 1\nspam = "|cmd"\n', 3),
+        ('[aliases]\n"sp\\u0061m" = "|cmd"\n', 2),
+        ('[[route]]\nrelay = "x"\n[aliases]\nspam = "|cmd"\n', 4),
+    ],
+)
+def test_toml_key_line_finds_the_key_of_the_table_when_written_any_toml_way(text: str, line: int) -> None:
+    import tomllib
+
+    tomllib.loads(text)  # each case is valid TOML
+    assert toml_key_line(text, "aliases", "spam") == line
+
+
+def test_toml_key_line_prefers_the_key_as_written_when_two_differ_only_in_case() -> None:
+    text = '[aliases]\nroot = "a@x"\nRoot = "b@x"\n'
+    assert toml_key_line(text, "aliases", "Root") == 3
+    assert toml_key_line(text, "aliases", "root") == 2
+    assert toml_key_line(text, "aliases", "ROOT") == 2
+
+
+def test_toml_key_line_is_none_when_the_key_is_absent() -> None:
+    assert toml_key_line('[relay]\nspam = "x"\n[aliases]\nroot = "a@x"\n', "aliases", "spam") is None
+
+
+def test_load_names_toml_file_and_line_when_a_config_alias_is_a_pipe(tmp_path: Path) -> None:
+    cfg = tmp_path / "pysendmail.toml"
+    cfg.write_text('[spool]\npath = "/x"\n\n[aliases]\nroot = "a@example.org"\nspam = ["b@example.org", "|/bin/sh"]\n')
+    with pytest.raises(AliasError) as info:
+        load(str(tmp_path / "absent"), {"root": ["a@example.org"], "spam": ["b@example.org", "|/bin/sh"]}, str(cfg))
+    assert str(info.value).startswith(f"{cfg}:6: [aliases] spam: '|/bin/sh' is a pipe to a command")
+
+
+def test_load_refuses_naming_the_line_when_a_config_alias_is_an_empty_list(tmp_path: Path) -> None:
+    cfg = tmp_path / "pysendmail.toml"
+    cfg.write_text("[aliases]\n\nroot = []\n")
+    with pytest.raises(AliasError, match=f"^{cfg}:3: \\[aliases\\] root: the alias has no target address"):
+        load(str(tmp_path / "absent"), {"root": []}, str(cfg))
+

@@ -378,3 +378,18 @@ def test_hostname_prefers_a_dotted_fqdn_and_never_picks_localhost_over_the_host_
     monkeypatch.setattr(socket, "getfqdn", lambda: fqdn)
     monkeypatch.setattr(socket, "gethostname", lambda: nodename)
     assert config.load(None).hostname() == expected
+
+
+# ------------------------------------------------------------ [aliases] positions (newaliases FILE:LINE)
+def test_load_names_file_and_line_when_an_alias_value_has_the_wrong_type(clean_environ: Path) -> None:
+    path = toml(clean_environ / "bad.toml", '[spool]\npath = "/x"\n\n[aliases]\nroot = "a@example.org"\nops = 1\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(str(path))
+    assert str(info.value) == f"{path}:6: aliases.ops must be a string or a list of strings"
+
+
+def test_load_refuses_naming_the_second_line_when_an_alias_is_defined_twice_in_another_case(clean_environ: Path) -> None:
+    path = toml(clean_environ / "bad.toml", '[aliases]\nroot = "a@example.org"\nRoot = "b@example.org"\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(str(path))
+    assert str(info.value).startswith(f"{path}:3: alias 'root' is defined twice")
