@@ -114,22 +114,36 @@ def cmd_mailq(cfg: config.Config, as_json: bool) -> int:
 
 
 def cmd_newaliases(cfg: config.Config) -> int:
+    from pysendmail.daemon.qmgr import make_context
+
     path = str(cfg.get("host", "aliases_file"))
     try:
-        table = aliases.load(path, cfg.aliases, cfg.path or "config")
+        checker = make_context(cfg).aliases  # errors name FILE:LINE, in the aliases file or the TOML
     except aliases.AliasError as exc:
         raise errors.DataError(str(exc)) from None
-    checker = aliases.Aliases(table, "localhost")
+    table = checker.table
     loops = checker.loops()
     if loops:
         shown = "; ".join(" -> ".join(cycle) for cycle in loops)
         raise errors.DataError(f"alias loop: {shown}; break the cycle in {path} or [aliases]")
+    if cfg.relay_configured:
+        # Valid, but mail would bounce: say so now rather than in a DSN.
+        if aliases.CATCH_ALL not in table:
+            sys.stderr.write(
+                "newaliases: warning: root has no alias: with a relay configured, mail for root and for local "
+                f'names without an alias (root@localhost, www-data) bounces; set [aliases] root = "you@example.org" '
+                f"in {cfg.path}\n"
+            )
+        for name, targets in sorted(table.items()):
+            if any(checker.local_name(t) == name for t in targets):
+                sys.stderr.write(f"newaliases: warning: alias {name} names itself; with a relay configured that "
+                                 "copy cannot be kept and bounces\n")
     sys.stdout.write(f"newaliases: {len(table)} aliases checked ({path} and [aliases]): ok\n")
     return 0
 
 
 def verify(config_path: str | None, addresses: list[str]) -> int:
-    """sendmail -bv: what each address resolves to, after aliases."""
+    """sendmail -bv: what each address resolves to, after aliases; 65 when one cannot be delivered."""
     from pysendmail.core import rfc5322
     from pysendmail.daemon.qmgr import make_context
 
@@ -140,15 +154,20 @@ def verify(config_path: str | None, addresses: list[str]) -> int:
         ctx = make_context(cfg)
     except aliases.AliasError as exc:
         raise errors.DataError(str(exc)) from None
+    code = 0
     for arg in addresses:
         try:
             found = rfc5322.parse_recipient_arg(arg)
         except rfc5322.AddressError as exc:
             raise errors.DataError(str(exc)) from None
         for addr in found:
-            final = ctx.aliases.expand(addr)
-            sys.stdout.write(f"{addr}... deliverable: {', '.join(final)}\n")
-    return 0
+            final, refused = ctx.aliases.resolve(addr)
+            if final:
+                sys.stdout.write(f"{addr}... deliverable: {', '.join(final)}\n")
+            for where, why in refused:
+                sys.stdout.write(f"{addr}... undeliverable: {where}: {why}\n")
+                code = errors.EX_DATAERR
+    return code
 
 
 def _ask_daemon(spool: layout.Spool, pid: int) -> bool:

@@ -87,6 +87,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "name": (_STR, None),
         "default_domain": (_STR, None),
         "aliases_file": (_STR, "/etc/aliases"),
+        "local_domains": (_LIST, None),  # besides localhost and the host's own names (core/aliases.py)
     },
     "maildir": {
         "path": (_STR, None),
@@ -203,23 +204,45 @@ class Config:
         name = self.values["host"]["name"]
         if name:
             return str(name)
+        return system_hostname()
+
+    def local_domains(self) -> tuple[str, ...]:
+        """The domains whose mail is resolved here through the aliases, never relayed as it is.
+
+        localhost, localhost.localdomain, the host's own names (the kernel's
+        host name, its first label, the FQDN as hostname() finds it,
+        host.name) and host.local_domains.  core/aliases.py LocalDomains
+        adds .localhost names and loopback literals, and compares them.
+        """
         import socket
 
-        # getfqdn() returns the first dotted name of the address the host
-        # name resolves to, else that address's canonical name: on the
-        # common "127.0.0.1 localhost myhost" line of /etc/hosts, that is
-        # "localhost", which would put From: root@localhost in cron mail.
-        # A dotted answer is the FQDN; otherwise the kernel's host name is
-        # the better guess (Postfix's myhostname does the same).
-        fqdn = socket.getfqdn()
-        if "." in fqdn and not fqdn.startswith("localhost"):
-            return fqdn
-        return socket.gethostname() or fqdn or "localhost"
+        kernel = socket.gethostname()
+        names = ["localhost", "localhost.localdomain", self.hostname(), system_hostname(), kernel, kernel.split(".")[0]]
+        extra = self.values["host"]["local_domains"]
+        if isinstance(extra, list):
+            names += extra
+        return tuple(dict.fromkeys(n for n in names if n))
 
     def default_domain(self) -> str:
         """The domain given to unqualified addresses (root, www-data)."""
         domain = self.values["host"]["default_domain"]
         return str(domain) if domain else self.hostname()
+
+
+def system_hostname() -> str:
+    """The host's FQDN if it has one, else its kernel host name."""
+    import socket
+
+    # getfqdn() returns the first dotted name of the address the host
+    # name resolves to, else that address's canonical name: on the
+    # common "127.0.0.1 localhost myhost" line of /etc/hosts, that is
+    # "localhost", which would put From: root@localhost in cron mail.
+    # A dotted answer is the FQDN; otherwise the kernel's host name is
+    # the better guess (Postfix's myhostname does the same).
+    fqdn = socket.getfqdn()
+    if "." in fqdn and not fqdn.startswith("localhost"):
+        return fqdn
+    return socket.gethostname() or fqdn or "localhost"
 
 
 def _typecheck(kind: str, value: object) -> bool:
@@ -304,12 +327,22 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
     if not isinstance(raw_aliases, dict):
         raise ConfigError(f"[aliases] in {where} must be a table")
     for name, target in raw_aliases.items():
+        if name.lower() in aliases:
+            # Alias names have no case (aliases(5)): Root and root would
+            # silently replace one another.
+            raise ConfigError(f"{_alias_where(path, where, name)}: alias {name.lower()!r} is defined twice "
+                              "(alias names are matched without case)")
         if isinstance(target, str):
             aliases[name.lower()] = [target]
         elif _typecheck(_LIST, target):
             aliases[name.lower()] = list(target)
         else:
-            raise ConfigError(f"aliases.{name} in {where} must be a string or a list of strings")
+            raise ConfigError(f"{_alias_where(path, where, name)}: aliases.{name} must be a string or a list of strings")
+    local_domains = values["host"]["local_domains"]
+    for domain in local_domains if isinstance(local_domains, list) else []:
+        if not domain.strip(".") or any(c in domain for c in "@ \t,/:"):
+            raise ConfigError(f"host.local_domains in {where}: {domain!r} is not a domain name (write it as "
+                              "example.internal, without a user or a port)")
 
     spool = values["spool"]
     if spool["path"] is None:
@@ -344,6 +377,16 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
         if fallback is not None and fallback not in relays and fallback != DEFAULT_RELAY:
             raise ConfigError(f"{name}.fallback in {where} names {fallback!r}, which is no [relay.{fallback}] table")
     return Config(path, source, values, dkim, aliases, present, relays, routes)
+
+
+def _alias_where(path: str | None, where: str, name: str) -> str:
+    """``FILE:LINE`` of an [aliases] key (tomllib gives no positions), else where the config is."""
+    if path is None:
+        return where
+    from pysendmail.core.aliases import config_line
+
+    line = config_line(path, name)
+    return f"{path}:{line}" if line else path
 
 
 def _named_relays(raw: object, where: str, present: set[str]) -> dict[str, dict[str, object]]:

@@ -3,8 +3,11 @@
 Contract:   ``make_bounce(msg, failures, ctx, postmaster)`` returns
             (envelope, message, queue id) of a multipart/report DSN, or None when no
             bounce may be sent: the null sender (a bounce is never bounced,
-            RFC 5321 4.5.5).  Local senders (www-data, cron's root) are
-            sent where the aliases say, else to ``queue.postmaster``.
+            RFC 5321 4.5.5), or when the sender is this host's own address
+            and neither an alias, ``queue.postmaster`` nor the root alias
+            says where it goes while a relay is configured.  Local senders
+            (www-data, cron's root) are sent where the aliases say, else to
+            ``queue.postmaster``, else where the root alias says.
 See also:   RFC 3464 (message/delivery-status), RFC 6522
             (multipart/report), RFC 3462; Postfix bounce(8) texts.
 """
@@ -17,6 +20,7 @@ import time
 
 from pysendmail.core import qid as qidmod
 from pysendmail.core import spoolfile
+from pysendmail.core.aliases import split_address, unquote_local
 from pysendmail.core.queue import QueuedMessage
 from pysendmail.daemon.cleanup import Context
 
@@ -26,17 +30,30 @@ HEADERS_ONLY_LIMIT = 64 * 1024
 def bounce_recipients(sender: str, ctx: Context, postmaster: str | None) -> list[str]:
     if not sender:
         return []
-    local, _, domain = sender.rpartition("@")
-    if domain.lower() in ctx.aliases.local_domains | {ctx.aliases.default_domain.lower()}:
-        name = local.lower()
-        if name in ctx.aliases.table:
-            return ctx.aliases.expand(name)
+    aliases = ctx.aliases
+    local, domain = split_address(sender)
+    name = unquote_local(local).lower()
+    if aliases.is_local(sender):
+        # This host's own address (cron's root, www-data, root@vm): where its
+        # alias sends it, else the postmaster, else the root alias.  With a
+        # relay and none of these, nobody can get it (it is never relayed
+        # as root@localhost): no bounce, the copy stays in failed/.
+        if name in aliases.table:
+            found = aliases.expand(sender)
+            if found:
+                return found
+        if postmaster:
+            return aliases.expand(postmaster)
+        return aliases.expand(sender)
+    if domain is not None and domain.lower() == aliases.default_domain.lower():
+        if name in aliases.table:
+            return aliases.expand(name)
         # Only an account of this host (www-data, cron's root, a login)
         # has no mailbox behind its qualified address; a person at the
         # default domain (alice@example.org with no local account) does,
         # and gets the bounce there.
         if postmaster and _is_local_account(name):
-            return [postmaster]
+            return aliases.expand(postmaster)
     return [sender]
 
 

@@ -1,12 +1,20 @@
 """Cleanup: make a picked-up message fit to queue, once, before delivery.
 
 Contract:   ``clean(env, message, qid, ctx)`` returns the (envelope,
-            message) to write into queue/: every line ends CRLF; Bcc and
+            message, refused) to write into queue/: every line ends CRLF; Bcc and
             Resent-Bcc and any Return-Path removed; From, Date and
             Message-ID added when missing (as a real MTA does); a Received
             line naming the submitting user and uid prepended; bare names
             in address fields qualified (cron's "From: root"); sender and
             recipients qualified and recipients expanded through aliases.
+            Local recipients (root@localhost, root@<short name>, bare
+            names at a local default domain, [host] local_domains) resolve
+            through the aliases and the root catch-all (core/aliases.py);
+            one that cannot is kept in the envelope and listed in
+            ``refused`` {index: "5.x.x reason"}, which ``refusal_records``
+            turns into failed records: it bounces and is never relayed.
+            A sender at this host's unqualified names (root@vm,
+            root@localhost) gets the default domain, as a bare one does.
 Security:   the message and envelope come from any local user.  The uid
             used in Received is the file owner's, which pickup supplies:
             the envelope's own claim is never believed.
@@ -20,7 +28,7 @@ import base64
 import email.utils
 import time
 
-from pysendmail.core import rfc5322, spoolfile
+from pysendmail.core import log, rfc5322, spoolfile
 from pysendmail.core.aliases import Aliases
 from pysendmail.submit.intake import normalise_newlines
 
@@ -72,7 +80,7 @@ def _qualified(name: str, value: bytes, domain: str) -> bytes:
 
 def clean(
     env: spoolfile.Envelope, message: bytes, qid: str, ctx: Context, owner: tuple[int, str]
-) -> tuple[spoolfile.Envelope, bytes]:
+) -> tuple[spoolfile.Envelope, bytes, dict[int, str]]:
     message = normalise_newlines(message)
     head, body = rfc5322.split_message(message)
     fields = rfc5322.header_fields(head)
@@ -81,7 +89,7 @@ def clean(
     now = time.time()
     date = email.utils.formatdate(now, localtime=True)
 
-    sender = ctx.aliases.qualify(env.sender) if env.sender else ""
+    sender = ctx.aliases.qualify_sender(env.sender)
     added: list[bytes] = []
     if "from" not in names:
         address = sender or f"MAILER-DAEMON@{ctx.hostname}"
@@ -103,13 +111,7 @@ def clean(
     out += added
     new_message = b"\r\n".join(out) + b"\r\n\r\n" + body
 
-    recipients: list[str] = []
-    seen: set[str] = set()
-    for rcpt in env.recipients:
-        for final in ctx.aliases.expand(rcpt):
-            if final.lower() not in seen:
-                seen.add(final.lower())
-                recipients.append(final)
+    recipients, refused = resolve_recipients(env.recipients, ctx)
     new_env = spoolfile.Envelope(
         sender,
         recipients,
@@ -122,4 +124,40 @@ def clean(
         ret=env.ret,
         body="7BIT" if new_message.isascii() else "8BITMIME",
     )
-    return new_env, new_message
+    return new_env, new_message, refused
+
+
+def resolve_recipients(given: list[str], ctx: Context) -> tuple[list[str], dict[int, str]]:
+    """The envelope's recipients after aliases, and {index: reason} of those that cannot be delivered."""
+    recipients: list[str] = []
+    refused: dict[int, str] = {}
+    seen: set[str] = set()
+    for rcpt in given:
+        found, bad = ctx.aliases.resolve(rcpt)
+        for final in found:
+            if final.lower() not in seen:
+                seen.add(final.lower())
+                recipients.append(final)
+        for addr, why in bad:
+            if addr.lower() not in seen:
+                seen.add(addr.lower())
+                refused[len(recipients)] = why
+                recipients.append(addr)
+    return recipients, refused
+
+
+def refusal_records(refused: dict[int, str], now: float) -> bytes:
+    """The failed records that go into the new queue file with the envelope: those recipients bounce."""
+    # A reason quotes the config path: a line break there must not make
+    # the record unwritable (and pickup fail on every message).
+    return b"".join(
+        spoolfile.encode_record("failed", i, f"{now:.3f}", " ".join(why.split())) for i, why in sorted(refused.items())
+    )
+
+
+def log_refused(qid: str, env: spoolfile.Envelope, refused: dict[int, str], now: float) -> None:
+    """One Postfix-shaped line per refused recipient (local(8) logs relay=local, status=bounced)."""
+    for i, why in sorted(refused.items()):
+        dsn, _, text = why.partition(" ")
+        log.event(qid, f"to=<{env.recipients[i]}>", relay="local", delay=f"{now - env.time:.2f}", dsn=dsn,
+                  status=f"bounced ({text})")

@@ -2,8 +2,10 @@
 
 Contract:   ``pickup_all(spool, ctx, max_size, limit)`` takes ready files in
             incoming/, validates it, runs cleanup, writes queue/<qid>
-            durably and only then unlinks the incoming file.  Returns the
-            queue ids it queued.  Never raises for what a user planted:
+            durably and only then unlinks the incoming file; recipients
+            that cleanup refuses (a local name nothing aliases, with a
+            relay) are failed in that same file and logged as bounced.
+            Returns the queue ids it queued.  Never raises for what a user planted:
             such entries are moved to quarantine/ with one log line (a
             directory the daemon may not move is removed if empty, else
             left, logged once and skipped).  Entries left alone do not
@@ -191,8 +193,11 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
         _quarantine(spool, name, f"envelope uid {env.uid} is not the file owner's uid {st.st_uid}")
         return None
     owner = (st.st_uid, _owner_name(st.st_uid))
-    new_env, new_message = cleanup.clean(env, message, name, ctx, owner)
-    queue.write_new(spool.queue, name, spoolfile.encode(new_env, new_message))
+    new_env, new_message, refused = cleanup.clean(env, message, name, ctx, owner)
+    now = time.time()
+    # Local recipients with nowhere to go are failed in the same atomic
+    # write: they bounce, and can never reach the relay.
+    queue.write_new(spool.queue, name, spoolfile.encode(new_env, new_message) + cleanup.refusal_records(refused, now))
     os.unlink(path)
     log.event(
         name,
@@ -201,4 +206,5 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
         size=len(new_message),
         nrcpt=len(new_env.recipients),
     )
+    cleanup.log_refused(name, new_env, refused, now)
     return name

@@ -64,8 +64,10 @@ def parse_schedule(values: list[str] | None, where: str) -> tuple[int, ...]:
 
 def make_context(cfg: config.Config) -> cleanup.Context:
     table = aliases.load(str(cfg.get("host", "aliases_file")), cfg.aliases, cfg.path or "config")
-    hostname = cfg.hostname()
-    return cleanup.Context(hostname, aliases.Aliases(table, cfg.default_domain(), (hostname,)))
+    # Local names resolve here; with a relay nothing is delivered on this host.
+    resolver = aliases.Aliases(table, cfg.default_domain(), cfg.local_domains(),
+                               local_delivery=not cfg.relay_configured, where=cfg.path or "pysendmail.toml")
+    return cleanup.Context(cfg.hostname(), resolver)
 
 
 _warned_helo = False
@@ -259,7 +261,10 @@ class QueueManager:
         """Queue the DSN for ``msg``'s failures, once (the id is derived from msg's)."""
         made = bounce.make_bounce(msg, msg.failed, self.ctx, self.postmaster)
         if made is None:
-            log.event(msg.qid, "no bounce: the sender is the null sender")
+            sender = msg.envelope.sender
+            log.event(msg.qid, "no bounce: the sender is the null sender" if not sender else
+                      f"no bounce: the sender <{sender}> is this host's own address, and no alias, "
+                      "queue.postmaster or root alias says where its mail goes")
             return
         env, text, _ = made
         # A deterministic id: a crash after queueing the bounce but before

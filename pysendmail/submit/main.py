@@ -120,17 +120,21 @@ def dispatch(prog: str, args: list[str]) -> int:
         return bs.serve(_open_spool(settings), settings.max_message_size, opts, sys.stdin.buffer, sys.stdout.buffer)
     from pysendmail.admin import cli
 
+    # -C is the pysendmail command's global option: it goes before the
+    # subcommand ("pysendmail flush -C FILE" was a usage error, exit 64);
+    # mailq and newaliases take it after their name, as they always did.
+    given = ["-C", opts.config] if opts.config else []
     if opts.mode == "mailq":
-        return cli.main(["mailq"] + (["-C", opts.config] if opts.config else []))
+        return cli.main(["mailq"] + given)
     if opts.mode == "newaliases":
-        return cli.main(["newaliases"] + (["-C", opts.config] if opts.config else []))
+        return cli.main(["newaliases"] + given)
     if opts.mode == "verify":
         return cli.verify(opts.config, opts.recipients)
     if opts.mode == "flush":
-        return cli.main(["flush"] + (["-C", opts.config] if opts.config else []))
+        return cli.main(given + ["flush"])
     if opts.mode == "daemon":
         extra = ["--interval", str(opts.queue_interval)] if opts.queue_interval else []
-        return cli.main(["daemon"] + extra + (["-C", opts.config] if opts.config else []))
+        return cli.main(given + ["daemon"] + extra)
     raise AssertionError(opts.mode)
 
 

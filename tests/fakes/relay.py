@@ -5,6 +5,7 @@ first byte, as on 465), "starttls" (587, STARTTLS required before AUTH and
 MAIL) or "plain" (no TLS offered at all).  It records every accepted
 transaction (envelope and the exact bytes received), every login, every
 MAIL command even when refused or never followed by DATA (``mail_commands``),
+every RCPT command likewise (``rcpt_commands``),
 and every command word received in clear (``plaintext_commands``;
 ``saw_plaintext_mail`` when one was MAIL, RCPT, DATA or AUTH).  Faults
 are set per test through attributes: ``rcpt_replies``, ``mail_reply``,
@@ -124,6 +125,8 @@ class _Handler:
         return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        with self.relay.cond:
+            self.relay.rcpt_commands.append(address)
         reply = self.relay.rcpt_replies.get(address)
         if reply:
             return reply
@@ -198,6 +201,7 @@ class Relay:
         self.password = password
         self.messages: list[Received] = []
         self.mail_commands: list[str] = []  # every MAIL FROM address that reached the handler
+        self.rcpt_commands: list[str] = []  # every RCPT TO address, accepted or refused
         self.plaintext_commands: list[str] = []  # first word of every line received in clear
         self.logins = 0
         self.oauth_token = "ya29.test-token-" + PASSWORD[::-1]

@@ -515,7 +515,7 @@ def test_newaliases_exits_nonzero_naming_file_and_line_when_a_line_is_bad(env: E
     proc = env.run(*how)
     err = proc.stderr.decode()
     assert proc.returncode == 65
-    assert f"{env.aliases_file}, line 3: expected 'name: address, ...'" in err
+    assert f"{env.aliases_file}:3: expected 'name: address, ...'" in err
     assert err.count("\n") == 1
 
 
@@ -523,7 +523,7 @@ def test_newaliases_exits_nonzero_naming_the_pipe_when_an_alias_runs_a_command(e
     env.aliases_file.write_text("root: admin@example.net\nspam: |/usr/bin/spamassassin\n")
     proc = env.run("newaliases")
     assert proc.returncode == 65
-    assert f"{env.aliases_file}, line 2: '|/usr/bin/spamassassin' is a pipe to a command" in proc.stderr.decode()
+    assert f"{env.aliases_file}:2: '|/usr/bin/spamassassin' is a pipe to a command" in proc.stderr.decode()
 
 
 def test_newaliases_exits_nonzero_naming_the_cycle_when_aliases_loop(env: Env) -> None:

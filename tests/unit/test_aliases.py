@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pysendmail.core.aliases import MAX_DEPTH, AliasError, Aliases, load, parse, parse_targets
+from pysendmail.core.aliases import MAX_DEPTH, AliasError, Aliases, LocalDomains, load, parse, parse_targets, toml_key_line
 
 
 # ------------------------------------------------------------ parsing
@@ -67,7 +67,7 @@ def test_parse_accepts_display_names_and_comments_when_targets_use_them() -> Non
     ],
 )
 def test_parse_raises_naming_file_and_line_when_a_name_is_defined_twice(text: str, line: int) -> None:
-    with pytest.raises(AliasError, match=f"/etc/aliases, line {line}: alias 'root' is defined twice"):
+    with pytest.raises(AliasError, match=f"/etc/aliases:{line}: alias 'root' is defined twice"):
         parse(text, "/etc/aliases")
 
 
@@ -85,7 +85,7 @@ def test_parse_refuses_with_the_explanation_when_a_target_is_a_pipe_file_or_incl
     with pytest.raises(AliasError) as info:
         parse(f"ok: a@example.org\nbad: b@example.org, {target}\n", "/etc/aliases")
     text = str(info.value)
-    assert text.startswith("/etc/aliases, line 2: ")
+    assert text.startswith("/etc/aliases:2: ")
     assert why in text
     assert "pysendmail only relays mail, so aliases may only name addresses" in text
 
@@ -93,26 +93,26 @@ def test_parse_refuses_with_the_explanation_when_a_target_is_a_pipe_file_or_incl
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("  indented: a@example.org\n", "line 1: a continuation line with nothing to continue"),
-        ("no colon here\n", "line 1: expected 'name: address, ...'"),
-        ("ok: a@example.org\ntwo words: a@example.org\n", "line 2: expected 'name: address, ...'"),
-        ("x@example.org: a@example.org\n", "line 1: expected 'name: address, ...'"),
-        (": a@example.org\n", "line 1: expected 'name: address, ...'"),
-        ('"unterminated: a@example.org\n', "line 1: expected 'name: address, ...'"),
-        ("empty:\n", "line 1: the alias has no target address"),
-        ("empty: , ,\n", "line 1: the alias has no target address"),
-        ("x: John Smith\n", "line 1: 'John Smith' is not an address"),
-        ("x: a..b@example.org\n", "line 1: 'a..b@example.org' is not an address"),
+        ("  indented: a@example.org\n", ":1: a continuation line with nothing to continue"),
+        ("no colon here\n", ":1: expected 'name: address, ...'"),
+        ("ok: a@example.org\ntwo words: a@example.org\n", ":2: expected 'name: address, ...'"),
+        ("x@example.org: a@example.org\n", ":1: expected 'name: address, ...'"),
+        (": a@example.org\n", ":1: expected 'name: address, ...'"),
+        ('"unterminated: a@example.org\n', ":1: expected 'name: address, ...'"),
+        ("empty:\n", ":1: the alias has no target address"),
+        ("empty: , ,\n", ":1: the alias has no target address"),
+        ("x: John Smith\n", ":1: 'John Smith' is not an address"),
+        ("x: a..b@example.org\n", ":1: 'a..b@example.org' is not an address"),
     ],
 )
 def test_parse_raises_naming_file_and_line_when_a_line_is_malformed(text: str, fragment: str) -> None:
-    with pytest.raises(AliasError, match="^/etc/aliases, ") as info:
+    with pytest.raises(AliasError, match="^/etc/aliases:") as info:
         parse(text, "/etc/aliases")
     assert fragment in str(info.value)
 
 
 def test_parse_reports_the_first_line_of_an_entry_when_its_continuation_is_bad() -> None:
-    with pytest.raises(AliasError, match="f, line 2: 'John Smith' is not an address"):
+    with pytest.raises(AliasError, match="f:2: 'John Smith' is not an address"):
         parse("a: b@example.org\nstaff: x@example.org,\n  John Smith\n", "f")
 
 
@@ -227,3 +227,224 @@ def test_loops_reports_nothing_when_chains_end() -> None:
 def test_loops_follows_local_domains_when_targets_are_qualified() -> None:
     a = table(a=["b@localhost"], b=["a@host.example.org"])
     assert [sorted(set(c)) for c in a.loops()] == [["a", "b"]]
+
+
+# ------------------------------------------------------------ local names (issue 11, part 2)
+HOST = ("host.example.org", "vm")  # the FQDN and the short name, as Config.local_domains gives them
+
+
+def relay_mode(table: dict[str, list[str]] | None = None, local: tuple[str, ...] = HOST,
+               default: str = "host.example.org") -> Aliases:
+    """The resolver as the daemon builds it with a relay: nothing is delivered on this host."""
+    return Aliases(table or {}, default, local, local_delivery=False, where="/etc/pysendmail/pysendmail.toml")
+
+
+@pytest.mark.parametrize(
+    "domain",
+    ["localhost", "LOCALHOST", "localhost.", "localhost.localdomain", "vm", "VM.", "host.example.org",
+     "Host.Example.Org.", "foo.localhost", "[127.0.0.1]", "[127.0.0.53]", "[IPv6:::1]", "[ipv6:::ffff:127.0.0.1]"],
+)
+def test_local_domains_include_localhost_the_host_names_and_loopback_literals_when_written_any_way(domain: str) -> None:
+    assert domain in LocalDomains(HOST)
+
+
+@pytest.mark.parametrize(
+    "domain",
+    ["example.org", "vm.example.org", "localhost.example.org", "[10.0.0.1]", "[IPv6:2001:db8::1]", "[x]", "", "mv"],
+)
+def test_local_domains_exclude_other_hosts_when_they_only_look_alike(domain: str) -> None:
+    assert domain not in LocalDomains(HOST)
+
+
+def test_local_domains_match_u_label_and_a_label_when_one_is_configured_as_the_other() -> None:
+    assert "xn--bcher-kva.example" in LocalDomains(["Bücher.example"])
+    assert "BÜCHER.example." in LocalDomains(["xn--bcher-kva.example"])
+
+
+@pytest.mark.parametrize("addr", ["root@localhost", "root@vm", "ROOT@VM.", "root@host.example.org", "root@[127.0.0.1]",
+                                  "root@[IPv6:::1]", "root"])
+def test_resolve_sends_root_to_its_alias_when_the_address_is_local(addr: str) -> None:
+    assert relay_mode({"root": ["admin@example.net"]}).resolve(addr) == (["admin@example.net"], [])
+
+
+@pytest.mark.parametrize("addr", ["www-data@localhost", "nobody@vm", "fail2ban@[127.0.0.1]", "www-data", '"a b"@localhost'])
+def test_resolve_sends_an_unaliased_local_name_to_the_root_alias_when_root_has_one(addr: str) -> None:
+    assert relay_mode({"root": ["admin@example.net"]}).resolve(addr) == (["admin@example.net"], [])
+
+
+def test_resolve_follows_the_name_own_alias_before_the_catch_all_when_both_exist() -> None:
+    a = relay_mode({"root": ["admin@example.net"], "www-data": ["web@example.net"]})
+    assert a.resolve("www-data@localhost") == (["web@example.net"], [])
+
+
+@pytest.mark.parametrize("addr", ["root@localhost", "root@vm", "root"])
+def test_resolve_refuses_with_the_hint_when_root_has_no_alias_and_a_relay_is_configured(addr: str) -> None:
+    found, refused = relay_mode().resolve(addr)
+    assert found == []
+    [(where, why)] = refused
+    assert where == (addr if "@" in addr else "root@host.example.org")
+    assert why.startswith("5.1.1 root has no alias")
+    assert 'set [aliases] root = "you@example.org" in /etc/pysendmail/pysendmail.toml' in why
+
+
+def test_resolve_refuses_naming_the_user_when_nothing_catches_an_unaliased_local_name() -> None:
+    found, refused = relay_mode().resolve("nobody@localhost")
+    assert found == []
+    assert refused == [("nobody@localhost", "5.1.1 no such local user 'nobody' and no root alias: "
+                                            'set [aliases] root = "you@example.org" in /etc/pysendmail/pysendmail.toml')]
+
+
+def test_resolve_refuses_when_the_root_alias_leads_back_to_an_unaliased_local_name() -> None:
+    found, refused = relay_mode({"root": ["ops@localhost"]}).resolve("root@localhost")
+    assert found == []
+    [(where, why)] = refused
+    assert where == "ops@localhost" and "reached through the root alias" in why
+
+
+def test_resolve_refuses_the_self_copy_but_keeps_the_rest_when_root_names_itself_with_a_relay() -> None:
+    found, refused = relay_mode({"root": ["root", "admin@example.net"]}).resolve("root@vm")
+    assert found == ["admin@example.net"]
+    [(where, why)] = refused
+    assert where == "root@host.example.org" and why.startswith("5.4.6 alias root names itself")
+
+
+def test_resolve_refuses_the_loop_end_when_local_aliases_loop_with_a_relay() -> None:
+    found, refused = relay_mode({"a": ["b@localhost"], "b": ["a@vm"]}).resolve("a")
+    assert found == []
+    [(where, why)] = refused
+    assert where == "a@vm" and "alias loop (a -> b -> a)" in why
+
+
+def test_resolve_delivers_locally_as_written_when_nothing_aliases_it_in_maildir_mode() -> None:
+    a = Aliases({}, "host.example.org", HOST, local_delivery=True)
+    assert a.resolve("root@localhost") == (["root@localhost"], [])
+    assert a.resolve("nobody@vm") == (["nobody@vm"], [])
+    assert a.resolve("root") == (["root@host.example.org"], [])
+
+
+def test_resolve_uses_the_root_alias_as_catch_all_in_maildir_mode_too() -> None:
+    a = Aliases({"root": ["admin@example.net"]}, "host.example.org", HOST, local_delivery=True)
+    assert a.resolve("nobody@localhost") == (["admin@example.net"], [])
+
+
+def test_resolve_relays_a_bare_name_at_a_default_domain_that_is_not_local() -> None:
+    # host.default_domain = "example.org": www-data's mailbox is www-data@example.org, as before.
+    a = relay_mode(default="example.org")
+    assert a.resolve("www-data") == (["www-data@example.org"], [])
+    assert a.resolve("alice@example.org") == (["alice@example.org"], [])
+
+
+def test_resolve_treats_configured_local_domains_as_local_when_listed() -> None:
+    a = relay_mode({"root": ["admin@example.net"], "ops": ["ops@example.net"]}, local=HOST + ("example.internal",))
+    assert a.resolve("ops@EXAMPLE.INTERNAL.") == (["ops@example.net"], [])
+    assert a.resolve("backup@example.internal") == (["admin@example.net"], [])
+    assert a.resolve("ops@example.net") == (["ops@example.net"], [])
+
+
+def test_resolve_resolves_alias_targets_that_are_local_addresses() -> None:
+    a = relay_mode({"postmaster": ["root@localhost"], "root": ["admin@example.net"]})
+    assert a.resolve("postmaster@vm") == (["admin@example.net"], [])
+
+
+def test_resolve_never_returns_a_local_address_when_a_relay_is_configured() -> None:
+    # Every shape of local address, every table: what resolve returns to
+    # deliver is never local (it would reach the relay as it is).
+    tables: list[dict[str, list[str]]] = [
+        {}, {"root": ["admin@example.net"]}, {"root": ["root"]}, {"root": ["ops"]}, {"a": ["b"], "b": ["a"]},
+        {"root": ["root@localhost", "x@vm"], "x": ["root"]},
+    ]
+    addrs = ["root", "root@localhost", "root@vm", "a", "b@vm", "x@[127.0.0.1]", "ops@host.example.org", "z@foo.localhost"]
+    for table in tables:
+        a = relay_mode(table)
+        for addr in addrs:
+            found, refused = a.resolve(addr)
+            assert not [f for f in found if a.is_local(f)], (table, addr, found)
+            assert found or refused, (table, addr)
+
+
+@pytest.mark.parametrize(
+    ("sender", "expected"),
+    [
+        ("root", "root@host.example.org"),
+        ("root@vm", "root@host.example.org"),
+        ("root@VM.", "root@host.example.org"),
+        ("root@localhost", "root@host.example.org"),
+        ("root@localhost.localdomain", "root@host.example.org"),
+        ("root@[127.0.0.1]", "root@host.example.org"),
+        ("root@host.example.org", "root@host.example.org"),
+        ("alice@example.org", "alice@example.org"),
+        ("bob@other", "bob@other"),
+        ("", ""),
+    ],
+)
+def test_qualify_sender_gives_the_default_domain_when_the_sender_is_bare_or_at_an_unqualified_host_name(
+    sender: str, expected: str
+) -> None:
+    assert relay_mode().qualify_sender(sender) == expected
+
+
+def test_qualify_sender_keeps_a_fully_qualified_local_domain_when_configured() -> None:
+    a = relay_mode(local=HOST + ("example.internal",))
+    assert a.qualify_sender("cron@example.internal") == "cron@example.internal"
+
+
+# ------------------------------------------------------------ TOML positions (newaliases FILE:LINE)
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('[spool]\npath = "/x"\n\n[aliases]\nroot = "a@x"\nspam = "|cmd"\n', 6),
+        ('[aliases]\n  "spam" = "|cmd"\n', 2),
+        ("[aliases]\n'spam' = '|cmd'\n", 2),
+        ('[ aliases ] # comment\nspam="|cmd"\n', 2),
+        ('aliases.spam = "|cmd"\n', 1),
+        ('[aliases.spam]\nx = 1\n', 1),
+        ('[aliases]\nSpam = "|cmd"\n', 2),
+        # Look-alikes inside values must not count: a multi-line string,
+        # a multi-line array of another table, a key of another table.
+        ('[relay]\nhelo = """\n[aliases]\nspam = "no"\n"""\n[aliases]\nspam = "|cmd"\n', 7),
+        ("[relay]\nhelo = '''\n[aliases]\nspam = 1\n'''\n[aliases]\nspam = 2\n", 7),
+        ('[relay]\npassword_command = [\n  "[aliases]",\n  "spam = 1",\n]\n[aliases]\nspam = "|x"\n', 7),
+        ('[relay]\nspam = "x"\n[aliases]\nroot = "a@x"\nspam = ["a@x",\n  "|cmd"]\n', 5),
+        ('[aliases]\nroot = "a # b" # spam = 1\nspam = "|cmd"\n', 3),
+        ('[aliases]\n"sp\\u0061m" = "|cmd"\n', 2),
+        ('[[route]]\nrelay = "x"\n[aliases]\nspam = "|cmd"\n', 4),
+    ],
+)
+def test_toml_key_line_finds_the_key_of_the_table_when_written_any_toml_way(text: str, line: int) -> None:
+    import tomllib
+
+    tomllib.loads(text)  # each case is valid TOML
+    assert toml_key_line(text, "aliases", "spam") == line
+
+
+def test_toml_key_line_prefers_the_key_as_written_when_two_differ_only_in_case() -> None:
+    text = '[aliases]\nroot = "a@x"\nRoot = "b@x"\n'
+    assert toml_key_line(text, "aliases", "Root") == 3
+    assert toml_key_line(text, "aliases", "root") == 2
+    assert toml_key_line(text, "aliases", "ROOT") == 2
+
+
+def test_toml_key_line_is_none_when_the_key_is_absent() -> None:
+    assert toml_key_line('[relay]\nspam = "x"\n[aliases]\nroot = "a@x"\n', "aliases", "spam") is None
+
+
+def test_load_names_toml_file_and_line_when_a_config_alias_is_a_pipe(tmp_path: Path) -> None:
+    cfg = tmp_path / "pysendmail.toml"
+    cfg.write_text('[spool]\npath = "/x"\n\n[aliases]\nroot = "a@example.org"\nspam = ["b@example.org", "|/bin/sh"]\n')
+    with pytest.raises(AliasError) as info:
+        load(str(tmp_path / "absent"), {"root": ["a@example.org"], "spam": ["b@example.org", "|/bin/sh"]}, str(cfg))
+    assert str(info.value).startswith(f"{cfg}:6: [aliases] spam: '|/bin/sh' is a pipe to a command")
+
+
+def test_load_refuses_naming_the_line_when_a_config_alias_is_an_empty_list(tmp_path: Path) -> None:
+    cfg = tmp_path / "pysendmail.toml"
+    cfg.write_text("[aliases]\n\nroot = []\n")
+    with pytest.raises(AliasError, match=f"^{cfg}:3: \\[aliases\\] root: the alias has no target address"):
+        load(str(tmp_path / "absent"), {"root": []}, str(cfg))
+
+
+def test_qualify_sender_uses_host_default_domain_when_it_is_set() -> None:
+    # host.default_domain = "example.org": root@vm leaves as root does, root@example.org.
+    a = relay_mode(default="example.org")
+    assert a.qualify_sender("root@vm") == "root@example.org"
+    assert a.qualify_sender("root") == "root@example.org"

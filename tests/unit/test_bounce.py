@@ -47,3 +47,30 @@ def test_bounce_for_remote_sender_ignores_aliases() -> None:
 
 def test_null_sender_gets_no_bounce() -> None:
     assert bounce_recipients("", ctx(), "pm@example.net") == []
+
+
+# ------------------------------------------------------------ local senders with a relay (issue 11)
+def relay_ctx(table: dict[str, list[str]] | None = None) -> Context:
+    aliases = Aliases(table or {}, "host.example.org", ("host.example.org", "vm"), local_delivery=False)
+    return Context("host.example.org", aliases)
+
+
+def test_bounce_for_local_sender_goes_nowhere_when_nothing_aliases_it_and_a_relay_is_configured() -> None:
+    # Never relayed as root@localhost: no bounce, the copy stays in failed/.
+    for sender in ("root@localhost", "root@vm", "root@host.example.org", "www-data@host.example.org"):
+        assert bounce_recipients(sender, relay_ctx(), None) == []
+
+
+def test_bounce_for_unaliased_local_sender_goes_to_the_root_alias_when_no_postmaster_is_set() -> None:
+    c = relay_ctx({"root": ["admin@example.net"]})
+    assert bounce_recipients("www-data@vm", c, None) == ["admin@example.net"]
+
+
+def test_bounce_for_unaliased_local_sender_goes_to_the_postmaster_first_when_set() -> None:
+    c = relay_ctx({"root": ["admin@example.net"]})
+    assert bounce_recipients("www-data@localhost", c, "pm@example.net") == ["pm@example.net"]
+
+
+def test_bounce_to_a_local_postmaster_goes_where_its_alias_says() -> None:
+    c = relay_ctx({"postmaster": ["root"], "root": ["admin@example.net"]})
+    assert bounce_recipients("www-data@localhost", c, "postmaster") == ["admin@example.net"]

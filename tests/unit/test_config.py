@@ -378,3 +378,47 @@ def test_hostname_prefers_a_dotted_fqdn_and_never_picks_localhost_over_the_host_
     monkeypatch.setattr(socket, "getfqdn", lambda: fqdn)
     monkeypatch.setattr(socket, "gethostname", lambda: nodename)
     assert config.load(None).hostname() == expected
+
+
+# ------------------------------------------------------------ local names (issue 11)
+def test_local_domains_are_localhost_the_host_names_host_name_and_the_configured_ones(
+        clean_environ: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    monkeypatch.setattr(socket, "getfqdn", lambda: "vm.corp.example.org")
+    monkeypatch.setattr(socket, "gethostname", lambda: "vm")
+    path = toml(clean_environ / "c.toml", '[host]\nname = "mail.example.org"\nlocal_domains = ["example.internal"]\n')
+    names = config.load(str(path)).local_domains()
+    assert set(names) == {"localhost", "localhost.localdomain", "mail.example.org", "vm.corp.example.org", "vm",
+                          "example.internal"}
+
+
+def test_default_domain_is_local_only_when_it_is_the_host_name(clean_environ: Path) -> None:
+    from pysendmail.core.aliases import LocalDomains
+
+    plain = config.load(str(toml(clean_environ / "a.toml", '[host]\nname = "h.example.org"\n')))
+    assert plain.default_domain() in LocalDomains(plain.local_domains())
+    other = config.load(str(toml(clean_environ / "b.toml", '[host]\nname = "h.example.org"\ndefault_domain = "example.org"\n')))
+    assert other.default_domain() not in LocalDomains(other.local_domains())
+
+
+@pytest.mark.parametrize("value", ['["root@example.internal"]', '[""]', '["example.internal:25"]', '"example.internal"'])
+def test_load_refuses_local_domains_when_an_entry_is_not_a_domain(clean_environ: Path, value: str) -> None:
+    path = toml(clean_environ / "bad.toml", f"[host]\nlocal_domains = {value}\n")
+    with pytest.raises(ConfigError, match="host.local_domains") as info:
+        config.load(str(path))
+    assert str(path) in str(info.value) and info.value.exit_code == 78
+
+
+def test_load_names_file_and_line_when_an_alias_value_has_the_wrong_type(clean_environ: Path) -> None:
+    path = toml(clean_environ / "bad.toml", '[spool]\npath = "/x"\n\n[aliases]\nroot = "a@example.org"\nops = 1\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(str(path))
+    assert str(info.value) == f"{path}:6: aliases.ops must be a string or a list of strings"
+
+
+def test_load_refuses_naming_the_second_line_when_an_alias_is_defined_twice_in_another_case(clean_environ: Path) -> None:
+    path = toml(clean_environ / "bad.toml", '[aliases]\nroot = "a@example.org"\nRoot = "b@example.org"\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(str(path))
+    assert str(info.value).startswith(f"{path}:3: alias 'root' is defined twice")

@@ -10,6 +10,10 @@ Contract:   ``RouterTransport(cfg, helo, state_file)`` is a Transport (see
             unavailable (the queue manager then leaves it untouched until
             then); ``unavailable()`` is set only when every route is.
             ``route_state()`` is what ``pysendmail status`` shows.
+            A recipient at a local domain (core/aliases.py LocalDomains)
+            is never relayed: cleanup resolves those at pickup, so one
+            here was queued unresolved (by an older pysendmail, or before
+            a relay was configured) and fails with 5.1.1 instead.
 Crashes:    pauses (quota, spam block) are written to spool/state by the
             queue manager and restored here, so a restart does not try
             again inside the provider's window.
@@ -22,10 +26,11 @@ import dataclasses
 import time
 
 from pysendmail.core import config, log, rfc5322
+from pysendmail.core.aliases import LocalDomains, split_address
 from pysendmail.core.queue import QueuedMessage
 from pysendmail.daemon import routes, sender
 from pysendmail.daemon.qmgr import RateLimit
-from pysendmail.daemon.transport.base import DEFERRED, Result
+from pysendmail.daemon.transport.base import DEFERRED, FAILED, Result
 from pysendmail.daemon.transport.smtp import SmtpTransport
 
 TYPE_CHECKING = False
@@ -66,6 +71,7 @@ class RouterTransport:
         self.pool_size = sum(r.smtp.pool_size for r in self.routes.values())
         self.idle_timeout = min(r.smtp.idle_timeout for r in self.routes.values())
         self._signer: Signer | None = None
+        self.local = LocalDomains(cfg.local_domains())
         if state_file:
             self._restore(state_file)
 
@@ -140,6 +146,15 @@ class RouterTransport:
 
     # ------------------------------------------------------------ delivery
     async def deliver(self, msg: QueuedMessage, indices: list[int]) -> list[Result]:
+        local = [i for i in indices if split_address(msg.envelope.recipients[i])[1] in self.local]
+        if local:
+            # Providers refuse root@localhost, and a short host name is
+            # nobody's mailbox there: the last line of defence.
+            refused = [Result(i, FAILED, "5.1.1", "a local address is never relayed, and this one was queued without "
+                              "its alias resolved (before a relay was configured?): set [aliases] root and send it "
+                              "again") for i in local]
+            rest = [i for i in indices if i not in local]
+            return refused + (await self.deliver(msg, rest) if rest else [])
         now = time.time()
         route, primary, fallback = self._pick(msg, now, len(indices))
         budget = route.over_budget(now, len(indices))
