@@ -41,7 +41,7 @@ from pysendmail.core.errors import ConfigError
 from pysendmail.core.queue import QueuedMessage
 from pysendmail.daemon import outcome, secrets, wire
 from pysendmail.daemon.providers import BOUNCE, HOLD_MESSAGE, HOLD_ROUTE, PAUSE
-from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Result
+from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Result, one_line
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ class RelayError(Exception):
 
     def __init__(self, text: str, status: str = DEFERRED, dsn: str = "4.4.1", hold: bool = False,
                  pause: float = 0.0, kind: str = "") -> None:
+        text = one_line(text)  # it reaches logs, routes.json and status: one printable line
         super().__init__(text)
         self.text = text
         self.status = status
@@ -211,8 +212,8 @@ class SmtpTransport:
             else:
                 raise RelayError(f"relay {self.host} offers AUTH {' '.join(offered)}, none of which pysendmail speaks", hold=True)
         except aiosmtplib.SMTPResponseException as exc:
-            found = outcome.verdict(self.provider, exc.code, exc.message, "auth")
-            reply = outcome.with_hint(f"{exc.code} {exc.message}", found)
+            found = outcome.verdict(self.provider, exc.code, outcome.reply_text(exc.code, exc.message), "auth")
+            reply = outcome.with_hint(outcome.reply_text(exc.code, exc.message), found)
             if found is not None:
                 reply = f"{found.kind}: {reply}"
             if found is not None and found.action == PAUSE:
@@ -390,9 +391,11 @@ class SmtpTransport:
         try:
             await smtp.mail(env.sender, options=options, encoding=encoding)
         except aiosmtplib.SMTPResponseException as exc:
+            self._check_in_step(smtp, exc, "MAIL")
             await self._rset(smtp)
             if outcome.is_auth_failure(exc.code, exc.message, "mail"):
-                raise RelayError(f"relay requires authentication: {exc.code} {exc.message}", hold=True) from None
+                raise RelayError(f"relay requires authentication: {outcome.reply_text(exc.code, exc.message)}",
+                                 hold=True) from None
             return self._refused(exc, chunk, "mail")
         results = []
         accepted = []
@@ -401,6 +404,7 @@ class SmtpTransport:
                 await smtp.rcpt(env.recipients[i], encoding=encoding)
                 accepted.append(i)
             except aiosmtplib.SMTPResponseException as exc:
+                self._check_in_step(smtp, exc, "RCPT")
                 results.extend(self._refused(exc, [i], "rcpt"))
         if not accepted:
             await self._rset(smtp)
@@ -408,10 +412,34 @@ class SmtpTransport:
         try:
             resp = await smtp.data(data.data)
         except aiosmtplib.SMTPResponseException as exc:
+            self._check_in_step(smtp, exc, "DATA")
             await self._rset(smtp)
             return results + self._refused(exc, accepted, "data")
-        text = f"{resp.code} {resp.message}"
+        # A multi-line 250 (RFC 5321 4.2.1) is joined into one line here:
+        # its line breaks once made the done record unwritable, so every
+        # run sent the message again.
+        text = outcome.reply_text(resp.code, resp.message)
         return results + [Result(i, SENT, outcome.enhanced(resp.code, resp.message), text) for i in accepted]
+
+    def _check_in_step(self, smtp: aiosmtplib.SMTP, exc: aiosmtplib.SMTPResponseException, command: str) -> None:
+        """Close the session and defer when a refusal is not a 4xx or 5xx reply.
+
+        aiosmtplib raises for every reply but the one it expects; a code
+        outside 4xx/5xx (a 2xx or 3xx out of place, a code outside 200-599,
+        a malformed line, a reply over its 32 KiB bound: code -1) means
+        client and relay no longer agree on where the dialogue is, and the
+        rest of such a reply may still be in flight.  Nothing more is said
+        on that connection (not even RSET, whose reply could be that rest)
+        and its recipients are deferred, never taken as sent or refused.
+        """
+        if 400 <= exc.code < 600:
+            return
+        smtp.close()
+        raise RelayError(
+            f"relay {self.host} answered {command} with a reply pysendmail cannot use "
+            f"({outcome.reply_text(exc.code, exc.message)}); connection closed, mail deferred",
+            dsn="4.5.0",
+        )
 
     def _refused(self, exc: aiosmtplib.SMTPResponseException, indices: list[int], stage: str) -> list[Result]:
         """Results for a refused MAIL, RCPT or DATA; a provider's quota or block raises instead.
@@ -420,8 +448,8 @@ class SmtpTransport:
         whole route pauses (RelayError with ``pause``) rather than bouncing
         the message or retrying into a longer block.
         """
-        found = outcome.verdict(self.provider, exc.code, exc.message, stage)
-        reply = outcome.with_hint(f"{exc.code} {exc.message}", found)
+        found = outcome.verdict(self.provider, exc.code, outcome.reply_text(exc.code, exc.message), stage)
+        reply = outcome.with_hint(outcome.reply_text(exc.code, exc.message), found)
         status, dsn = outcome.classify(exc.code, exc.message)
         if found is not None:
             if found.action == PAUSE:
@@ -438,8 +466,9 @@ class SmtpTransport:
     async def _rset(self, smtp: aiosmtplib.SMTP) -> None:
         try:
             await smtp.rset()
-        except aiosmtplib.SMTPResponseException:
-            pass
+        except aiosmtplib.SMTPResponseException as exc:
+            if not 200 <= exc.code < 600:
+                smtp.close()  # out of step (see _check_in_step): not reused
 
     def _route_failure(self, exc: RelayError, indices: list[int]) -> list[Result]:
         now = time.time()
