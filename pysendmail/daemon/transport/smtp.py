@@ -131,7 +131,7 @@ class SmtpTransport:
         self._slots: asyncio.Semaphore | None = None
         self.hold_until = 0.0
         self.hold_reason = ""
-        self._auth_failures = 0
+        self.auth_failures = 0
         self.down_until = 0.0
         self.down_reason = ""
         self.pause_until = 0.0  # a provider's quota or block window; a flush does not lift it
@@ -332,7 +332,7 @@ class SmtpTransport:
                 return self._route_failure(exc, indices)
             except _NETWORK_ERRORS as exc:
                 return self._route_failure(RelayError(f"cannot connect to {self.relay}: {_describe(exc)}"), indices)
-            self._auth_failures = 0
+            self.auth_failures = 0
             self.relay, self.tls_version = conn.peer, conn.tls_version
             healthy = False
             try:
@@ -481,26 +481,34 @@ class SmtpTransport:
                 f" ({int(exc.pause)} s), mail kept in the queue: {exc.text}"
             )
         elif exc.hold:
-            self._auth_failures += 1
-            delay = min(HOLD_MAX, HOLD_BASE * 2 ** (self._auth_failures - 1))
+            self.auth_failures += 1
+            delay = min(HOLD_MAX, HOLD_BASE * 2 ** (self.auth_failures - 1))
             self.hold_until = now + delay
             self.hold_reason = exc.text
             log.log(
                 f"relay {self.host}: AUTHENTICATION FAILED, all mail held for {int(delay)} s: {exc.text}; "
-                "check relay.username and the password, then run 'pysendmail flush'"
+                f"check {self.where}.username and the password, then run 'pysendmail route resume {self.name}'"
             )
         else:
             self.down_until = now + DOWN_SECONDS
             self.down_reason = exc.text
         return [Result(i, DEFERRED, "4.7.0" if exc.hold and not exc.pause else exc.dsn, exc.text) for i in indices]
 
-    def reset_holds(self) -> None:
-        """A flush asked by the administrator tries again at once.
+    def reset_down(self) -> None:
+        """A flush asked by the administrator tries a route marked down (connection failed) at once.
 
-        Not a provider's pause: trying during a Yandex spam block extends
-        it by another 24 h, so only 'pysendmail route resume' lifts one.
+        Not a hold (refused login: each retry is one more failed login,
+        and providers lock accounts for those) and not a provider's pause
+        (trying during a Yandex spam block extends it by 24 h): only
+        'pysendmail route resume' or their expiry lifts them.
         """
-        self.hold_until = self.down_until = 0.0
+        self.down_until = 0.0
+
+    def restore_hold(self, until: float, reason: str, failures: int) -> None:
+        """A hold recorded by an earlier run (spool/state) outlives it: a new run does not log in again."""
+        if until > time.time():
+            self.hold_until, self.hold_reason = until, reason
+        self.auth_failures = max(0, failures)  # the next hold's backoff goes on growing
 
     def restore_pause(self, until: float, reason: str, kind: str = "") -> None:
         """A pause recorded by an earlier run (spool/state) outlives a restart."""
@@ -511,7 +519,7 @@ class SmtpTransport:
         """'pysendmail route resume': lift a pause, a hold and a down mark now."""
         self.pause_until = self.hold_until = self.down_until = 0.0
         self.pause_reason = self.pause_kind = ""
-        self._auth_failures = 0
+        self.auth_failures = 0
 
 
 def _idn_to_ascii(msg: QueuedMessage, indices: list[int]) -> QueuedMessage | None:
