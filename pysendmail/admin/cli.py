@@ -8,7 +8,11 @@ Contract:   ``main(argv)`` runs one subcommand and returns a sysexits.h
             (admin/dkimcmd.py), route list|resume (admin/routecmd.py).
 Security:   run as root, commands that touch the queue first drop to the
             spool's owner, so every file they create belongs to the daemon
-            user; other users get NoPermission for the queue.
+            user; other users get NoPermission for the queue.  Requests to
+            a running daemon (flush, queue hold|release|retry) are files in
+            state/ (daemon.main.leave_request), never bare FIFO bytes.
+            flush exits 75 (one sentence) when the spool's disk refused a
+            write; nothing is lost.
 See also:   pysendmail(8), mailq(1), newaliases(1).
 """
 

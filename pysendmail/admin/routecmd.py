@@ -29,7 +29,11 @@ Design:     the state lives in the daemon's memory and is mirrored to
             * a foreground flush holds the lock: we wait for it to finish
               (it saves its own state last), then rewrite the file.
 Security:   run as root, the command first becomes the spool's owner
-            (cli.drop_privileges): state/ is the daemon user's alone.
+            (cli.drop_privileges): state/ is the daemon user's alone, and
+            any other user gets NoPermission (77): lifting a hold means one
+            more login with refused credentials, which only root and the
+            daemon's user may ask for.  The daemon obeys a request file only
+            when root or it owns it (daemon/main.py pending_requests).
 See also:   pysendmail(8) route; daemon/main.py (the FIFO); router.py
             (route_state, resume); providers.py (which replies pause).
 """
