@@ -173,3 +173,48 @@ def test_bounce_on_full_disk_exits_75_and_is_made_once_when_space_returns(tmp_pa
     bounces = [m for m in relay.messages if m.rcpt_tos == [SENDER]]
     assert len(bounces) == 1 and b"nobody@example.net" in bounces[0].data
     assert relay.mail_commands.count("<>") == 1
+
+
+def test_outcome_append_refused_by_full_disk_is_kept_and_written_later_without_resending(
+        tmp_path: Path, small_fs: Path, relay_factory) -> None:  # noqa: F811
+    # 1 recipient accepted, 100 refused: their records (over 4 KiB) need a
+    # new page of the queue file, and the test fills the disk while the
+    # relay holds the end of data, so the append after its 250 must fail.
+    relay = relay_factory("implicit")
+    bad = [f"nobody{n}@example.net" for n in range(100)]
+    for addr in bad:
+        relay.rcpt_replies[addr] = "550 5.1.1 No such user"
+    relay.stall_data = 3.0
+    pw = tmp_path / "relay-password"
+    pw.write_text(PASSWORD + "\n")
+    pw.chmod(0o600)
+    e = write_config(tmp_path, relay.config(pw), spool=small_fs / "spool")
+    e.run("pysendmail", "spool", "init", check=True)
+    d = Daemon(e, tmp_path, "daemon").ready()
+    try:
+        proc = e.sendmail("-i", "-f", SENDER, "someone@example.net", *bad,
+                          input=b"Subject: many\n\nto many\n")
+        assert proc.returncode == 0
+        assert relay.stalling.wait(20)
+        relay.stall_data = 0.0
+        fill(small_fs, 0)
+        relay.wait_for(1)
+        wait_until(lambda: "cannot record the outcome of" in d.log(), "the refused append")
+        assert d.proc.poll() is None, d.log()
+        (qid,) = e.queued()
+        assert b"\nfailed " not in (e.spool / "queue" / qid).read_bytes()  # not on disk, only in memory
+
+        (small_fs / "filler").unlink()
+        assert e.run("pysendmail", "flush", timeout=60).returncode == 0
+        relay.wait_for(2)  # the bounce
+        wait_until(lambda: e.queued() == [], "the message to be finished")
+        log = d.log()
+    finally:
+        d.close()
+    assert "Traceback" not in log and "internal error" not in log
+    assert log.count("cannot record the outcome of") == 1
+    originals = [m for m in relay.messages if m.rcpt_tos == ["someone@example.net"]]
+    assert len(originals) == 1, "sent again although the relay had accepted it"
+    bounces = [m for m in relay.messages if m.rcpt_tos == [SENDER]]
+    assert len(bounces) == 1 and b"nobody99@example.net" in bounces[0].data
+    assert failed_ids(e) == [qid]
