@@ -268,6 +268,10 @@ class QueueManager:
         except spoolfile.SpoolFormatError as exc:
             log.log(f"{qid}: unreadable queue file left in place: {exc}")
             return None
+        except OSError as exc:  # EIO from a failing disk: try it again later, never stop the run
+            self.storage_failed(f"read the queue file of {qid}", exc)
+            self.reindex_needed = True  # the daemon's index forgets it until then
+            return None
         if msg.held:
             return msg
         blocked_for = getattr(self.transport, "blocked_for", None)
