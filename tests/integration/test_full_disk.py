@@ -102,6 +102,10 @@ def test_daemon_survives_enospc_in_pickup_and_delivers_when_space_returns(full_e
         # It backs off rather than retrying in a loop: it tells systemd so.
         d.wait_notify("STATUS=queue: 0 messages, spool disk refuses writes", prefix=True)
         assert d.proc.poll() is None, d.log()
+        # One round per wake-up (the failure, the second submission), not a
+        # loop: a spinning daemon would have filled the notify queue (10).
+        d._drain()
+        assert sum("spool disk refuses writes" in n for n in d.notes) <= 4, d.notes
         assert len(full_env.incoming()) == 2 and full_env.queued() == [] and full_env.delivered() == []
         assert leftovers(full_env) == []
 
