@@ -136,9 +136,10 @@ class Daemon:
         self.wake = asyncio.Event()
         self.stopping = False
         self.reload_requested = False
-        # Set by F / I bytes: look for requests in state/ (pending_requests).
-        self.flush_check = True  # at start too: requests left while no daemon ran
-        self.reindex_check = True
+        # Set by F / I bytes: look for requests in state/ (pending_requests),
+        # at start too (requests left while no daemon ran).
+        self.flush_requested = True
+        self.reindex_requested = True
         self.flush_acks: list[str] = []
         self.resume_requested = False
         self.inflight: set[str] = set()
@@ -175,14 +176,15 @@ class Daemon:
             data = os.read(fd, 4096)
         except BlockingIOError:
             return
-        # Anyone can write these bytes: each only says where to look for
-        # a request file, and any byte wakes the daemon (new mail).
         if b"F" in data:
-            self.flush_check = True
+            self.flush_requested = True
         if b"R" in data:
             self.resume_requested = True
         if b"I" in data:
-            self.reindex_check = True
+            self.reindex_requested = True
+        # Anyone can write these bytes: F, R and I only say "look for a
+        # request file in state/" (pending_requests), and any byte wakes
+        # the daemon (new mail).
         self.wake.set()
 
     def _on_signal(self, signum: int) -> None:
@@ -215,15 +217,15 @@ class Daemon:
                     await self._reload()
                 if self.resume_requested:
                     self._take_resumes()
-                if self.reindex_check:
+                if self.reindex_requested:
                     # queue release / retry changed due times on disk.
-                    self.reindex_check = False
+                    self.reindex_requested = False
                     reindex = pending_requests(self.spool, "reindex")
                     if reindex:
                         self.due = await asyncio.to_thread(self._read_index, frozenset(self.inflight))
                         _acknowledge(reindex)
-                if self.flush_check:
-                    self.flush_check = False
+                if self.flush_requested:
+                    self.flush_requested = False
                     self.flush_acks += pending_requests(self.spool, "flush")
                 writes = self._disk_ready()
                 if writes:
@@ -341,7 +343,7 @@ class Daemon:
 
     async def _sleep(self, last_full: float) -> None:
         """Wait for a poke, a signal, the next due time, or idle connections to expire."""
-        if (self.flush_check or self.reload_requested or self.resume_requested or self.reindex_check
+        if (self.flush_requested or self.reload_requested or self.resume_requested or self.reindex_requested
                 or self.stopping):
             return  # their wake-up may have been consumed by _run_due's pickup
         now = time.time()
