@@ -151,7 +151,14 @@ class Daemon:
     def _read_index(self, skip: frozenset[str] = frozenset()) -> list[tuple[float, str]]:
         """(due time, qid) of every queued message that is not held, as a heap."""
         due: list[tuple[float, str]] = []
-        for qid in queue.list_ids(self.spool.queue):
+        try:
+            ids = queue.list_ids(self.spool.queue)
+        except OSError as exc:
+            # EIO from a failing disk: keep what is known, read again once writes work.
+            self.manager.storage_failed(f"list {self.spool.queue}", exc)
+            self.manager.reindex_needed = True
+            return list(self.due)
+        for qid in ids:
             if qid in skip:
                 continue  # in flight: its attempt puts it back with its new due time
             try:
