@@ -149,15 +149,30 @@ def shared_env(world_dir: Path) -> Env:
 SIMPLE = b"To: someone@example.net\nSubject: test\n\nhello\n"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "relay_reply(command, shape): relays of the test reshape their reply to "
+                            "command (tests/fakes/relay.py REPLY_SHAPES)")
+
+
 @pytest.fixture
-def relay_factory(tmp_path: Path):
-    """Start loopback relays (tests/fakes/relay.py); all stopped at the end."""
-    from tests.fakes.relay import Relay
+def relay_factory(tmp_path: Path, request: pytest.FixtureRequest):
+    """Start loopback relays (tests/fakes/relay.py); all stopped at the end.
+
+    ``@pytest.mark.relay_reply(COMMAND, SHAPE)`` on the test reshapes each
+    relay's reply to COMMAND (several markers, several commands).
+    """
+    from tests.fakes.relay import REPLY_COMMANDS, REPLY_SHAPES, Relay
 
     started: list[Relay] = []
+    shapes: dict[str, str] = {}
+    for mark in request.node.iter_markers("relay_reply"):
+        command, shape = mark.args
+        assert command in REPLY_COMMANDS and shape in REPLY_SHAPES, mark.args
+        shapes.setdefault(command, shape)
 
     def make(mode: str = "implicit", **kw: object) -> Relay:
         r = Relay(mode, tmp_path, **kw).start()  # type: ignore[arg-type]
+        r.reply_shapes.update(shapes)
         started.append(r)
         return r
 

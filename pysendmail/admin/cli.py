@@ -8,7 +8,11 @@ Contract:   ``main(argv)`` runs one subcommand and returns a sysexits.h
             (admin/dkimcmd.py), route list|resume (admin/routecmd.py).
 Security:   run as root, commands that touch the queue first drop to the
             spool's owner, so every file they create belongs to the daemon
-            user; other users get NoPermission for the queue.
+            user; other users get NoPermission for the queue.  Requests to
+            a running daemon (flush, queue hold|release|retry) are files in
+            state/ (daemon.main.leave_request), never bare FIFO bytes.
+            flush exits 75 (one sentence) when the spool's disk refused a
+            write; nothing is lost.
 See also:   pysendmail(8), mailq(1), newaliases(1).
 """
 
@@ -171,24 +175,47 @@ def verify(config_path: str | None, addresses: list[str]) -> int:
 
 
 def _ask_daemon(spool: layout.Spool, pid: int) -> bool:
-    """Have the running daemon run the whole queue; wait until it has. False if it died."""
-    from pysendmail.daemon.main import lock_holder
+    """Have the running daemon run the whole queue; wait until it has. False if it died.
 
-    marker = os.path.join(spool.state, "flushed")
-    start = time.time()
-    layout.poke(spool, b"F")
+    The request is a file in state/ (daemon.main.leave_request), which
+    only root and the daemon's user can write; the 'F' byte in the FIFO
+    only announces it, as anyone may write that byte.  The daemon removes
+    the file after the run: that is the answer we wait for.
+    """
+    from pysendmail.daemon.main import FULL_SUFFIX, leave_request, lock_holder
+
+    try:
+        request = leave_request(spool, "flush")
+    except OSError as exc:
+        if queue.storage_error(exc):
+            raise _disk_full(spool, exc.strerror or str(exc)) from None
+        raise errors.from_oserror(exc, f"leave a flush request in {spool.state}") from None
     if sys.stderr.isatty():
         sys.stderr.write(f"flush: asked the daemon (pid {pid}) to run the queue now; waiting\n")
-    while True:
-        try:
-            with open(marker) as fh:
-                if float(fh.read().strip() or 0) >= start:
-                    return True
-        except (OSError, ValueError):
-            pass
-        if lock_holder(spool) != pid:
-            return False
-        time.sleep(0.05)
+    last_poke = 0.0
+    try:
+        while os.path.exists(request):
+            if lock_holder(spool) != pid:
+                return False
+            if time.monotonic() - last_poke >= 1.0:
+                layout.poke(spool, b"F")  # again now and then: a poke into a full FIFO is dropped
+                last_poke = time.monotonic()
+            time.sleep(0.05)
+    finally:
+        if os.path.exists(request):
+            os.unlink(request)  # the daemon died first: we run the queue ourselves
+    if os.path.exists(request + FULL_SUFFIX):
+        os.unlink(request + FULL_SUFFIX)
+        raise _disk_full(spool, "the daemon's run met a disk that refused writes")
+    return True
+
+
+def _disk_full(spool: layout.Spool, why: str) -> errors.TempFailure:
+    """The one sentence of a flush (exit 75) whose spool's file system is full or failing."""
+    return errors.TempFailure(
+        f"the file system of the spool {spool.path} is full or failing ({why}); the mail stays queued and "
+        "nothing was lost: free some space, then run 'pysendmail flush' again"
+    )
 
 
 def cmd_flush(cfg: config.Config) -> int:
@@ -206,9 +233,17 @@ def cmd_flush(cfg: config.Config) -> int:
         lock.acquire("flush", wait=True)  # another flush: wait for it, then run
     try:
         manager = QueueManager(cfg)
+        manager.trouble_logged = True  # a full disk is said once, by the sentence below (exit 75)
         counts = asyncio.run(manager.flush())
     finally:
         lock.release()
+    if manager.trouble is not None:
+        unsaved = len(manager.unrecorded)
+        err = _disk_full(spool, manager.trouble)
+        if unsaved:
+            err = errors.TempFailure(f"{err}; {unsaved} messages were sent but their outcome could not be "
+                                     "recorded, so they may be sent again")
+        raise err
     if sys.stderr.isatty():
         sys.stderr.write(
             f"flush: {counts.messages} messages tried: {counts.sent} recipients sent, "
@@ -296,7 +331,15 @@ def cmd_queue(cfg: config.Config, action: str, ids: list[str], all_: bool) -> in
             queue.append(path, spoolfile.encode_record("release", now))
             sys.stdout.write(f"{qid}: {'released' if action == 'release' else 'due now'}\n")
     if action in ("hold", "release", "retry"):
-        # A running daemon keeps due times in memory: ask it to read them again.
+        # A running daemon keeps due times in memory: ask it to read them
+        # again (a request file, see daemon/main.py: the 'I' byte alone is
+        # anyone's and does nothing).
+        from pysendmail.daemon.main import leave_request
+
+        try:
+            leave_request(spool, "reindex")
+        except OSError:
+            pass  # no daemon would read it either: it reads queue/ at start
         layout.poke(spool, b"I")
     return 0
 

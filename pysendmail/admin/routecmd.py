@@ -29,7 +29,11 @@ Design:     the state lives in the daemon's memory and is mirrored to
             * a foreground flush holds the lock: we wait for it to finish
               (it saves its own state last), then rewrite the file.
 Security:   run as root, the command first becomes the spool's owner
-            (cli.drop_privileges): state/ is the daemon user's alone.
+            (cli.drop_privileges): state/ is the daemon user's alone, and
+            any other user gets NoPermission (77): lifting a hold means one
+            more login with refused credentials, which only root and the
+            daemon's user may ask for.  The daemon obeys a request file only
+            when root or it owns it (daemon/main.py pending_requests).
 See also:   pysendmail(8) route; daemon/main.py (the FIFO); router.py
             (route_state, resume); providers.py (which replies pause).
 """
@@ -149,7 +153,8 @@ def _clear_in_file(spool: layout.Spool, name: str) -> None:
     if not isinstance(entry, dict):
         return
     entry.update({"pause": False, "pause_reason": None, "pause_kind": None, "paused_until": None,
-                  "paused_because": None, "state": "ok"})
+                  "paused_because": None, "state": "ok", "hold_until": None, "hold_reason": None,
+                  "auth_failures": 0})
     try:
         queue.publish(f"{path}.{os.getpid()}.tmp", path, json.dumps(data).encode())
     except OSError as exc:
@@ -202,6 +207,10 @@ def cmd_resume(cfg: config.Config, name: str) -> int:
     if not os.path.isdir(spool.state):
         sys.stdout.write(f"route {name}: nothing to resume (no spool state yet)\n")
         return 0
+    if not os.access(spool.state, os.W_OK | os.X_OK):
+        # Lifting a hold means logging in again with a password the
+        # provider refused: only root and the daemon's user may ask for it.
+        raise errors.NoPermission(f"permission denied: only root or the owner of {spool.path} may resume a route")
     lock = SpoolLock(spool)
     if not lock.acquire("route"):
         pid = lock_holder(spool, "daemon")

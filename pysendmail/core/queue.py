@@ -11,6 +11,11 @@ Crashes:    every transition is one atomic filesystem step (qmail's rule):
             and fsynced before the next recipient is tried, so a restart
             never resends to a recipient already accepted; a torn record
             (no final newline) is ignored and that attempt is made again.
+            A write that fails (a full disk: ENOSPC, EDQUOT; EIO) leaves
+            nothing behind: ``publish`` removes its temporary file, and a
+            short append is cut back to where it began, so no torn record
+            sits before the next one.  ``storage_error`` tells the callers
+            which failures are the disk's (wait for space, never crash).
 See also:   spoolfile.py for the format; ../shared/DESIGN.md "Data flow".
 
 States: pending recipients and no hold record since the last release ->
@@ -21,9 +26,27 @@ some recipient failed).
 
 from __future__ import annotations
 
+import errno
 import os
 
 from pysendmail.core import spoolfile
+
+# The disk's failures, not a bug's: full, over quota, read-only, broken.
+# Callers keep what they have and wait for space instead of crashing.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+
+
+def storage_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+
+
+def free_bytes(path: str) -> int:
+    """Bytes an unprivileged writer may still use on ``path``'s file system (0 if unknown)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -154,17 +177,26 @@ def publish(tmp: str, final: str, data: bytes, exclusive: bool = False, mode: in
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
     fd = os.open(tmp, flags, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if owner is not None:
-            os.fchown(fd, *owner)
-        if mode != 0o600:
-            os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, final)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if owner is not None:
+                os.fchown(fd, *owner)
+            if mode != 0o600:
+                os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+    except BaseException:
+        # A full disk mid-write: no half-written file may stay behind
+        # (it would hold the space the retry needs, or be read later).
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     _fsync_dir(os.path.dirname(final))
 
 
@@ -179,8 +211,20 @@ def append(path: str, record: bytes) -> None:
     """Append one state record and make it durable before returning."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        os.write(fd, record)
-        os.fdatasync(fd)
+        start = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, record)
+            if written != len(record):  # a full disk takes part of it
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            os.fdatasync(fd)
+        except OSError:
+            # Cut a part-written record away: the next append must not
+            # glue its record onto a torn one.
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise
     finally:
         os.close(fd)
 

@@ -7,10 +7,31 @@ Contract:   ``run(cfg, interval)`` runs until SIGTERM/SIGINT and returns
             earliest due time in its in-memory index (rebuilt from queue/
             at start), never polling.  SIGHUP reloads the configuration
             between messages.  ``lock_holder`` tells status who runs.
-            FIFO bytes: W (look at incoming/), F (run the whole queue,
-            then write state/flushed), R (carry out the 'route resume'
-            requests in state/resume.*, see _take_resumes), I (read the
-            due times in queue/ again: 'queue hold|release|retry').
+            FIFO bytes: W (look at incoming/), F (carry out the flush
+            requests in state/flush.*: run the whole queue, then remove
+            them), R (carry out the 'route resume' requests in
+            state/resume.*, see _take_resumes), I (carry out the requests
+            in state/reindex.*: read the due times in queue/ again, after
+            'queue hold|release|retry').
+Security:   the pickup FIFO is writable by every local user, so a byte in
+            it is never a request by itself: it only wakes the daemon.  A
+            request is a file in state/, which only root and the daemon's
+            user can write (0700); the daemon also checks each file's owner
+            (root or itself) and that state/ is not writable by others
+            (``pending_requests``).  So no unprivileged user can make the
+            daemon run the queue, reread it, or lift a hold or a pause:
+            ten 'F' bytes from a user once meant ten more logins with a
+            refused password, which providers punish by locking the
+            account.  Holds and pauses are lifted only by 'route resume'
+            (root or the daemon's user) or by their own expiry; a flush
+            does not lift them.
+Disk:       a full or failing spool file system (ENOSPC, EDQUOT, EIO)
+            never stops the daemon: the queue manager keeps what it could
+            not write (qmgr.py "Disk"), logs one line, and the daemon stops
+            picking up new mail for a while (5 s, doubling to 60 s), trying
+            again sooner when a wake-up finds free space grown; delivery
+            goes on (it frees space).  A flush asked meanwhile is answered
+            "full" (the request renamed to .full) and exits 75.
 Crashes:    all state is in the spool; a SIGKILL at any instant is
             recovered by the next start (see core/queue.py).
 See also:   sd_notify(3) (the protocol, spoken without libsystemd);
@@ -25,6 +46,7 @@ import heapq
 import os
 import signal
 import socket
+import stat
 import time
 
 from pysendmail.core import config, errors, layout, log, queue
@@ -53,6 +75,8 @@ def sd_notify(state: str) -> None:
 
 
 PICKUP_BATCH = 100
+DISK_RETRY_FIRST, DISK_RETRY_MAX = 5.0, 60.0  # seconds between pickups while the spool's disk refuses writes
+SPACE_STEP = 256 * 1024  # free space grown by this much since the failure: try again before the timer
 
 
 class SpoolLock:
@@ -70,8 +94,11 @@ class SpoolLock:
             os.close(self.fd)
             self.fd = -1
             return False
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{role} {os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{role} {os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # a full disk: the lock holds all the same; only status cannot name our pid
         return True
 
     def release(self) -> None:
@@ -109,16 +136,29 @@ class Daemon:
         self.wake = asyncio.Event()
         self.stopping = False
         self.reload_requested = False
-        self.flush_requested = False
+        # Set by F / I bytes: look for requests in state/ (pending_requests),
+        # at start too (requests left while no daemon ran).
+        self.flush_requested = True
+        self.reindex_requested = True
+        self.flush_acks: list[str] = []
         self.resume_requested = False
-        self.reindex_requested = False
         self.inflight: set[str] = set()
         self.blocked_until = 0.0
+        self.disk_retry_at = 0.0
+        self.disk_delay = DISK_RETRY_FIRST
+        self.disk_free = 0
 
     def _read_index(self, skip: frozenset[str] = frozenset()) -> list[tuple[float, str]]:
         """(due time, qid) of every queued message that is not held, as a heap."""
         due: list[tuple[float, str]] = []
-        for qid in queue.list_ids(self.spool.queue):
+        try:
+            ids = queue.list_ids(self.spool.queue)
+        except OSError as exc:
+            # EIO from a failing disk: keep what is known, read again once writes work.
+            self.manager.storage_failed(f"list {self.spool.queue}", exc)
+            self.manager.reindex_needed = True
+            return list(self.due)
+        for qid in ids:
             if qid in skip:
                 continue  # in flight: its attempt puts it back with its new due time
             try:
@@ -149,6 +189,9 @@ class Daemon:
             self.resume_requested = True
         if b"I" in data:
             self.reindex_requested = True
+        # Anyone can write these bytes: F, R and I only say "look for a
+        # request file in state/" (pending_requests), and any byte wakes
+        # the daemon (new mail).
         self.wake.set()
 
     def _on_signal(self, signum: int) -> None:
@@ -184,20 +227,31 @@ class Daemon:
                 if self.reindex_requested:
                     # queue release / retry changed due times on disk.
                     self.reindex_requested = False
-                    self.due = await asyncio.to_thread(self._read_index, frozenset(self.inflight))
-                await self._pickup()
-                flushing = self.flush_requested
-                if flushing or (self.interval and time.monotonic() - last_full >= self.interval):
+                    reindex = pending_requests(self.spool, "reindex")
+                    if reindex:
+                        self.due = await asyncio.to_thread(self._read_index, frozenset(self.inflight))
+                        _acknowledge(reindex)
+                if self.flush_requested:
                     self.flush_requested = False
+                    self.flush_acks += pending_requests(self.spool, "flush")
+                writes = self._disk_ready()
+                if writes:
+                    await self._pickup()
+                flushing = bool(self.flush_acks)
+                if flushing or (self.interval and time.monotonic() - last_full >= self.interval):
                     last_full = time.monotonic()
                     self.due = [(0.0, qid) for _, qid in self.due]
-                    reset = getattr(self.manager.transport, "reset_holds", None)
+                    reset = getattr(self.manager.transport, "reset_down", None)
                     if flushing and reset:
-                        reset()
+                        reset()  # a connection failure's short mark, never a hold or a pause
                 await self._run_due()
                 self.manager.save_route_state()
+                await self._after_round(writes)
                 if flushing:
-                    self._mark_flushed()
+                    # The waiting 'pysendmail flush' returns: 0, or 75 when
+                    # the disk refused what this run had to write.
+                    _acknowledge(self.flush_acks, full=self.manager.trouble is not None)
+                    self.flush_acks = []
                 if self.stopping:
                     break
                 await self._sleep(last_full)
@@ -218,7 +272,8 @@ class Daemon:
                 # A new submission arrived: pick it up before the backlog
                 # goes on, so one message never waits behind a long drain.
                 self.wake.clear()
-                await self._pickup()
+                if self.manager.trouble is None:
+                    await self._pickup()
             if not self.due or self.due[0][0] > time.time():
                 break
             blocked = self.manager.unavailable()
@@ -241,8 +296,13 @@ class Daemon:
             msg = await self.manager.attempt(qid, Counts())
         finally:
             self.inflight.discard(qid)
-        if msg is not None and msg.pending() and not msg.held and os.path.exists(msg.path):
-            heapq.heappush(self.due, (msg.due, qid))
+        if msg is not None and not msg.held and os.path.exists(msg.path):
+            if qid in self.manager.unrecorded or not msg.pending():
+                # The disk refused its records, its bounce or its move:
+                # again after the disk back-off, not at once (no busy loop).
+                heapq.heappush(self.due, (max(self.disk_retry_at, time.time() + self.disk_delay), qid))
+            elif msg.pending():
+                heapq.heappush(self.due, (msg.due, qid))
         while self.manager.new_ids:
             heapq.heappush(self.due, (0.0, self.manager.new_ids.pop()))
 
@@ -257,6 +317,37 @@ class Daemon:
         if self.manager.more_incoming:
             self.wake.set()
 
+    def _disk_ready(self) -> bool:
+        """True when pickup may write: no storage failure, or its back-off is over, or space came back."""
+        manager = self.manager
+        if manager.trouble is None:
+            return True
+        if time.time() >= self.disk_retry_at or queue.free_bytes(self.spool.queue) >= self.disk_free + SPACE_STEP:
+            manager.trouble = None  # try again; a new failure sets it again
+            return True
+        return False
+
+    async def _after_round(self, tried: bool) -> None:
+        """Arm the back-off after a storage failure, or note that writes work again."""
+        manager = self.manager
+        now = time.time()
+        if manager.trouble is not None:
+            if tried or self.disk_retry_at <= now:
+                self.disk_retry_at = now + self.disk_delay
+                self.disk_delay = min(self.disk_delay * 2, DISK_RETRY_MAX)
+                self.disk_free = queue.free_bytes(self.spool.queue)
+            return
+        if tried and self.disk_retry_at:
+            # The first round that wrote again after a failure.
+            self.disk_retry_at = 0.0
+            self.disk_delay = DISK_RETRY_FIRST
+            manager.storage_recovered()
+            if manager.reindex_needed:
+                # A failed pickup batch had queued some before failing.
+                manager.reindex_needed = False
+                self.due = await asyncio.to_thread(self._read_index, frozenset(self.inflight))
+            self.wake.set()  # one more round for what waited in incoming/ during the failure
+
     async def _sleep(self, last_full: float) -> None:
         """Wait for a poke, a signal, the next due time, or idle connections to expire."""
         if (self.flush_requested or self.reload_requested or self.resume_requested or self.reindex_requested
@@ -266,6 +357,8 @@ class Daemon:
         wake_at = self.due[0][0] if self.due else None
         if self.blocked_until > now:
             wake_at = self.blocked_until if wake_at is None else max(wake_at, self.blocked_until)
+        if self.manager.trouble is not None:
+            wake_at = self.disk_retry_at if wake_at is None else min(wake_at, self.disk_retry_at)
         timeout = None if wake_at is None else max(0.0, wake_at - now)
         if self.interval:
             left = max(0.0, self.interval - (time.monotonic() - last_full))
@@ -274,7 +367,11 @@ class Daemon:
         idle = float(getattr(transport, "idle_timeout", 0))
         if getattr(transport, "has_idle", lambda: False)():
             timeout = idle if timeout is None else min(timeout, idle)
-        sd_notify(f"STATUS=queue: {len(self.due)} messages, next attempt in {timeout or 0:.0f} s")
+        if self.manager.trouble is not None:
+            sd_notify(f"STATUS=queue: {len(self.due)} messages, spool disk refuses writes, pickup again in "
+                      f"{max(0.0, self.disk_retry_at - now):.0f} s")
+        else:
+            sd_notify(f"STATUS=queue: {len(self.due)} messages, next attempt in {timeout or 0:.0f} s")
         try:
             await asyncio.wait_for(self.wake.wait(), timeout)
         except asyncio.TimeoutError:
@@ -300,22 +397,9 @@ class Daemon:
             else:
                 log.log(f"daemon: route resume {name}: no such route in the configuration")
         self.manager.save_route_state()
-        for path, _ in taken:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        _acknowledge([path for path, _ in taken])
         # What waited for the route goes now (other routes' blocks still hold theirs back).
         self.due = [(0.0, qid) for _, qid in self.due]
-
-    def _mark_flushed(self) -> None:
-        """Tell a waiting 'pysendmail flush' that the run it asked for is over."""
-        path = os.path.join(self.spool.state, "flushed")
-        try:
-            with open(path, "w") as fh:
-                fh.write(f"{time.time():.6f}\n")
-        except OSError as exc:
-            log.log(f"daemon: cannot write {path}: {exc.strerror}")
 
     async def _reload(self) -> None:
         """SIGHUP: new config, aliases and relay settings, between messages."""
@@ -334,6 +418,8 @@ class Daemon:
 
 
 RESUME_PREFIX = "resume."
+FULL_SUFFIX = ".full"  # an answered flush request whose run met a full disk
+_warned_state: set[str] = set()
 
 
 def resume_request_path(spool: layout.Spool, route: str) -> str:
@@ -341,19 +427,84 @@ def resume_request_path(spool: layout.Spool, route: str) -> str:
     return os.path.join(spool.state, RESUME_PREFIX + route.encode().hex())
 
 
-def resume_requests(spool: layout.Spool) -> list[tuple[str, str]]:
-    """(path, route name) of every pending 'route resume' request."""
-    out = []
+def leave_request(spool: layout.Spool, kind: str) -> str:
+    """Create state/<kind>.<pid>.<ns> for the running daemon (then poke it); return its path.
+
+    Only root and the daemon's user can create it (state/ is 0700): that
+    is what makes it a request the daemon trusts.  The daemon removes it
+    once it has carried it out; the caller waits for that.
+    """
+    path = os.path.join(spool.state, f"{kind}.{os.getpid()}.{time.time_ns()}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.close(fd)
+    return path
+
+
+def pending_requests(spool: layout.Spool, kind: str) -> list[str]:
+    """Paths of the ``kind`` requests (state/<kind>.*) left by root or by the daemon's user.
+
+    The FIFO that announces them is anyone's, so the file is the proof:
+    a regular file (no symlink) owned by root or by us, in a state/ that
+    only root or we own and nobody else may write.  Anything else there is
+    removed, logged, and never obeyed.
+    """
+    me = os.geteuid()
     try:
+        st = os.lstat(spool.state)
         names = os.listdir(spool.state)
     except OSError:
         return []
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (0, me) or st.st_mode & 0o022:
+        if spool.state not in _warned_state:
+            _warned_state.add(spool.state)
+            log.log(f"daemon: {spool.state} is not the daemon's own directory (owner uid {st.st_uid}, mode "
+                    f"{stat.S_IMODE(st.st_mode):04o}): requests in it are ignored; run 'pysendmail spool init'")
+        return []
+    out = []
     for n in sorted(names):
-        if n.startswith(RESUME_PREFIX):
-            try:
-                out.append((os.path.join(spool.state, n), bytes.fromhex(n[len(RESUME_PREFIX):]).decode()))
-            except ValueError:
-                continue
+        if not n.startswith(kind + ".") or n.endswith(FULL_SUFFIX):
+            continue
+        path = os.path.join(spool.state, n)
+        try:
+            entry = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(entry.st_mode) and entry.st_uid in (0, me):
+            out.append(path)
+            continue
+        log.log(f"daemon: request {path} ignored and removed: owner uid {entry.st_uid}, mode "
+                f"{stat.filemode(entry.st_mode)}; only root and the daemon's user may leave requests")
+        _acknowledge([path])
+    return out
+
+
+def _acknowledge(paths: list[str], full: bool = False) -> None:
+    """Remove carried-out requests: their removal is what the waiting command sees.
+
+    ``full``: the run met a disk that refused writes; each request is
+    renamed to <name>.full instead (a rename needs no new space), which
+    the waiting flush reports with exit 75 and removes.
+    """
+    for path in paths:
+        try:
+            if full:
+                os.rename(path, path + FULL_SUFFIX)
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.log(f"daemon: cannot remove the request {path}: {exc.strerror}")
+
+
+def resume_requests(spool: layout.Spool) -> list[tuple[str, str]]:
+    """(path, route name) of every pending 'route resume' request (see pending_requests)."""
+    out = []
+    for path in pending_requests(spool, RESUME_PREFIX[:-1]):
+        try:
+            out.append((path, bytes.fromhex(os.path.basename(path)[len(RESUME_PREFIX):]).decode()))
+        except ValueError:
+            _acknowledge([path])  # not a name we write
     return out
 
 

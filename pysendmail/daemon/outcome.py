@@ -10,6 +10,9 @@ Contract:   ``classify(code, text)`` returns (status, dsn) where status is
             block, app password, sender not owned): the transport pauses
             the route, holds it, or holds the message instead, and every
             such reply carries a hint (``with_hint``) for log and status.
+            ``reply_text(code, message)`` is every reply as recorded and
+            logged: one line, whatever its shape (multi-line, NUL, bytes
+            that are not UTF-8, any length).
 See also:   RFC 5321 4.2.1 (reply code classes), RFC 3463 (enhanced status
             codes), RFC 4954 6 (AUTH replies 530, 534, 535, 454).
 """
@@ -17,7 +20,23 @@ See also:   RFC 5321 4.2.1 (reply code classes), RFC 3463 (enhanced status
 from __future__ import annotations
 
 from pysendmail.daemon import providers
-from pysendmail.daemon.transport.base import DEFERRED, FAILED, SENT
+from pysendmail.daemon.transport.base import DEFERRED, FAILED, SENT, one_line
+
+
+def reply_text(code: int, message: str) -> str:
+    """"CODE text" on one line, a multi-line reply's lines joined (RFC 5321 4.2.1).
+
+    aiosmtplib takes the code from the last line (as 4.2.1 says a client
+    may) and gives the lines' texts joined by line breaks.  Each
+    continuation usually repeats the enhanced status code ("550-5.4.5 ...",
+    "550 5.4.5 ..."): kept once, in front, where ``enhanced`` and a DSN
+    look for it.
+    """
+    lines = message.split("\n")
+    first = lines[0].split(" ", 1)[0] if lines[0] else ""
+    if len(lines) > 1 and first and enhanced(code, first) == first:
+        lines = [lines[0]] + [ln[len(first):] if ln.startswith(first) else ln for ln in lines[1:]]
+    return one_line(f"{code} " + " ".join(lines))
 
 
 def enhanced(code: int, text: str) -> str:
@@ -60,5 +79,5 @@ def verdict(provider: str | None, code: int, text: str, stage: str) -> providers
 
 def with_hint(reply: str, found: providers.Verdict | None) -> str:
     """The reply as logged and shown, followed by the hint when there is one."""
-    reply = " ".join(reply.split())  # multi-line replies on one log line
+    reply = one_line(reply)  # multi-line replies on one log line
     return f"{reply}; hint: {found.hint}" if found else reply

@@ -17,6 +17,15 @@ Crashes:    see core/queue.py: a crash between the relay's acceptance and
             An unexpected exception while handling one message is logged
             with its traceback and leaves that message queued; the run
             goes on with the next (Mailman's boundary).
+Disk:       a write that fails for the disk's sake (ENOSPC, EDQUOT, EIO,
+            EROFS: core/queue.storage_error) never reaches that boundary
+            and never ends a run: pickup leaves the submission in
+            incoming/; outcomes the relay gave but that could not be
+            appended stay in memory (``unrecorded``) and are written before
+            the message is tried again, so it is not sent twice; a bounce
+            or a move to failed/ that fails is done again later.  Each
+            sets ``trouble`` (logged once per episode); the daemon backs
+            off until space returns, a foreground flush exits 75.
 See also:   Postfix qmgr(8); ../shared/DESIGN.md "Data flow".
 """
 
@@ -188,33 +197,69 @@ class QueueManager:
         self.lifetime = float(cfg.get("queue", "lifetime"))  # type: ignore[arg-type]
         self.schedule = parse_schedule(cfg.get("queue", "retry_schedule"), cfg.path or "config")  # type: ignore[arg-type]
         self.more_incoming = False
+        self.trouble: str | None = None  # the last storage failure, until the caller clears it to retry
+        self.trouble_logged = False
+        self.unrecorded: dict[str, tuple[queue.QueuedMessage, bytes]] = {}  # qid -> (message, records not on disk)
+        self.reindex_needed = False  # a pickup failed mid-batch: queue/ holds ids nobody was told about
         self.last_success: tuple[float, str] | None = None
         self.last_failure: tuple[float, str] | None = None
         self.new_ids: list[str] = []  # queue ids this manager created (bounces), for the daemon's index
         postmaster = cfg.get("queue", "postmaster")
         self.postmaster = str(postmaster) if postmaster else None
 
+    def storage_failed(self, what: str, exc: OSError) -> None:
+        """Note a write the disk refused; one log line per episode (until ``storage_recovered``)."""
+        if self.trouble is None:  # the first failure of a run says most; later ones follow from it
+            self.trouble = f"cannot {what}: {exc.strerror or exc}"
+        if not self.trouble_logged:
+            self.trouble_logged = True
+            log.log(f"warning: {self.trouble} (spool {self.spool.path}); nothing is lost: mail stays queued "
+                    "and waits until space returns")
+
+    def storage_recovered(self) -> None:
+        if self.trouble_logged and self.trouble is None:
+            self.trouble_logged = False
+            log.log(f"spool {self.spool.path}: writes work again, resuming")
+
     def pickup(self, limit: int | None = None) -> list[str]:
-        """Move ready submissions into the queue; ``more_incoming`` says if some wait."""
-        queued, self.more_incoming = pickup.pickup_all(self.spool, self.ctx, self.cfg.max_message_size, limit)
+        """Move ready submissions into the queue; ``more_incoming`` says if some wait.
+
+        A full disk stops the batch: the submission stays in incoming/
+        (publish left nothing in queue/), ``trouble`` says why, and what
+        the batch queued before it is found by the next index read
+        (``reindex_needed``).
+        """
+        try:
+            queued, self.more_incoming = pickup.pickup_all(self.spool, self.ctx, self.cfg.max_message_size, limit)
+        except OSError as exc:
+            self.storage_failed("pick up new mail into the queue", exc)
+            self.more_incoming = False
+            self.reindex_needed = True
+            return []
         return queued
 
     async def flush(self) -> Counts:
         counts = Counts()
         counts.picked = len(self.pickup())
-        reset = getattr(self.transport, "reset_holds", None)
+        reset = getattr(self.transport, "reset_down", None)
         if reset:
-            reset()  # the administrator asked: try now, whatever the backoff
+            reset()  # the administrator asked: try now, whatever the backoff (not a hold or a pause)
         for qid in queue.list_ids(self.spool.queue):
             await self.attempt(qid, counts)
         while self.new_ids:  # bounces made during this run go out in it too
             await self.attempt(self.new_ids.pop(0), counts)
+        for qid in list(self.unrecorded):  # a last chance before this process forgets them
+            self._catch_up(qid)
         self.save_route_state()
         await self.transport.close()
         return counts
 
     async def attempt(self, qid: str, counts: Counts) -> queue.QueuedMessage | None:
         """Try one message's pending recipients; return it (state updated) or None."""
+        if qid in self.unrecorded:
+            # Its last outcomes are only in memory: write them before
+            # anything else, or the relay would get it a second time.
+            return self._catch_up(qid)
         path = os.path.join(self.spool.queue, qid)
         try:
             msg = queue.QueuedMessage.load(path)
@@ -222,6 +267,10 @@ class QueueManager:
             return None
         except spoolfile.SpoolFormatError as exc:
             log.log(f"{qid}: unreadable queue file left in place: {exc}")
+            return None
+        except OSError as exc:  # EIO from a failing disk: try it again later, never stop the run
+            self.storage_failed(f"read the queue file of {qid}", exc)
+            self.reindex_needed = True  # the daemon's index forgets it until then
             return None
         if msg.held:
             return msg
@@ -236,14 +285,21 @@ class QueueManager:
             if msg.due < blocked[0]:
                 now = time.time()
                 record = spoolfile.encode_record("deferred", f"{now:.3f}", f"{blocked[0]:.3f}", blocked[1])
-                queue.append(msg.path, record)
+                try:
+                    queue.append(msg.path, record)
+                except OSError as exc:
+                    self.storage_failed(f"record the deferral of {qid}", exc)  # only mailq's reason waits
                 msg.tries += 1
                 msg.due, msg.reason = blocked[0], blocked[1]
             return msg
         counts.messages += 1
         try:
             await self._deliver(msg, counts)
-        except Exception:
+        except Exception as exc:
+            if queue.storage_error(exc):
+                assert isinstance(exc, OSError)
+                self.storage_failed(f"write the queue file of {qid}", exc)
+                return msg
             # The boundary: log, defer with backoff so a poison message
             # cannot spin, keep the message, go on with the next.
             log.log(f"{qid}: internal error, message kept in the queue: " + traceback.format_exc())
@@ -304,7 +360,20 @@ class QueueManager:
         """Record one attempt's outcomes durably, then finish the message if nothing is pending."""
         if results:
             self.record(msg, results, counts)
+        if msg.qid not in self.unrecorded:  # else finished once its records are on disk (_catch_up)
+            self.finish(msg)
+
+    def _catch_up(self, qid: str) -> queue.QueuedMessage:
+        """Append the records a full disk refused, then finish the message; it stays pending while that fails."""
+        msg, data = self.unrecorded[qid]
+        try:
+            queue.append(msg.path, data)
+        except OSError as exc:
+            self.storage_failed(f"record the outcome of {qid}", exc)
+            return msg
+        del self.unrecorded[qid]
         self.finish(msg)
+        return msg
 
     def save_route_state(self) -> None:
         """Write what ``pysendmail status`` shows about the route: holds, last outcomes."""
@@ -329,7 +398,14 @@ class QueueManager:
                 json.dump(state, fh)
             os.replace(path + ".tmp", path)
         except OSError as exc:
-            log.log(f"cannot write {path}: {exc.strerror}")
+            try:
+                os.unlink(path + ".tmp")  # a half-written copy must not hold the space
+            except OSError:
+                pass
+            if queue.storage_error(exc):
+                self.storage_failed(f"write {path}", exc)  # the last good copy stays
+            else:
+                log.log(f"cannot write {path}: {exc.strerror}")
 
     def unavailable(self) -> tuple[float, str] | None:
         """(until, why) when no route can take mail now (hold, pause, down, rate)."""
@@ -410,16 +486,38 @@ class QueueManager:
             msg.tries += 1
             msg.due = due
             msg.reason = reason
-        if records:
-            queue.append(msg.path, b"".join(records))
+        if records or msg.qid in self.unrecorded:
+            data = b"".join(records)
+            if msg.qid in self.unrecorded:  # older records first: the file is a log
+                data = self.unrecorded.pop(msg.qid)[1] + data
+            try:
+                queue.append(msg.path, data)
+            except OSError as exc:
+                if not queue.storage_error(exc):
+                    raise
+                # The relay has spoken; forgetting it would send again.
+                # Kept here until the disk takes it (attempt -> _catch_up).
+                self.unrecorded[msg.qid] = (msg, data)
+                self.storage_failed(f"record the outcome of {msg.qid}", exc)
 
     def finish(self, msg: queue.QueuedMessage) -> None:
+        """Remove a message with nothing pending, or bounce it and move it to failed/.
+
+        On a full disk it stays in queue/ with its outcomes recorded and is
+        finished at a later attempt: the bounce's id is derived from the
+        message's, so a bounce written before the failure is not made twice.
+        """
         if msg.pending():
             return
-        if msg.failed:
-            self._bounce(msg)
-            queue.move_to_failed(self.spool, msg)
-            log.event(msg.qid, "moved to failed/")
-        else:
-            queue.remove(msg.path)
-            log.event(msg.qid, "removed")
+        try:
+            if msg.failed:
+                self._bounce(msg)
+                queue.move_to_failed(self.spool, msg)
+                log.event(msg.qid, "moved to failed/")
+            else:
+                queue.remove(msg.path)
+                log.event(msg.qid, "removed")
+        except OSError as exc:
+            if not queue.storage_error(exc):
+                raise
+            self.storage_failed(f"finish {msg.qid} (bounce, failed/, removal)", exc)

@@ -20,11 +20,26 @@ and ``stalling`` is set when a DATA starts to stall (for a test that
 kills the client then).
 ``smtputf8=False`` / ``eightbitmime=False`` leave SMTPUTF8 / 8BITMIME
 out of the EHLO reply.
+
+Reply shapes: ``reply_shapes[COMMAND] = SHAPE`` (or the test marker
+``@pytest.mark.relay_reply(COMMAND, SHAPE)``, which relay_factory applies)
+reshapes the relay's own reply to COMMAND on the wire; the relay still does
+what the reply says (a reshaped 250 to the end of data has recorded the
+message).  COMMAND is EHLO, AUTH (the final reply, not a 334 challenge),
+MAIL, RCPT, DATA (its 354), EOD (the reply to the end of data), RSET or
+QUIT; SHAPE is one of ``REPLY_SHAPES``:
+multiline (RFC 5321 4.2.1 continuation lines, the last one carrying the
+code), mismatched (a continuation line with another code), huge (about
+28 KiB of continuation lines), oversized (over aiosmtplib's 32 KiB bound),
+drip (one byte per write), malformed (no numeric code), code-199 and
+code-600 (outside 2xx-5xx), empty-text (the code alone), non-utf8 (bytes
+that are not UTF-8, a NUL and an escape sequence in the text).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 import threading
@@ -54,6 +69,37 @@ PROVIDER_REPLIES = {
     "o365-quota": "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process "
                   "message due to a permanent exception",
 }
+
+
+def _reshape(shape: str, response: bytes) -> bytes:
+    """The bytes the relay writes for ``response`` (its last line reshaped) in ``shape``; CRLF added."""
+    *before, last = response.split(b"\r\n")
+    code, text = last[:3], last[4:]
+    if last[3:4] == b"-" or shape == "drip":
+        pass  # a continuation line of the relay's own (EHLO): only its last line is reshaped
+    elif shape == "multiline":
+        last = code + b"-" + text + b"\r\n" + code + b"-and the relay has more to say\r\n" + code + b" " + text
+    elif shape == "mismatched":
+        last = (b"554-not the final code\r\n" if code != b"554" else b"250-not the final code\r\n") + last
+    elif shape in ("huge", "oversized"):
+        lines = 28 if shape == "huge" else 40
+        last = (code + b"-" + b"x" * 995 + b"\r\n") * lines + last
+    elif shape == "malformed":
+        last = b"2x0 " + text
+    elif shape in ("code-199", "code-600"):
+        last = shape[5:].encode() + b" " + text
+    elif shape == "empty-text":
+        last = code
+    elif shape == "non-utf8":
+        last = code + b" " + b"\xff\xfe\xc3( \x00 \x1b[2J bytes " + text
+    else:
+        raise ValueError(f"unknown reply shape {shape!r}; see REPLY_SHAPES")
+    return b"\r\n".join(before + [last]) + b"\r\n"
+
+
+REPLY_SHAPES = ("multiline", "mismatched", "huge", "oversized", "drip", "malformed", "code-199", "code-600",
+                "empty-text", "non-utf8")
+REPLY_COMMANDS = ("EHLO", "AUTH", "MAIL", "RCPT", "DATA", "EOD", "RSET", "QUIT")
 
 
 def free_port() -> int:
@@ -160,6 +206,40 @@ class _Handler:
 class _SMTP(SMTP):
     relay: "Relay"
 
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self._command = ""
+        # Note which command each reply answers, for reply_shapes.
+        for name, method in list(self._smtp_methods.items()):
+            self._smtp_methods[name] = self._noting(name, method)
+
+    def _noting(self, name: str, method):  # type: ignore[no-untyped-def]
+        @functools.wraps(method)
+        async def wrapper(arg):  # type: ignore[no-untyped-def]
+            self._command = name
+            return await method(arg)
+
+        return wrapper
+
+    async def push(self, status) -> None:  # type: ignore[no-untyped-def]
+        response = status.encode("utf-8") if isinstance(status, str) else status
+        command = self._command
+        if command == "DATA" and not response.startswith(b"354"):
+            command = "EOD"
+        shape = self.relay.reply_shapes.get(command)
+        if shape is None or (command == "AUTH" and response.startswith(b"334")):
+            await super().push(status)
+            return
+        wire = _reshape(shape, response)
+        if shape == "drip":
+            for i in range(len(wire)):
+                self._writer.write(wire[i : i + 1])
+                await self._writer.drain()
+                await asyncio.sleep(0.001)
+        else:
+            self._writer.write(wire)
+            await self._writer.drain()
+
     def data_received(self, data: bytes) -> None:
         # Watch the wire, not the handlers: aiosmtpd refuses MAIL before
         # STARTTLS without calling handle_MAIL, so only here can a test see
@@ -219,6 +299,7 @@ class Relay:
         self.fault_after = 0
         self.stalling = threading.Event()
         self.greet_421 = False
+        self.reply_shapes: dict[str, str] = {}  # command -> shape, see _reshape
         self.saw_plaintext_mail = False
         self.ca = trustme.CA()
         cert = self.ca.issue_cert("localhost", "127.0.0.1")

@@ -421,7 +421,12 @@ def test_wrong_password_holds_route_after_one_failed_login(tmp_path: Path, relay
         assert secret not in mailq_text(e)
         assert secret not in e.run("pysendmail", "status").stdout.decode()
 
+    # The hold outlives the run: the next 'sendmail -q' (cron) does not log
+    # in again with the refused password; 'route resume' lifts it.
+    run_queue(e)
+    assert relay.failed_logins == 1 and relay.logins == 0
     password_file(tmp_path, PASSWORD)
+    assert e.run("pysendmail", "route", "resume", "default").returncode == 0
     run_queue(e)
 
     assert relay.logins == 1 and relay.failed_logins == 1
@@ -475,6 +480,7 @@ def test_refused_oauth2_token_holds_route_and_next_login_fetches_a_new_token(tmp
     # the next login runs it again instead of reusing the refused one.
     (tmp_path / "token-command").write_text(
         f"#!/bin/sh\necho run >> {tmp_path / 'token-runs'}\necho '{relay.oauth_token}'\n")
+    assert e.run("pysendmail", "route", "resume", "default").returncode == 0
     run_queue(e)
 
     assert relay.oauth_logins[-1] == ("OAUTHBEARER", True)

@@ -99,6 +99,9 @@ class RouterTransport:
             until, why = entry.get("paused_until"), entry.get("pause_reason")
             if entry.get("pause") and isinstance(until, (int, float)) and isinstance(why, str):
                 route.smtp.restore_pause(float(until), why, str(entry.get("pause_kind") or ""))
+            hold, why, failures = entry.get("hold_until"), entry.get("hold_reason"), entry.get("auth_failures")
+            if isinstance(hold, (int, float)) and isinstance(why, str) and isinstance(failures, int):
+                route.smtp.restore_hold(float(hold), why, failures)
 
     # ------------------------------------------------------------ choice
     def _choose(self, msg: QueuedMessage) -> tuple[Route, Route | None]:
@@ -196,9 +199,9 @@ class RouterTransport:
         return tagged
 
     # ------------------------------------------------------------ seam
-    def reset_holds(self) -> None:
+    def reset_down(self) -> None:
         for r in self.routes.values():
-            r.smtp.reset_holds()
+            r.smtp.reset_down()
 
     def resume(self, name: str) -> bool:
         """Lift route ``name``'s pause, hold and down mark ('pysendmail route resume'); False if unknown."""
@@ -234,6 +237,11 @@ class RouterTransport:
                 "pause": r.smtp.pause_until > now,
                 "pause_reason": r.smtp.pause_reason if r.smtp.pause_until > now else None,
                 "pause_kind": r.smtp.pause_kind if r.smtp.pause_until > now else None,
+                # A refused login's hold, kept so that the next run (a cron
+                # 'sendmail -q', a restart) does not log in again before it ends.
+                "hold_until": r.smtp.hold_until if r.smtp.hold_until > now else None,
+                "hold_reason": r.smtp.hold_reason if r.smtp.hold_until > now else None,
+                "auth_failures": r.smtp.auth_failures,
                 "state": _state(r, now),
                 "sent_times": r.rate.snapshot(now),
             }

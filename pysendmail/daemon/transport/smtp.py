@@ -41,7 +41,7 @@ from pysendmail.core.errors import ConfigError
 from pysendmail.core.queue import QueuedMessage
 from pysendmail.daemon import outcome, secrets, wire
 from pysendmail.daemon.providers import BOUNCE, HOLD_MESSAGE, HOLD_ROUTE, PAUSE
-from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Result
+from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Result, one_line
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ class RelayError(Exception):
 
     def __init__(self, text: str, status: str = DEFERRED, dsn: str = "4.4.1", hold: bool = False,
                  pause: float = 0.0, kind: str = "") -> None:
+        text = one_line(text)  # it reaches logs, routes.json and status: one printable line
         super().__init__(text)
         self.text = text
         self.status = status
@@ -130,7 +131,7 @@ class SmtpTransport:
         self._slots: asyncio.Semaphore | None = None
         self.hold_until = 0.0
         self.hold_reason = ""
-        self._auth_failures = 0
+        self.auth_failures = 0
         self.down_until = 0.0
         self.down_reason = ""
         self.pause_until = 0.0  # a provider's quota or block window; a flush does not lift it
@@ -211,8 +212,8 @@ class SmtpTransport:
             else:
                 raise RelayError(f"relay {self.host} offers AUTH {' '.join(offered)}, none of which pysendmail speaks", hold=True)
         except aiosmtplib.SMTPResponseException as exc:
-            found = outcome.verdict(self.provider, exc.code, exc.message, "auth")
-            reply = outcome.with_hint(f"{exc.code} {exc.message}", found)
+            found = outcome.verdict(self.provider, exc.code, outcome.reply_text(exc.code, exc.message), "auth")
+            reply = outcome.with_hint(outcome.reply_text(exc.code, exc.message), found)
             if found is not None:
                 reply = f"{found.kind}: {reply}"
             if found is not None and found.action == PAUSE:
@@ -331,7 +332,7 @@ class SmtpTransport:
                 return self._route_failure(exc, indices)
             except _NETWORK_ERRORS as exc:
                 return self._route_failure(RelayError(f"cannot connect to {self.relay}: {_describe(exc)}"), indices)
-            self._auth_failures = 0
+            self.auth_failures = 0
             self.relay, self.tls_version = conn.peer, conn.tls_version
             healthy = False
             try:
@@ -390,9 +391,11 @@ class SmtpTransport:
         try:
             await smtp.mail(env.sender, options=options, encoding=encoding)
         except aiosmtplib.SMTPResponseException as exc:
+            self._check_in_step(smtp, exc, "MAIL")
             await self._rset(smtp)
             if outcome.is_auth_failure(exc.code, exc.message, "mail"):
-                raise RelayError(f"relay requires authentication: {exc.code} {exc.message}", hold=True) from None
+                raise RelayError(f"relay requires authentication: {outcome.reply_text(exc.code, exc.message)}",
+                                 hold=True) from None
             return self._refused(exc, chunk, "mail")
         results = []
         accepted = []
@@ -401,6 +404,7 @@ class SmtpTransport:
                 await smtp.rcpt(env.recipients[i], encoding=encoding)
                 accepted.append(i)
             except aiosmtplib.SMTPResponseException as exc:
+                self._check_in_step(smtp, exc, "RCPT")
                 results.extend(self._refused(exc, [i], "rcpt"))
         if not accepted:
             await self._rset(smtp)
@@ -408,10 +412,34 @@ class SmtpTransport:
         try:
             resp = await smtp.data(data.data)
         except aiosmtplib.SMTPResponseException as exc:
+            self._check_in_step(smtp, exc, "DATA")
             await self._rset(smtp)
             return results + self._refused(exc, accepted, "data")
-        text = f"{resp.code} {resp.message}"
+        # A multi-line 250 (RFC 5321 4.2.1) is joined into one line here:
+        # its line breaks once made the done record unwritable, so every
+        # run sent the message again.
+        text = outcome.reply_text(resp.code, resp.message)
         return results + [Result(i, SENT, outcome.enhanced(resp.code, resp.message), text) for i in accepted]
+
+    def _check_in_step(self, smtp: aiosmtplib.SMTP, exc: aiosmtplib.SMTPResponseException, command: str) -> None:
+        """Close the session and defer when a refusal is not a 4xx or 5xx reply.
+
+        aiosmtplib raises for every reply but the one it expects; a code
+        outside 4xx/5xx (a 2xx or 3xx out of place, a code outside 200-599,
+        a malformed line, a reply over its 32 KiB bound: code -1) means
+        client and relay no longer agree on where the dialogue is, and the
+        rest of such a reply may still be in flight.  Nothing more is said
+        on that connection (not even RSET, whose reply could be that rest)
+        and its recipients are deferred, never taken as sent or refused.
+        """
+        if 400 <= exc.code < 600:
+            return
+        smtp.close()
+        raise RelayError(
+            f"relay {self.host} answered {command} with a reply pysendmail cannot use "
+            f"({outcome.reply_text(exc.code, exc.message)}); connection closed, mail deferred",
+            dsn="4.5.0",
+        )
 
     def _refused(self, exc: aiosmtplib.SMTPResponseException, indices: list[int], stage: str) -> list[Result]:
         """Results for a refused MAIL, RCPT or DATA; a provider's quota or block raises instead.
@@ -420,8 +448,8 @@ class SmtpTransport:
         whole route pauses (RelayError with ``pause``) rather than bouncing
         the message or retrying into a longer block.
         """
-        found = outcome.verdict(self.provider, exc.code, exc.message, stage)
-        reply = outcome.with_hint(f"{exc.code} {exc.message}", found)
+        found = outcome.verdict(self.provider, exc.code, outcome.reply_text(exc.code, exc.message), stage)
+        reply = outcome.with_hint(outcome.reply_text(exc.code, exc.message), found)
         status, dsn = outcome.classify(exc.code, exc.message)
         if found is not None:
             if found.action == PAUSE:
@@ -438,8 +466,9 @@ class SmtpTransport:
     async def _rset(self, smtp: aiosmtplib.SMTP) -> None:
         try:
             await smtp.rset()
-        except aiosmtplib.SMTPResponseException:
-            pass
+        except aiosmtplib.SMTPResponseException as exc:
+            if not 200 <= exc.code < 600:
+                smtp.close()  # out of step (see _check_in_step): not reused
 
     def _route_failure(self, exc: RelayError, indices: list[int]) -> list[Result]:
         now = time.time()
@@ -452,26 +481,34 @@ class SmtpTransport:
                 f" ({int(exc.pause)} s), mail kept in the queue: {exc.text}"
             )
         elif exc.hold:
-            self._auth_failures += 1
-            delay = min(HOLD_MAX, HOLD_BASE * 2 ** (self._auth_failures - 1))
+            self.auth_failures += 1
+            delay = min(HOLD_MAX, HOLD_BASE * 2 ** (self.auth_failures - 1))
             self.hold_until = now + delay
             self.hold_reason = exc.text
             log.log(
                 f"relay {self.host}: AUTHENTICATION FAILED, all mail held for {int(delay)} s: {exc.text}; "
-                "check relay.username and the password, then run 'pysendmail flush'"
+                f"check {self.where}.username and the password, then run 'pysendmail route resume {self.name}'"
             )
         else:
             self.down_until = now + DOWN_SECONDS
             self.down_reason = exc.text
         return [Result(i, DEFERRED, "4.7.0" if exc.hold and not exc.pause else exc.dsn, exc.text) for i in indices]
 
-    def reset_holds(self) -> None:
-        """A flush asked by the administrator tries again at once.
+    def reset_down(self) -> None:
+        """A flush asked by the administrator tries a route marked down (connection failed) at once.
 
-        Not a provider's pause: trying during a Yandex spam block extends
-        it by another 24 h, so only 'pysendmail route resume' lifts one.
+        Not a hold (refused login: each retry is one more failed login,
+        and providers lock accounts for those) and not a provider's pause
+        (trying during a Yandex spam block extends it by 24 h): only
+        'pysendmail route resume' or their expiry lifts them.
         """
-        self.hold_until = self.down_until = 0.0
+        self.down_until = 0.0
+
+    def restore_hold(self, until: float, reason: str, failures: int) -> None:
+        """A hold recorded by an earlier run (spool/state) outlives it: a new run does not log in again."""
+        if until > time.time():
+            self.hold_until, self.hold_reason = until, reason
+        self.auth_failures = max(0, failures)  # the next hold's backoff goes on growing
 
     def restore_pause(self, until: float, reason: str, kind: str = "") -> None:
         """A pause recorded by an earlier run (spool/state) outlives a restart."""
@@ -482,7 +519,7 @@ class SmtpTransport:
         """'pysendmail route resume': lift a pause, a hold and a down mark now."""
         self.pause_until = self.hold_until = self.down_until = 0.0
         self.pause_reason = self.pause_kind = ""
-        self._auth_failures = 0
+        self.auth_failures = 0
 
 
 def _idn_to_ascii(msg: QueuedMessage, indices: list[int]) -> QueuedMessage | None:
