@@ -10,6 +10,9 @@ Security:   incoming/ is 3733 in a shared (system) spool: anyone may create
             files; the setgid bit gives each file the daemon's group, so
             0640 lets the daemon read it and nobody else.  A private (user
             mode) spool is 0700 throughout.  Anything else is refused.
+            Root's set-up (ensure_layout) works on descriptors opened
+            with O_NOFOLLOW|O_DIRECTORY, never following a link that the
+            spool's owner (or any user but root) could have planted.
 Crashes:    before fchmod the file is 0600 and the daemon ignores it (and
             removes it once stale); after fchmod and fsync it is complete.
             A failed enqueue removes its own file before reporting.

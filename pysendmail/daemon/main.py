@@ -11,6 +11,11 @@ Contract:   ``run(cfg, interval)`` runs until SIGTERM/SIGINT and returns
             then write state/flushed), R (carry out the 'route resume'
             requests in state/resume.*, see _take_resumes), I (read the
             due times in queue/ again: 'queue hold|release|retry').
+            Each wake-up drains the FIFO (drain_fifo), so a flood of
+            bytes from any local user is one pass, and a pass costs what
+            pickup's Scanner finds new or changed, not the whole of
+            incoming/; a listing put off by its throttle and the sweep of
+            unready files are wake-up times of _sleep.
 Crashes:    all state is in the spool; a SIGKILL at any instant is
             recovered by the next start (see core/queue.py).
 See also:   sd_notify(3) (the protocol, spoken without libsystemd);
@@ -53,6 +58,28 @@ def sd_notify(state: str) -> None:
 
 
 PICKUP_BATCH = 100
+FIFO_DRAIN_LIMIT = 1 << 20  # bytes read per wake-up callback: the pipe holds 64 KiB, so this drains it
+
+
+def drain_fifo(fd: int) -> bytes:
+    """Everything waiting in the pickup FIFO (up to FIFO_DRAIN_LIMIT), for one wake-up.
+
+    A flood of pokes (any local user may write the FIFO) must cost one
+    callback and one pickup pass per batch, not one per 4 KiB read: the
+    loop then wakes once however many bytes were written.
+    """
+    chunks: list[bytes] = []
+    total = 0
+    while total < FIFO_DRAIN_LIMIT:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 class SpoolLock:
@@ -139,9 +166,8 @@ class Daemon:
         return due
 
     def _on_fifo(self, fd: int) -> None:
-        try:
-            data = os.read(fd, 4096)
-        except BlockingIOError:
+        data = drain_fifo(fd)
+        if not data:
             return
         if b"F" in data:
             self.flush_requested = True
@@ -271,6 +297,12 @@ class Daemon:
             left = max(0.0, self.interval - (time.monotonic() - last_full))
             timeout = left if timeout is None else min(timeout, left)
         transport = self.manager.transport
+        scanner = self.manager.scanner
+        for at in (scanner.retry_at, scanner.next_sweep if scanner.left else None):
+            # A listing of incoming/ put off by its throttle; the periodic
+            # sweep that removes stale unready files.
+            if at is not None:
+                timeout = max(0.0, at - now) if timeout is None else min(timeout, max(0.0, at - now))
         idle = float(getattr(transport, "idle_timeout", 0))
         if getattr(transport, "has_idle", lambda: False)():
             timeout = idle if timeout is None else min(timeout, idle)
@@ -327,6 +359,7 @@ class Daemon:
         except Exception as exc:
             log.log(f"daemon: reload failed, keeping the old configuration: {exc}")
         else:
+            manager.scanner.adopt(self.manager.scanner)  # what pickup left alone stays known
             old, self.cfg, self.manager = self.manager, cfg, manager
             await old.transport.close()
             log.log("daemon: configuration reloaded")

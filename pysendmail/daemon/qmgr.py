@@ -188,6 +188,7 @@ class QueueManager:
         self.lifetime = float(cfg.get("queue", "lifetime"))  # type: ignore[arg-type]
         self.schedule = parse_schedule(cfg.get("queue", "retry_schedule"), cfg.path or "config")  # type: ignore[arg-type]
         self.more_incoming = False
+        self.scanner = pickup.Scanner.from_config(cfg)  # what pickup left alone in incoming/ (daemon/pickup.py)
         self.last_success: tuple[float, str] | None = None
         self.last_failure: tuple[float, str] | None = None
         self.new_ids: list[str] = []  # queue ids this manager created (bounces), for the daemon's index
@@ -196,7 +197,8 @@ class QueueManager:
 
     def pickup(self, limit: int | None = None) -> list[str]:
         """Move ready submissions into the queue; ``more_incoming`` says if some wait."""
-        queued, self.more_incoming = pickup.pickup_all(self.spool, self.ctx, self.cfg.max_message_size, limit)
+        queued, self.more_incoming = pickup.pickup_all(self.spool, self.ctx, self.cfg.max_message_size, limit,
+                                                       self.scanner)
         return queued
 
     async def flush(self) -> Counts:

@@ -6,7 +6,7 @@ files, a foreign name, a directory, unready files) next to messages
 submitted with the real ``sendmail``, then runs the real ``sendmail -q``
 with a timeout (a FIFO opened without O_NONBLOCK would hang it).  The
 outcome is read from the filesystem and from the run's stderr: each bad
-entry is quarantined (or removed, when it is a stale unready file) with
+entry is quarantined (or removed, when it is an empty directory) with
 one log line, nothing a link pointed to is delivered or touched, and the
 good messages reach the Maildir.  Once on a private spool, once on a
 shared (3733) spool as root with the entries owned by an ordinary user.
@@ -170,14 +170,16 @@ def plant(incoming: Path, outside: Path, uid: int, gid: int, other_uid: int | No
     fresh.chmod(0o600)
     p.left.append(qid(10))
 
-    # Unready and two hours old: a submitter that died. Removed.
+    # Unready, dated two hours back with utime: the date is the owner's to
+    # set, so it proves nothing; staleness is judged by st_ctime (now) and
+    # the time pickup first saw it (test_spool_tamper.py). Left alone.
     stale = incoming / qid(11)
     stale.write_bytes(spool_bytes(uid, "died while writing"))
     _own(stale, uid, gid)
     stale.chmod(0o600)
     old = time.time() - 7200
     os.utime(stale, (old, old))
-    p.removed.append(qid(11))
+    p.left.append(qid(11))
     return p
 
 
