@@ -199,7 +199,7 @@ def _spool_keys(e: Env, keys: str) -> None:
 
 def _as_user(user: str, code: str, *args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(["runuser", "-u", user, "--", "/usr/bin/python3", "-c", code, *args],
-                          capture_output=True, timeout=60)
+                          capture_output=True, timeout=90)  # the scripts stop by themselves within 60 s
 
 
 def _flush(e: Env) -> str:
