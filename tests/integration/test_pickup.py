@@ -406,3 +406,38 @@ def test_daemon_keeps_picking_up_when_nobody_reads_its_notify_socket(env: Env, d
         import shutil
 
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_wakeups_with_junk_in_incoming_do_not_look_at_the_junk_again(env: Env, monkeypatch) -> None:
+    """Regression (issue 10): every wake-up listed and lstat'ed all of
+    incoming/, so 200,000 unready files and a flood of wake-up bytes slowed
+    each real message to seconds.  Now the junk is looked at once; later
+    passes cost an lstat of incoming/ until something changes there."""
+    from pysendmail.core import config, layout
+    from pysendmail.daemon import pickup
+    from pysendmail.daemon.qmgr import make_context
+
+    # Files older than "young" (their submitter still writing) from the
+    # start: the test cannot age a ctime, so the window is closed instead.
+    monkeypatch.setattr(pickup, "YOUNG_SECONDS", 0.0)
+    incoming = env.spool / "incoming"
+    for n in range(2000):
+        path = incoming / qid(n)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    cfg = config.load(str(env.config))
+    spool = layout.Spool(str(env.spool))
+    ctx = make_context(cfg)
+    scanner = pickup.Scanner.from_config(cfg)
+    assert pickup.pickup_all(spool, ctx, cfg.max_message_size, 100, scanner) == ([], False)
+    assert scanner.looked == 2000
+
+    for _ in range(200):  # a flood of wake-ups, nothing new
+        assert pickup.pickup_all(spool, ctx, cfg.max_message_size, 100, scanner) == ([], False)
+
+    assert scanner.looked == 2000  # listings (while incoming/'s mtime is too recent to trust) find nothing new
+    submit_good(env, 1)
+    queued: list[str] = []
+    wait_until(lambda: queued.extend(pickup.pickup_all(spool, ctx, cfg.max_message_size, 100, scanner)[0])
+               or queued, "the real message to be picked up")
+    assert scanner.looked <= 2000 + 5, "the junk was looked at again"
+    assert len(queued) == 1 and len(env.incoming()) == 2000
