@@ -441,3 +441,24 @@ def test_hard_link_from_outside_incoming_is_quarantined_not_delivered(
     assert shared_env.delivered() == []
     assert [n.split(".")[0] for n in _quarantined(shared_env)] == [real]
     assert "not all of them in incoming/" in stderr
+
+
+def test_root_flush_refuses_a_spool_the_daemon_user_replaced_by_a_link(shared_env: Env, world_dir: Path) -> None:
+    """Root's commands drop to the spool's owner found by a stat: a link planted
+    in the daemon user's directory chose whom root became (here: nobody, root
+    stayed root and worked in a root-owned spool the daemon user picked)."""
+    daemon = pwd.getpwnam("psm-daemon")
+    home = world_dir / "daemon-home"
+    home.mkdir(mode=0o755)
+    os.chown(home, daemon.pw_uid, daemon.pw_gid)
+    roots = world_dir / "roots-spool"
+    layout.ensure_layout(layout.Spool(str(roots)), shared=False)  # root's own private spool
+    before = sorted(os.listdir(roots))
+    subprocess.run(["runuser", "-u", "psm-daemon", "--", "ln", "-s", str(roots), str(home / "spool")], check=True)
+    shared_env.config.write_text(shared_env.config.read_text().replace(f'"{shared_env.spool}"', f'"{home}/spool"'))
+
+    proc = shared_env.run("sendmail", "-q")
+
+    assert proc.returncode == 78, proc.stderr
+    assert proc.stderr.decode().count("\n") == 1 and "symlink is refused" in proc.stderr.decode(), proc.stderr
+    assert sorted(os.listdir(roots)) == before, "root worked in the spool the link named"
