@@ -14,8 +14,9 @@ Contract:   ``run(cfg, interval)`` runs until SIGTERM/SIGINT and returns
             Each wake-up drains the FIFO (drain_fifo), so a flood of
             bytes from any local user is one pass, and a pass costs what
             pickup's Scanner finds new or changed, not the whole of
-            incoming/; a listing put off by its throttle and the sweep of
-            unready files are wake-up times of _sleep.
+            incoming/: inotify (daemon/watch.py) names what changed there
+            and wakes the daemon too; a listing put off by its throttle
+            and the sweep of unready files are wake-up times of _sleep.
 Crashes:    all state is in the spool; a SIGKILL at any instant is
             recovered by the next start (see core/queue.py).
 See also:   sd_notify(3) (the protocol, spoken without libsystemd);
@@ -34,6 +35,7 @@ import time
 
 from pysendmail.core import config, errors, layout, log, queue
 from pysendmail.daemon.qmgr import Counts, QueueManager
+from pysendmail.daemon.watch import Watch
 
 
 def sd_notify(state: str) -> None:
@@ -177,6 +179,12 @@ class Daemon:
             self.reindex_requested = True
         self.wake.set()
 
+    def _on_watch(self, watch: Watch) -> None:
+        names, overflow = watch.read()
+        if names or overflow:
+            self.manager.scanner.hint(names, overflow)
+            self.wake.set()
+
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
             self.reload_requested = True
@@ -188,6 +196,13 @@ class Daemon:
         loop = asyncio.get_running_loop()
         fifo = os.open(self.spool.pickup, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         loop.add_reader(fifo, self._on_fifo, fifo)
+        # Before the first listing, so that nothing created after it goes unseen.
+        watch = Watch.open(self.spool.incoming)
+        if watch is not None:
+            self.manager.scanner.watching = True
+            loop.add_reader(watch.fd, self._on_watch, watch)
+        else:
+            log.log(f"daemon: inotify unavailable: {self.spool.incoming} is listed again whenever it changes")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._on_signal, sig)
         self.due = self._read_index()
@@ -231,6 +246,9 @@ class Daemon:
             sd_notify("STOPPING=1")
             loop.remove_reader(fifo)
             os.close(fifo)
+            if watch is not None:
+                loop.remove_reader(watch.fd)
+                watch.close()
             await self.manager.transport.close()
             log.log("daemon: stopped")
 

@@ -14,7 +14,9 @@ Contract:   ``pickup_all(spool, ctx, max_size, limit, scanner)`` takes
             pickup.
             A ``Scanner`` (the daemon keeps one) remembers what it left
             alone, so a pass costs one lstat of incoming/ plus the entries
-            that are new or changed, not one lstat per entry ever planted.
+            that are new or changed, not one lstat per entry ever planted;
+            the daemon feeds it the names inotify reports
+            (daemon/watch.py), so that it need not list incoming/ at all.
 Security:   incoming/ is writable by every local user.  Each check below
             names the attack it stops.  Files are opened with
             O_NOFOLLOW|O_NONBLOCK after an lstat, and the open file is
@@ -37,6 +39,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 import time
 
 from pysendmail.core import config, layout, log, queue, spoolfile
@@ -63,9 +66,11 @@ class Scanner:
     (another inode under the name), while young (an unready file whose
     submitter is still writing: its fchmod to 0640 changes neither the
     name, the inode nor incoming/'s mtime), or when the periodic sweep
-    comes round.  incoming/ is listed again only when its mtime moved
-    (or was too recent to trust), and not more often than LIST_THROTTLE
-    allows: a flood of wake-ups costs one lstat each.
+    comes round.  With inotify (``watching``, names given by ``hint``)
+    incoming/ is listed at the start, after lost events and once per
+    sweep; without it, whenever its mtime moved (or was too recent to
+    trust).  Never more often than LIST_THROTTLE allows: a flood of
+    wake-ups costs one lstat each, a flood of new files a bounded share.
     """
 
     def __init__(self, unready_lifetime: float = STALE_SECONDS, quarantine: Quarantine | None = None) -> None:
@@ -80,8 +85,16 @@ class Scanner:
         self.retry_at: float | None = None  # a listing was put off until then: wake up for it
         self.sweep: list[str] = []
         self.next_sweep = 0.0
-        self.listings = 0  # for bench/pickup_junk
+        self.listings = 0  # for tests and bench/pickup_junk
         self.looked = 0
+        # Set by the daemon when inotify watches incoming/ (daemon/watch.py):
+        # the names it reports replace listings, which then happen only at
+        # the start, after the kernel dropped events, and once per sweep.
+        self.watching = False
+        self._hints: set[str] = set()
+        self._overflow = False
+        self._listed = False
+        self._lock = threading.Lock()  # hint() runs in the event loop, candidates() in pickup's thread
 
     @classmethod
     def from_config(cls, cfg: config.Config) -> Scanner:
@@ -95,6 +108,15 @@ class Scanner:
         self.young = old.young
         self.dir_sig, self.list_after, self.sweep, self.next_sweep = (
             old.dir_sig, old.list_after, old.sweep, old.next_sweep)
+        with old._lock:
+            self.watching, self._hints, self._overflow, self._listed = (
+                old.watching, old._hints, old._overflow, old._listed)
+
+    def hint(self, names: set[str], overflow: bool) -> None:
+        """Names inotify saw created, moved in or chmod'ed; ``overflow``: some events were lost."""
+        with self._lock:
+            self._hints |= names
+            self._overflow = self._overflow or overflow
 
     def candidates(self, incoming: str, now: float) -> list[str]:
         """The names worth an lstat in this pass, oldest first."""
@@ -105,14 +127,28 @@ class Scanner:
             return []
         todo = set(self.pending)
         self.pending = set()
-        if self.dir_sig != (st.st_ino, st.st_mtime_ns):
+        with self._lock:
+            hints, self._hints = self._hints, set()
+            overflow, self._overflow = self._overflow, False
+        todo |= hints
+        sweeping = not self.sweep and now >= self.next_sweep
+        if self.watching and self._listed and not overflow:
+            # inotify names every change; one listing per sweep, if the
+            # directory changed, in case anything ever slipped by.
+            changed = sweeping and self.dir_sig != (st.st_ino, st.st_mtime_ns)
+        else:
+            changed = overflow or self.dir_sig != (st.st_ino, st.st_mtime_ns)
+        if changed:
             if now < self.list_after:
                 self.retry_at = self.list_after
+                if overflow:
+                    with self._lock:
+                        self._overflow = True  # still owed a listing
             else:
                 self._list(incoming, st, now, todo)
         for _ in range(min(len(self.young), YOUNG_CAP)):
             todo.add(self.young.pop())
-        if not self.sweep and now >= self.next_sweep:
+        if sweeping:
             self.sweep = sorted(self.left)
             # Often enough that an unready file goes soon after its
             # lifetime even when that is short (tests set one second).
@@ -144,6 +180,7 @@ class Scanner:
             del self.stuck[gone]
         self.young.intersection_update(names)
         self.listings += 1
+        self._listed = True
         cost = time.monotonic() - started
         self.list_after = time.time() + LIST_THROTTLE * cost if cost > 0.002 else 0.0
         self.retry_at = None

@@ -441,3 +441,22 @@ def test_wakeups_with_junk_in_incoming_do_not_look_at_the_junk_again(env: Env, m
                or queued, "the real message to be picked up")
     assert scanner.looked <= 2000 + 5, "the junk was looked at again"
     assert len(queued) == 1 and len(env.incoming()) == 2000
+
+
+def test_daemon_picks_up_a_submission_that_never_poked_it(env: Env, daemon, tmp_path: Path) -> None:
+    """inotify names the file made ready (its fchmod) and wakes the daemon:
+    no FIFO byte is needed, and incoming/ is not listed for it."""
+    from pysendmail.core import layout
+
+    proc = daemon()
+    wait_until(lambda: b"daemon: started" in (tmp_path / "daemon-0.log").read_bytes(), "the daemon to start")
+    spool = layout.Spool(str(env.spool))
+    fifo = spool.pickup
+    spool.pickup = str(tmp_path / "no-such-fifo")  # enqueue's poke goes nowhere
+    envelope = spoolfile.Envelope("someone@example.org", ["someone@example.net"], uid=os.getuid(), time=time.time())
+    layout.enqueue(spool, envelope, good_message(0).replace(b"\n", b"\r\n"))
+    assert os.path.exists(fifo)
+
+    wait_until(lambda: len(env.delivered()) == 1, "the message in the Maildir")
+    assert proc.poll() is None
+    assert b"inotify unavailable" not in (tmp_path / "daemon-0.log").read_bytes()
