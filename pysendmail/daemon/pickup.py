@@ -149,7 +149,12 @@ class Scanner:
         for _ in range(min(len(self.young), YOUNG_CAP)):
             todo.add(self.young.pop())
         if sweeping:
-            self.sweep = sorted(self.left)
+            if self.watching:
+                # inotify reports every change to them; only age (the
+                # unready lifetime, counted from first sight) is news.
+                self.sweep = sorted(n for n, (_, seen) in self.left.items() if now - seen > self.unready_lifetime)
+            else:
+                self.sweep = sorted(self.left)
             # Often enough that an unready file goes soon after its
             # lifetime even when that is short (tests set one second).
             self.next_sweep = now + min(SWEEP_INTERVAL, max(0.5, self.unready_lifetime / 4))
