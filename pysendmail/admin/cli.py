@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import pwd
+import stat
 import sys
 import time
 from collections.abc import Iterable
@@ -69,9 +70,14 @@ def drop_privileges(cfg: config.Config) -> None:
     if os.geteuid() != 0:
         return
     try:
-        st = os.stat(cfg.spool_path)
+        st = os.lstat(cfg.spool_path)
     except OSError:
         return
+    if not stat.S_ISDIR(st.st_mode):
+        # Never os.stat: a link planted by whoever owns the spool's parent
+        # would choose whom root becomes, or keep root root in a directory
+        # that user picked.
+        raise errors.ConfigError(f"spool {cfg.spool_path} is not a directory (a symlink is refused)")
     if st.st_uid == 0:
         return
     entry = pwd.getpwuid(st.st_uid)

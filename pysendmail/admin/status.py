@@ -50,8 +50,44 @@ def collect(cfg: config.Config, spool: layout.Spool, pid: int | None, counts: di
         "spool": spool.path,
         "daemon_pid": pid,
         "counts": counts,
+        "quarantine": _quarantine(cfg, spool),
         "routes": routes,
     }
+
+
+def _quarantine(cfg: config.Config, spool: layout.Spool) -> dict[str, object]:
+    """What pickup refused and keeps (entries, bytes, oldest) and the bounds it keeps them within."""
+    from pysendmail.daemon import quarantine
+
+    bounds = quarantine.Bounds.from_config(cfg)
+    try:
+        entries, size, oldest = quarantine.summary(spool.quarantine)
+    except OSError:
+        entries, size, oldest = 0, 0, None
+    return {"entries": entries, "bytes": size, "oldest": oldest, "max_entries": bounds.max_entries,
+            "max_bytes": bounds.max_bytes, "lifetime": bounds.lifetime}
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB"):
+        if n < 1024 or unit == "MiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""  # not reached
+
+
+def _quarantine_line(q: dict[str, object], spool: str) -> str:
+    """One line: 'quarantine: 3 entries, 12.0 KiB, oldest DATE (kept 30 days, at most ...)'."""
+    def num(key: str) -> float:
+        value = q.get(key)
+        return float(value) if isinstance(value, (int, float)) else 0.0
+
+    limits = (f"kept {num('lifetime') / 86400:g} days, at most {num('max_entries'):.0f} entries "
+              f"and {_size(num('max_bytes'))}")
+    if not num("entries"):
+        return f"quarantine: empty ({limits})"
+    return (f"quarantine: {num('entries'):.0f} entries, {_size(num('bytes'))}, oldest {when(num('oldest'))} "
+            f"({limits}): {spool}/quarantine")
 
 
 def when(value: float) -> str:
@@ -71,6 +107,9 @@ def render(data: dict[str, object], now: float | None = None) -> str:
         f"daemon:  {'running, pid %s' % pid if pid else 'not running'}",
         "queue:   " + ", ".join(f"{v} {k}" for k, v in counts.items()),
     ]
+    q = data.get("quarantine")
+    if isinstance(q, dict):
+        lines.append(_quarantine_line(q, str(data["spool"])))
     routes = data["routes"]
     assert isinstance(routes, dict)
     for name, r in routes.items():

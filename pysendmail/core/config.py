@@ -82,6 +82,11 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "path": (_STR, None),
         "user": (_STR, None),
         "max_message_size": (_INT, DEFAULT_MAX_MESSAGE_SIZE),
+        # Pickup's bounds on what users leave in the spool (issue 10).
+        "unready_lifetime": (_INT, 3600),  # seconds an unready (0600) file may stay in incoming/
+        "quarantine_max_entries": (_INT, 1000),
+        "quarantine_max_size": (_INT, 100 << 20),  # bytes
+        "quarantine_lifetime": (_INT, 30 * 86400),  # seconds
     },
     "host": {
         "name": (_STR, None),
@@ -351,6 +356,9 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
         raise ConfigError(f"spool.path in {where} must be an absolute path")
     if int(spool["max_message_size"]) < 1024:  # type: ignore[call-overload]
         raise ConfigError(f"spool.max_message_size in {where} must be at least 1024 bytes")
+    for key in ("unready_lifetime", "quarantine_max_entries", "quarantine_max_size", "quarantine_lifetime"):
+        if int(spool[key]) < 1:  # type: ignore[call-overload]
+            raise ConfigError(f"spool.{key} in {where} must be at least 1")
     maildir = values["maildir"]
     if maildir["path"] is None:
         maildir["path"] = (

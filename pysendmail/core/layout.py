@@ -10,6 +10,9 @@ Security:   incoming/ is 3733 in a shared (system) spool: anyone may create
             files; the setgid bit gives each file the daemon's group, so
             0640 lets the daemon read it and nobody else.  A private (user
             mode) spool is 0700 throughout.  Anything else is refused.
+            Root's set-up (ensure_layout) works on descriptors opened
+            with O_NOFOLLOW|O_DIRECTORY, never following a link that the
+            spool's owner (or any user but root) could have planted.
 Crashes:    before fchmod the file is 0600 and the daemon ignores it (and
             removes it once stale); after fchmod and fsync it is complete.
             A failed enqueue removes its own file before reporting.
@@ -18,6 +21,7 @@ See also:   ../shared/DESIGN.md "Privilege model"; Postfix postdrop(1).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -88,51 +92,185 @@ def check_incoming(spool: Spool) -> bool:
     )
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_LINKS = 40  # symlinks followed while walking to the spool's parent, as the kernel's own limit
+
+
+def _trusted_link(dir_fd: int, name: str, where: str, euid: int) -> None:
+    """Return if only root (or we) could have planted the link ``name`` in ``where``; else ConfigError."""
+    parent = os.fstat(dir_fd)
+    link = os.lstat(name, dir_fd=dir_fd)
+    trusted = (0, euid)
+    locked = stat.S_IMODE(parent.st_mode) & 0o022 == 0 or parent.st_mode & stat.S_ISVTX
+    if link.st_uid in trusted and parent.st_uid in trusted and locked:
+        return
+    raise ConfigError(
+        f"the spool's path goes through the symbolic link {os.path.join(where, name)} (owner uid {link.st_uid}, "
+        f"in a directory of uid {parent.st_uid}, mode {_mode_text(parent.st_mode)}) that a user other than root "
+        "can change; point spool.path at the real directory"
+    )
+
+
+def _open_parent(path: str, euid: int) -> int:
+    """A descriptor on ``path``'s parent directory, created (0755) where missing.
+
+    Walked from / one component at a time with O_NOFOLLOW: a symbolic link
+    on the way is followed only when root (or the caller) made it in a
+    directory nobody else may change (``_trusted_link``).  Otherwise a user
+    who owns a directory on the path (the daemon's user owning the spool's
+    parent) could point the rest of the walk, and with it root's chown and
+    chmod, at any file.
+    """
+    todo = [c for c in os.path.abspath(path).split("/")[:-1] if c]
+    fd = os.open("/", _DIR_FLAGS)
+    where = "/"  # for messages: the directory fd is on
+    hops = 0
+    try:
+        while todo:
+            name = todo.pop(0)
+            if name == ".":
+                continue
+            try:
+                nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                todo.insert(0, name)
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR) or not stat.S_ISLNK(os.lstat(name, dir_fd=fd).st_mode):
+                    raise
+                hops += 1
+                if hops > _MAX_LINKS:
+                    raise
+                _trusted_link(fd, name, where, euid)
+                target = os.readlink(name, dir_fd=fd)
+                todo[:0] = [c for c in target.split("/") if c]
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd = os.open("/", _DIR_FLAGS)
+                    where = "/"
+                continue
+            os.close(fd)
+            fd = nxt
+            where = os.path.normpath(os.path.join(where, name))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_dir(dir_fd: int, name: str, path: str) -> int:
+    """Open the directory ``name`` under ``dir_fd`` never following a link; ConfigError if it is none."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ConfigError(f"{path} is not a directory (a symlink is refused)") from None
+        raise
+
+
+def _fix(fd: int, st: os.stat_result, uid: int, gid: int, mode: int) -> None:
+    """Owner and mode through the open descriptor: the inode checked is the inode changed."""
+    if st.st_uid != uid or st.st_gid != gid:
+        os.fchown(fd, uid, gid)
+    if st.st_uid != uid or st.st_gid != gid or stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)  # after fchown: chown clears setgid
+
+
 def ensure_layout(spool: Spool, *, shared: bool | None = None, owner: tuple[int, int] | None = None) -> None:
     """Create the layout where missing, or check it; as the spool's owner or root.
 
     ``shared`` defaults to True when run as root (a system spool that every
     user submits into) and False otherwise (user mode).  ``owner`` is
     (uid, gid) for a new spool created by root.
+
+    Every step works on descriptors opened with O_NOFOLLOW|O_DIRECTORY
+    (mkdirat, openat, fchown, fchmod), never on a path looked up twice: the
+    spool's owner can rename anything inside the spool (and the spool itself
+    when it owns the parent), and swapping a directory for a symbolic link
+    between root's check and root's chown would make root hand any file to
+    that user.  A link, a non-directory, or a pickup FIFO that is not one
+    FIFO with one link is refused with ConfigError (exit 78), nothing changed.
     """
     euid = os.geteuid()
     if shared is None:
         shared = euid == 0
     if owner is None:
         owner = (euid, os.getegid())
+    top_mode = 0o755 if shared else PRIVATE_MODE
+    parent = top = -1
     try:
-        if not os.path.isdir(spool.path):
-            os.makedirs(spool.path, 0o755 if shared else PRIVATE_MODE, exist_ok=True)
-            os.chmod(spool.path, 0o755 if shared else PRIVATE_MODE)
-            if euid == 0:
-                os.chown(spool.path, *owner)
-        top = os.lstat(spool.path)
-        if not stat.S_ISDIR(top.st_mode):
-            raise ConfigError(f"spool {spool.path} is not a directory (a symlink is refused)")
-        if euid not in (0, top.st_uid):
+        parent = _open_parent(spool.path, euid)
+        base = os.path.basename(os.path.normpath(spool.path))
+        created = False
+        try:
+            os.mkdir(base, top_mode, dir_fd=parent)
+            created = True
+        except FileExistsError:
+            pass
+        top = _open_dir(parent, base, f"spool {spool.path}")
+        st = os.fstat(top)
+        if created and st.st_uid == euid:
+            _fix(top, st, *(owner if euid == 0 else (st.st_uid, st.st_gid)), top_mode)
+            st = os.fstat(top)
+        if euid not in (0, st.st_uid):
             raise errors.NoPermission(
-                f"spool {spool.path} belongs to uid {top.st_uid}; only that user or root may set it up"
+                f"spool {spool.path} belongs to uid {st.st_uid}; only that user or root may set it up"
             )
-        uid, gid = top.st_uid, top.st_gid
+        uid, gid = st.st_uid, st.st_gid
         wanted = [(spool.incoming, SHARED_INCOMING_MODE if shared else PRIVATE_MODE)]
         wanted += [(d, PRIVATE_MODE) for d in spool.private_dirs()]
         for path, mode in wanted:
+            name = os.path.basename(path)
             try:
-                os.mkdir(path, mode)
+                os.mkdir(name, mode, dir_fd=top)
             except FileExistsError:
                 pass
-            st = os.lstat(path)
-            if not stat.S_ISDIR(st.st_mode):
-                raise ConfigError(f"{path} is not a directory (a symlink is refused)")
-            if st.st_uid != uid or stat.S_IMODE(st.st_mode) != mode or st.st_gid != gid:
-                os.chown(path, uid, gid)
-                os.chmod(path, mode)  # chmod after chown: chown clears setgid
-        if not os.path.exists(spool.pickup):
-            os.mkfifo(spool.pickup, 0o622 if shared else 0o600)
-            os.chown(spool.pickup, uid, gid)
-            os.chmod(spool.pickup, 0o622 if shared else 0o600)
+            fd = _open_dir(top, name, path)
+            try:
+                _fix(fd, os.fstat(fd), uid, gid, mode)
+            finally:
+                os.close(fd)
+        _ensure_fifo(top, spool.pickup, uid, gid, 0o622 if shared else 0o600)
     except OSError as exc:
         raise errors.from_oserror(exc, f"set up spool {spool.path}") from None
+    finally:
+        for fd in (top, parent):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _ensure_fifo(top: int, path: str, uid: int, gid: int, mode: int) -> None:
+    """The pickup FIFO: made where missing, then checked and repaired through a descriptor.
+
+    Opened O_RDONLY|O_NONBLOCK (which neither blocks nor wakes the daemon)
+    so that fchown and fchmod reach the inode that was checked: a FIFO
+    with one link.  A hard link to someone else's FIFO, or anything else
+    planted under the name, is refused.
+    """
+    name = os.path.basename(path)
+    try:
+        os.mkfifo(name, mode, dir_fd=top)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=top)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.ENOTDIR):
+            raise ConfigError(f"{path} is not the spool's FIFO (a symlink or socket is refused); remove it") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISFIFO(st.st_mode) or st.st_nlink != 1:
+            raise ConfigError(
+                f"{path} is not the spool's FIFO ({stat.filemode(st.st_mode)}, {st.st_nlink} links); remove it"
+            )
+        _fix(fd, st, uid, gid, mode)
+    finally:
+        os.close(fd)
 
 
 def enqueue(spool: Spool, env: spoolfile.Envelope, message: bytes) -> str:

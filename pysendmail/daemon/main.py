@@ -13,6 +13,12 @@ Contract:   ``run(cfg, interval)`` runs until SIGTERM/SIGINT and returns
             state/resume.*, see _take_resumes), I (carry out the requests
             in state/reindex.*: read the due times in queue/ again, after
             'queue hold|release|retry').
+            Each wake-up drains the FIFO (drain_fifo), so a flood of
+            bytes from any local user is one pass, and a pass costs what
+            pickup's Scanner finds new or changed, not the whole of
+            incoming/: inotify (daemon/watch.py) names what changed there
+            and wakes the daemon too; a listing put off by its throttle
+            and the sweep of unready files are wake-up times of _sleep.
 Security:   the pickup FIFO is writable by every local user, so a byte in
             it is never a request by itself: it only wakes the daemon.  A
             request is a file in state/, which only root and the daemon's
@@ -51,6 +57,7 @@ import time
 
 from pysendmail.core import config, errors, layout, log, queue
 from pysendmail.daemon.qmgr import Counts, QueueManager
+from pysendmail.daemon.watch import Watch
 
 
 def sd_notify(state: str) -> None:
@@ -77,6 +84,28 @@ def sd_notify(state: str) -> None:
 PICKUP_BATCH = 100
 DISK_RETRY_FIRST, DISK_RETRY_MAX = 5.0, 60.0  # seconds between pickups while the spool's disk refuses writes
 SPACE_STEP = 256 * 1024  # free space grown by this much since the failure: try again before the timer
+FIFO_DRAIN_LIMIT = 1 << 20  # bytes read per wake-up callback: the pipe holds 64 KiB, so this drains it
+
+
+def drain_fifo(fd: int) -> bytes:
+    """Everything waiting in the pickup FIFO (up to FIFO_DRAIN_LIMIT), for one wake-up.
+
+    A flood of pokes (any local user may write the FIFO) must cost one
+    callback and one pickup pass per batch, not one per 4 KiB read: the
+    loop then wakes once however many bytes were written.
+    """
+    chunks: list[bytes] = []
+    total = 0
+    while total < FIFO_DRAIN_LIMIT:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 class SpoolLock:
@@ -179,9 +208,8 @@ class Daemon:
         return due
 
     def _on_fifo(self, fd: int) -> None:
-        try:
-            data = os.read(fd, 4096)
-        except BlockingIOError:
+        data = drain_fifo(fd)
+        if not data:
             return
         if b"F" in data:
             self.flush_requested = True
@@ -194,6 +222,12 @@ class Daemon:
         # the daemon (new mail).
         self.wake.set()
 
+    def _on_watch(self, watch: Watch) -> None:
+        names, overflow = watch.read()
+        if names or overflow:
+            self.manager.scanner.hint(names, overflow)
+            self.wake.set()
+
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
             self.reload_requested = True
@@ -205,6 +239,13 @@ class Daemon:
         loop = asyncio.get_running_loop()
         fifo = os.open(self.spool.pickup, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         loop.add_reader(fifo, self._on_fifo, fifo)
+        # Before the first listing, so that nothing created after it goes unseen.
+        watch = Watch.open(self.spool.incoming)
+        if watch is not None:
+            self.manager.scanner.watching = True
+            loop.add_reader(watch.fd, self._on_watch, watch)
+        else:
+            log.log(f"daemon: inotify unavailable: {self.spool.incoming} is listed again whenever it changes")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._on_signal, sig)
         self.due = self._read_index()
@@ -259,6 +300,9 @@ class Daemon:
             sd_notify("STOPPING=1")
             loop.remove_reader(fifo)
             os.close(fifo)
+            if watch is not None:
+                loop.remove_reader(watch.fd)
+                watch.close()
             await self.manager.transport.close()
             log.log("daemon: stopped")
 
@@ -364,6 +408,12 @@ class Daemon:
             left = max(0.0, self.interval - (time.monotonic() - last_full))
             timeout = left if timeout is None else min(timeout, left)
         transport = self.manager.transport
+        scanner = self.manager.scanner
+        for at in (scanner.retry_at, scanner.next_sweep if scanner.left else None):
+            # A listing of incoming/ put off by its throttle; the periodic
+            # sweep that removes stale unready files.
+            if at is not None:
+                timeout = max(0.0, at - now) if timeout is None else min(timeout, max(0.0, at - now))
         idle = float(getattr(transport, "idle_timeout", 0))
         if getattr(transport, "has_idle", lambda: False)():
             timeout = idle if timeout is None else min(timeout, idle)
@@ -411,6 +461,7 @@ class Daemon:
         except Exception as exc:
             log.log(f"daemon: reload failed, keeping the old configuration: {exc}")
         else:
+            manager.scanner.adopt(self.manager.scanner)  # what pickup left alone stays known
             old, self.cfg, self.manager = self.manager, cfg, manager
             await old.transport.close()
             log.log("daemon: configuration reloaded")

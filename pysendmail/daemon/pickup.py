@@ -1,25 +1,36 @@
 """Pickup: move ready submissions from incoming/ into queue/, distrusting them.
 
-Contract:   ``pickup_all(spool, ctx, max_size, limit)`` takes ready files in
-            incoming/, validates it, runs cleanup, writes queue/<qid>
-            durably and only then unlinks the incoming file; recipients
-            that cleanup refuses (a local name nothing aliases, with a
-            relay) are failed in that same file and logged as bounced.
-            Returns the queue ids it queued.  Never raises for what a user planted:
-            such entries are moved to quarantine/ with one log line (a
-            directory the daemon may not move is removed if empty, else
-            left, logged once and skipped).  Entries left alone do not
-            count toward ``limit``, so they cannot starve pickup.
+Contract:   ``pickup_all(spool, ctx, max_size, limit, scanner)`` takes
+            ready files in incoming/, validates each, runs cleanup, writes
+            queue/<qid> durably and only then unlinks the incoming file;
+            recipients that cleanup refuses (a local name nothing aliases,
+            with a relay) are failed in that same file and logged as
+            bounced.  Returns the queue ids it queued and whether more
+            wait.  Never raises for what a user planted: such entries are
+            moved to quarantine/ (bounded: daemon/quarantine.py) with one
+            log line (a directory the daemon may not move is removed if
+            empty, else left, logged once and skipped).  Entries left
+            alone do not count toward ``limit``, so they cannot starve
+            pickup.
+            A ``Scanner`` (the daemon keeps one) remembers what it left
+            alone, so a pass costs one lstat of incoming/ plus the entries
+            that are new or changed, not one lstat per entry ever planted;
+            the daemon feeds it the names inotify reports
+            (daemon/watch.py), so that it need not list incoming/ at all.
 Security:   incoming/ is writable by every local user.  Each check below
             names the attack it stops.  Files are opened with
             O_NOFOLLOW|O_NONBLOCK after an lstat, and the open file is
             compared with the lstat result, so nothing can be swapped in
             between.  The submitting uid is the file's owner, never the
-            envelope's claim.
+            envelope's claim.  Ages are judged by what the submitter
+            cannot set: st_ctime (utime sets mtime to any value but ctime
+            to now) and the time this process first saw the entry.
 Crashes:    queue/<qid> is complete before incoming/<qid> is unlinked; a
             crash between the two leaves both, and the next pickup sees
             queue/<qid> exists and only unlinks the incoming copy: no
             duplicate.  Unready (0600) files are left alone until stale.
+            The scanner's memory is only an optimisation: a new process
+            lists and looks at everything once.
 See also:   Postfix pickup(8) and cleanup(8); ../shared/DESIGN.md.
 """
 
@@ -28,21 +39,177 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 import time
 
-from pysendmail.core import layout, log, queue, spoolfile
-from pysendmail.core.qid import is_qid
+from pysendmail.core import config, layout, log, queue, spoolfile
+from pysendmail.core.qid import QID_LEN, is_qid
 from pysendmail.daemon import cleanup
+from pysendmail.daemon.quarantine import Bounds, Quarantine
 
-STALE_SECONDS = 3600  # an unready file older than this belongs to a dead submitter
+STALE_SECONDS = 3600  # default spool.unready_lifetime: an unready file older than this belongs to a dead submitter
 ENVELOPE_ALLOWANCE = 1 << 20  # room for the envelope above max_message_size
+YOUNG_SECONDS = 10.0  # an unready file this young is looked at on every pass: its submitter is finishing it
+YOUNG_CAP = 1000  # ... but no more of them per pass than this; the rest wait for the sweep
+SWEEP_INTERVAL = 60.0  # every entry left alone is looked at again this often (stale ones go then)
+SWEEP_CHUNK = 5000  # entries per pass for that sweep, so one pass stays short
+SETTLE_NS = 2_000_000_000  # an incoming/ mtime this close to "now" may hide a change made in the same clock tick
+LIST_THROTTLE = 2.0  # a listing that took t seconds is not repeated for 2 t: listing stays under a third of the time
 
 
-def _quarantine(spool: layout.Spool, name: str, why: str) -> None:
-    target = os.path.join(spool.quarantine, f"{name}.{int(time.time())}")
+class Scanner:
+    """What pickup knows of incoming/ between passes.
+
+    ``left``: entries looked at and left alone (unready files), by name,
+    with their inode and the time first seen; ``stuck``: entries that
+    could not be quarantined.  Neither is looked at again until it changes
+    (another inode under the name), while young (an unready file whose
+    submitter is still writing: its fchmod to 0640 changes neither the
+    name, the inode nor incoming/'s mtime), or when the periodic sweep
+    comes round.  With inotify (``watching``, names given by ``hint``)
+    incoming/ is listed at the start, after lost events and once per
+    sweep; without it, whenever its mtime moved (or was too recent to
+    trust).  Never more often than LIST_THROTTLE allows: a flood of
+    wake-ups costs one lstat each, a flood of new files a bounded share.
+    """
+
+    def __init__(self, unready_lifetime: float = STALE_SECONDS, quarantine: Quarantine | None = None) -> None:
+        self.unready_lifetime = unready_lifetime
+        self.quarantine = quarantine
+        self.left: dict[str, tuple[int, float]] = {}  # name -> (inode, first seen)
+        self.young: set[str] = set()  # of those, unready files still being written: looked at every pass
+        self.stuck: dict[str, int] = {}  # name -> inode
+        self.pending: set[str] = set()  # to look at, not reached in the last pass (its limit)
+        self.dir_sig: tuple[int, int] | None = None  # incoming/'s (inode, mtime_ns) at a trusted listing
+        self.list_after = 0.0  # no listing before this (throttle)
+        self.retry_at: float | None = None  # a listing was put off until then: wake up for it
+        self.sweep: list[str] = []
+        self.next_sweep = 0.0
+        self.listings = 0  # for tests and bench/pickup_junk
+        self.looked = 0
+        # Set by the daemon when inotify watches incoming/ (daemon/watch.py):
+        # the names it reports replace listings, which then happen only at
+        # the start, after the kernel dropped events, and once per sweep.
+        self.watching = False
+        self._hints: set[str] = set()
+        self._overflow = False
+        self._listed = False
+        self._lock = threading.Lock()  # hint() runs in the event loop, candidates() in pickup's thread
+
+    @classmethod
+    def from_config(cls, cfg: config.Config) -> Scanner:
+        spool = layout.Spool(cfg.spool_path)
+        return cls(float(cfg.get("spool", "unready_lifetime")),  # type: ignore[arg-type]
+                   Quarantine(spool.quarantine, Bounds.from_config(cfg)))
+
+    def adopt(self, old: Scanner) -> None:
+        """Keep what an older scanner learnt (SIGHUP builds a new one with the new settings)."""
+        self.left, self.stuck, self.pending = old.left, old.stuck, old.pending
+        self.young = old.young
+        self.dir_sig, self.list_after, self.sweep, self.next_sweep = (
+            old.dir_sig, old.list_after, old.sweep, old.next_sweep)
+        with old._lock:
+            self.watching, self._hints, self._overflow, self._listed = (
+                old.watching, old._hints, old._overflow, old._listed)
+
+    def hint(self, names: set[str], overflow: bool) -> None:
+        """Names inotify saw created, moved in or chmod'ed; ``overflow``: some events were lost."""
+        with self._lock:
+            self._hints |= names
+            self._overflow = self._overflow or overflow
+
+    def candidates(self, incoming: str, now: float) -> list[str]:
+        """The names worth an lstat in this pass, oldest first."""
+        try:
+            st = os.lstat(incoming)
+        except OSError as exc:
+            log.log(f"pickup: cannot read {incoming}: {exc.strerror}")
+            return []
+        todo = set(self.pending)
+        self.pending = set()
+        with self._lock:
+            hints, self._hints = self._hints, set()
+            overflow, self._overflow = self._overflow, False
+        todo |= hints
+        sweeping = not self.sweep and now >= self.next_sweep
+        if self.watching and self._listed and not overflow:
+            # inotify names every change; one listing per sweep, if the
+            # directory changed, in case anything ever slipped by.
+            changed = sweeping and self.dir_sig != (st.st_ino, st.st_mtime_ns)
+        else:
+            changed = overflow or self.dir_sig != (st.st_ino, st.st_mtime_ns)
+        if changed:
+            if now < self.list_after:
+                self.retry_at = self.list_after
+                if overflow:
+                    with self._lock:
+                        self._overflow = True  # still owed a listing
+            else:
+                self._list(incoming, st, now, todo)
+        for _ in range(min(len(self.young), YOUNG_CAP)):
+            todo.add(self.young.pop())
+        if sweeping:
+            if self.watching:
+                # inotify reports every change to them; only age (the
+                # unready lifetime, counted from first sight) is news.
+                self.sweep = sorted(n for n, (_, seen) in self.left.items() if now - seen > self.unready_lifetime)
+            else:
+                self.sweep = sorted(self.left)
+            # Often enough that an unready file goes soon after its
+            # lifetime even when that is short (tests set one second).
+            self.next_sweep = now + min(SWEEP_INTERVAL, max(0.5, self.unready_lifetime / 4))
+            if self.quarantine is not None:
+                self.quarantine.enforce(now)  # expiry, once per sweep
+        if self.sweep:
+            todo.update(self.sweep[:SWEEP_CHUNK])
+            del self.sweep[:SWEEP_CHUNK]
+        return sorted(todo)
+
+    def _list(self, incoming: str, st: os.stat_result, now: float, todo: set[str]) -> None:
+        """List incoming/ and add the names not known yet; forget the names gone.
+
+        Names only (set arithmetic in C): a known name whose inode changed
+        (its owner removed it and made another under the same name, which
+        sendmail never does) waits for the sweep.
+        """
+        started = time.monotonic()
+        try:
+            names = set(os.listdir(incoming))
+        except OSError as exc:
+            log.log(f"pickup: cannot read {incoming}: {exc.strerror}")
+            return
+        todo.update(names - self.left.keys() - self.stuck.keys())
+        for gone in self.left.keys() - names:
+            del self.left[gone]
+        for gone in self.stuck.keys() - names:
+            del self.stuck[gone]
+        self.young.intersection_update(names)
+        self.listings += 1
+        self._listed = True
+        cost = time.monotonic() - started
+        self.list_after = time.time() + LIST_THROTTLE * cost if cost > 0.002 else 0.0
+        self.retry_at = None
+        # Trust "unchanged" only for an mtime older than the clock's tick:
+        # a file created in the same tick as an earlier change, after this
+        # listing, would leave the mtime as it is.
+        self.dir_sig = (st.st_ino, st.st_mtime_ns) if time.time_ns() - st.st_mtime_ns > SETTLE_NS else None
+
+    def links(self, incoming: str, ino: int) -> list[str]:
+        """Every name in incoming/ for inode ``ino`` (a fresh listing)."""
+        try:
+            with os.scandir(incoming) as it:
+                return sorted(e.name for e in it if e.inode() == ino)
+        except OSError:
+            return []
+
+
+def _quarantine(spool: layout.Spool, name: str, why: str, scan: Scanner | None = None) -> None:
     path = os.path.join(spool.incoming, name)
+    quarantine = scan.quarantine if scan is not None and scan.quarantine is not None else None
+    if quarantine is None:
+        quarantine = Quarantine(spool.quarantine, Bounds())
     try:
-        os.rename(path, target)
+        quarantine.add(path, name)
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -58,7 +225,11 @@ def _quarantine(spool: layout.Spool, name: str, why: str) -> None:
             else:
                 log.log(f"pickup: incoming/{name!r} removed: {why}")
                 return
-        _stuck.add(name)
+        if scan is not None:
+            try:
+                scan.stuck[name] = os.lstat(path).st_ino
+            except OSError:
+                pass
         log.log(
             f"pickup: cannot quarantine incoming/{name!r} ({why}): {exc.strerror}; "
             "left in place and skipped: remove it as root"
@@ -74,11 +245,6 @@ def _lmode(path: str) -> int:
         return 0
 
 
-# Names in incoming/ that could not be quarantined, skipped (and not logged
-# again) while they stay; forgotten once they are gone.
-_stuck: set[str] = set()
-
-
 def _owner_name(uid: int) -> str:
     import pwd
 
@@ -89,65 +255,105 @@ def _owner_name(uid: int) -> str:
 
 
 def pickup_all(
-    spool: layout.Spool, ctx: cleanup.Context, max_size: int, limit: int | None = None
+    spool: layout.Spool, ctx: cleanup.Context, max_size: int, limit: int | None = None,
+    scanner: Scanner | None = None,
 ) -> tuple[list[str], bool]:
     """Handle up to ``limit`` entries (oldest first); (queued ids, whether more wait).
 
     Only entries dealt with (queued, quarantined, removed) count toward
-    ``limit``; those left alone (unready files, stuck ones) cost an lstat
-    each.  Counting them would let a user who creates ``limit`` unready
-    files with low names keep every later submission waiting until they go
+    ``limit``; those left alone (unready files, stuck ones) are
+    remembered by the scanner and cost nothing more until they change.
+    Counting them would let a user who creates ``limit`` unready files
+    with low names keep every later submission waiting until they go
     stale, while "more wait" stayed true and the daemon spun.
     """
+    scan = scanner if scanner is not None else Scanner()
     queued: list[str] = []
-    try:
-        names = sorted(os.listdir(spool.incoming))
-    except OSError as exc:
-        log.log(f"pickup: cannot read {spool.incoming}: {exc.strerror}")
-        return queued, False
-    if _stuck:
-        _stuck.intersection_update(names)
+    now = time.time()
+    names = scan.candidates(spool.incoming, now)
     handled = 0
-    for name in names:
-        if limit is not None and handled >= limit:
-            return queued, True
-        if name in _stuck:
-            continue
-        qid = pickup_one(spool, name, ctx, max_size)
-        if qid:
-            queued.append(qid)
-            handled += 1
-        elif not os.path.lexists(os.path.join(spool.incoming, name)):
-            handled += 1
-    return queued, False
+    pos = 0
+    try:
+        for pos, name in enumerate(names):
+            if limit is not None and handled >= limit:
+                return queued, True  # the rest: pending, first in the next pass
+            if name in scan.stuck:
+                continue
+            scan.looked += 1
+            seen = scan.left.pop(name, None)
+            scan.young.discard(name)
+            qid = pickup_one(spool, name, ctx, max_size, scan, seen[1] if seen else None)
+            if qid:
+                queued.append(qid)
+                handled += 1
+                continue
+            try:
+                st = os.lstat(os.path.join(spool.incoming, name))
+            except FileNotFoundError:
+                handled += 1
+                continue
+            except OSError:
+                continue
+            if name not in scan.stuck:
+                first = seen[1] if seen and seen[0] == st.st_ino else now
+                scan.left[name] = (st.st_ino, first)
+                if now - first < YOUNG_SECONDS and now - st.st_ctime < YOUNG_SECONDS:
+                    # Written to moments ago: its submitter's fchmod to 0640
+                    # will change neither the name, the inode nor incoming/'s
+                    # mtime, so only looking again finds it ready.
+                    scan.young.add(name)
+        pos = len(names)
+    finally:
+        # An exception (a full disk while queueing) must not make the
+        # scanner forget the names this pass did not reach.
+        scan.pending.update(names[pos:])
+    return queued, bool(scan.sweep or scan.pending)
 
 
-def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: int) -> str | None:
+def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: int,
+               scan: Scanner | None = None, seen: float | None = None) -> str | None:
+    """Deal with incoming/<name>: its queue id when queued, else None (left alone or dealt with).
+
+    ``seen``: when this process first saw the entry (for unready files).
+    """
     path = os.path.join(spool.incoming, name)
-    if not is_qid(name):
-        # A name we never create: a user's planted file or a leftover.
-        _quarantine(spool, name, "not a queue file name")
-        return None
     try:
         lst = os.lstat(path)
     except FileNotFoundError:
         return None
+    if not is_qid(name):
+        if stat.S_ISREG(lst.st_mode) and lst.st_nlink > 1:
+            # Another name for a file: removing this name loses no
+            # content (quarantining it would carry the content away, and
+            # with it, for a hard link to someone's submission, the
+            # submission: its real name would then have a link outside
+            # incoming/ and be refused too).
+            _unlink(path, f"pickup: incoming/{name!r} removed: not a queue file name, and a second name "
+                    f"(hard link) for a file of uid {lst.st_uid}")
+            return None
+        # A name we never create: a user's planted file or a leftover.
+        _quarantine(spool, name, "not a queue file name", scan)
+        return None
     if not stat.S_ISREG(lst.st_mode):
         # Symlink (would make us read another file), FIFO (would hang
         # a blocking open), device, directory: never opened.
-        _quarantine(spool, name, f"not a regular file (mode {stat.filemode(lst.st_mode)})")
+        _quarantine(spool, name, f"not a regular file (mode {stat.filemode(lst.st_mode)})", scan)
         return None
     mode = stat.S_IMODE(lst.st_mode)
     if mode == layout.NOT_READY_MODE:
-        if time.time() - lst.st_mtime > STALE_SECONDS:
-            try:
-                os.unlink(path)
-                log.log(f"{name}: removed unfinished submission (uid {lst.st_uid}, older than {STALE_SECONDS} s)")
-            except OSError:
-                pass
+        # Judged by st_ctime, never st_mtime: the owner can utime the
+        # mtime to any date (a file dated 2100 would never be stale), but
+        # every change it makes sets ctime to now; and by when this
+        # process first saw the file, which touching it does not change.
+        lifetime = scan.unready_lifetime if scan is not None else STALE_SECONDS
+        now = time.time()
+        age = max(now - lst.st_ctime, now - seen if seen is not None else 0.0)
+        if age > lifetime:
+            _unlink(path, f"{name}: removed unfinished submission (uid {lst.st_uid}, unready for more than "
+                    f"{lifetime:.0f} s)")
         return None  # still being written
     if mode != layout.READY_MODE:
-        _quarantine(spool, name, f"unexpected mode {mode:04o}")
+        _quarantine(spool, name, f"unexpected mode {mode:04o}", scan)
         return None
     if os.path.exists(os.path.join(spool.queue, name)):
         os.unlink(path)  # crash after queueing, before this unlink: already queued
@@ -155,20 +361,15 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
-        _quarantine(spool, name, f"cannot open: {exc.strerror}")
+        _quarantine(spool, name, f"cannot open: {exc.strerror}", scan)
         return None
     try:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino) or not stat.S_ISREG(st.st_mode):
-            _quarantine(spool, name, "replaced while being opened")
-            return None
-        if st.st_nlink != 1:
-            # A hard link: a user could link another user's queue file (or
-            # any file it can name) here to have it mailed.
-            _quarantine(spool, name, f"has {st.st_nlink} links")
+            _quarantine(spool, name, "replaced while being opened", scan)
             return None
         if st.st_size > max_size + ENVELOPE_ALLOWANCE:
-            _quarantine(spool, name, f"larger ({st.st_size} bytes) than the size limit")
+            _quarantine(spool, name, f"larger ({st.st_size} bytes) than the size limit", scan)
             return None
         chunks = []
         remaining = st.st_size + 1
@@ -179,6 +380,7 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
             chunks.append(chunk)
             remaining -= len(chunk)
         data = b"".join(chunks)
+        st = os.fstat(fd)  # the link count now, after reading
     finally:
         os.close(fd)
     try:
@@ -186,25 +388,84 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
         if records:
             raise spoolfile.SpoolFormatError("state records in a submission")
     except spoolfile.SpoolFormatError as exc:
-        _quarantine(spool, name, f"malformed: {exc}")
+        _quarantine(spool, name, f"malformed: {exc}", scan)
         return None
     if env.uid != st.st_uid:
         # The envelope claims another uid than the file's owner: forged.
-        _quarantine(spool, name, f"envelope uid {env.uid} is not the file owner's uid {st.st_uid}")
+        _quarantine(spool, name, f"envelope uid {env.uid} is not the file owner's uid {st.st_uid}", scan)
         return None
+    names = [name]
+    qid = name
+    if st.st_nlink != 1:
+        # A hard link.  Its content is its owner's own submission (owner
+        # and envelope agree, mode 0640 in a 0700/3733 box: only the owner
+        # wrote it), so it is delivered once, whoever added the other names.
+        lister = scan if scan is not None else Scanner()
+        for _ in range(3):  # a user adding or removing names meanwhile: look again
+            names = lister.links(spool.incoming, st.st_ino)
+            try:
+                now_st = os.lstat(path)
+            except FileNotFoundError:
+                return None
+            if now_st.st_ino != st.st_ino:
+                return None  # another file under the name now: the next pass judges it
+            if len(names) == now_st.st_nlink:
+                break
+        if len(names) > now_st.st_nlink:
+            return None  # names still coming and going: left for the next pass, not quarantined
+        if name not in names or len(names) != now_st.st_nlink:
+            # A name outside incoming/: a user could link another user's
+            # queue file (or any file it can name) here to have it mailed,
+            # or keep the file to link it in again after pickup (a replay).
+            _quarantine(spool, name, f"has {st.st_nlink} links, not all of them in incoming/", scan)
+            return None
+        qid = real_name(names, env, st)
+        if os.path.exists(os.path.join(spool.queue, qid)):
+            for other in names:  # queued before a crash; only the names were left
+                _unlink(os.path.join(spool.incoming, other), "")
+            return None
     owner = (st.st_uid, _owner_name(st.st_uid))
-    new_env, new_message, refused = cleanup.clean(env, message, name, ctx, owner)
+    new_env, new_message, refused = cleanup.clean(env, message, qid, ctx, owner)
     now = time.time()
     # Local recipients with nowhere to go are failed in the same atomic
     # write: they bounce, and can never reach the relay.
-    queue.write_new(spool.queue, name, spoolfile.encode(new_env, new_message) + cleanup.refusal_records(refused, now))
-    os.unlink(path)
+    queue.write_new(spool.queue, qid, spoolfile.encode(new_env, new_message) + cleanup.refusal_records(refused, now))
+    for other in names:
+        if other != qid:
+            _unlink(os.path.join(spool.incoming, other),
+                    f"pickup: incoming/{other!r} removed: another name (hard link) for {qid}, "
+                    f"uid {st.st_uid}'s submission, queued once as {qid}")
+    os.unlink(os.path.join(spool.incoming, qid))
     log.event(
-        name,
+        qid,
         f"uid={owner[0]} ({owner[1]})",
         f"from=<{new_env.sender}>",
         size=len(new_message),
         nrcpt=len(new_env.recipients),
     )
-    cleanup.log_refused(name, new_env, refused, now)
-    return name
+    cleanup.log_refused(qid, new_env, refused, now)
+    return qid
+
+
+def real_name(names: list[str], env: spoolfile.Envelope, st: os.stat_result) -> str:
+    """Of several names for one submission, the one its submitter most likely drew.
+
+    sendmail draws the queue id (arrival time in microseconds, then random
+    bits) after the envelope's time and before its last write (the
+    file's mtime, which only the owner can set).  Names outside that
+    window were chosen by someone else.  Someone who can stat the file
+    can still pick a name inside it; that wins nothing: the message is
+    delivered once, unchanged, under either name.
+    """
+    low, high = int(env.time * 1e6) - 1_000_000, int(st.st_mtime * 1e6) + 1_000_000
+    plausible = [n for n in names if len(n) == QID_LEN and low <= int(n[:13], 16) <= high]
+    return min(plausible or names)
+
+
+def _unlink(path: str, message: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        return
+    if message:
+        log.log(message)

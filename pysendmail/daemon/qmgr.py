@@ -201,6 +201,7 @@ class QueueManager:
         self.trouble_logged = False
         self.unrecorded: dict[str, tuple[queue.QueuedMessage, bytes]] = {}  # qid -> (message, records not on disk)
         self.reindex_needed = False  # a pickup failed mid-batch: queue/ holds ids nobody was told about
+        self.scanner = pickup.Scanner.from_config(cfg)  # what pickup left alone in incoming/ (daemon/pickup.py)
         self.last_success: tuple[float, str] | None = None
         self.last_failure: tuple[float, str] | None = None
         self.new_ids: list[str] = []  # queue ids this manager created (bounces), for the daemon's index
@@ -230,7 +231,8 @@ class QueueManager:
         (``reindex_needed``).
         """
         try:
-            queued, self.more_incoming = pickup.pickup_all(self.spool, self.ctx, self.cfg.max_message_size, limit)
+            queued, self.more_incoming = pickup.pickup_all(self.spool, self.ctx, self.cfg.max_message_size, limit,
+                                                           self.scanner)
         except OSError as exc:
             self.storage_failed("pick up new mail into the queue", exc)
             self.more_incoming = False

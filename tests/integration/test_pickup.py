@@ -6,7 +6,7 @@ files, a foreign name, a directory, unready files) next to messages
 submitted with the real ``sendmail``, then runs the real ``sendmail -q``
 with a timeout (a FIFO opened without O_NONBLOCK would hang it).  The
 outcome is read from the filesystem and from the run's stderr: each bad
-entry is quarantined (or removed, when it is a stale unready file) with
+entry is quarantined (or removed, when it is an empty directory) with
 one log line, nothing a link pointed to is delivered or touched, and the
 good messages reach the Maildir.  Once on a private spool, once on a
 shared (3733) spool as root with the entries owned by an ordinary user.
@@ -170,14 +170,16 @@ def plant(incoming: Path, outside: Path, uid: int, gid: int, other_uid: int | No
     fresh.chmod(0o600)
     p.left.append(qid(10))
 
-    # Unready and two hours old: a submitter that died. Removed.
+    # Unready, dated two hours back with utime: the date is the owner's to
+    # set, so it proves nothing; staleness is judged by st_ctime (now) and
+    # the time pickup first saw it (test_spool_tamper.py). Left alone.
     stale = incoming / qid(11)
     stale.write_bytes(spool_bytes(uid, "died while writing"))
     _own(stale, uid, gid)
     stale.chmod(0o600)
     old = time.time() - 7200
     os.utime(stale, (old, old))
-    p.removed.append(qid(11))
+    p.left.append(qid(11))
     return p
 
 
@@ -404,3 +406,57 @@ def test_daemon_keeps_picking_up_when_nobody_reads_its_notify_socket(env: Env, d
         import shutil
 
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_wakeups_with_junk_in_incoming_do_not_look_at_the_junk_again(env: Env, monkeypatch) -> None:
+    """Regression (issue 10): every wake-up listed and lstat'ed all of
+    incoming/, so 200,000 unready files and a flood of wake-up bytes slowed
+    each real message to seconds.  Now the junk is looked at once; later
+    passes cost an lstat of incoming/ until something changes there."""
+    from pysendmail.core import config, layout
+    from pysendmail.daemon import pickup
+    from pysendmail.daemon.qmgr import make_context
+
+    # Files older than "young" (their submitter still writing) from the
+    # start: the test cannot age a ctime, so the window is closed instead.
+    monkeypatch.setattr(pickup, "YOUNG_SECONDS", 0.0)
+    incoming = env.spool / "incoming"
+    for n in range(2000):
+        path = incoming / qid(n)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    cfg = config.load(str(env.config))
+    spool = layout.Spool(str(env.spool))
+    ctx = make_context(cfg)
+    scanner = pickup.Scanner.from_config(cfg)
+    assert pickup.pickup_all(spool, ctx, cfg.max_message_size, 100, scanner) == ([], False)
+    assert scanner.looked == 2000
+
+    for _ in range(200):  # a flood of wake-ups, nothing new
+        assert pickup.pickup_all(spool, ctx, cfg.max_message_size, 100, scanner) == ([], False)
+
+    assert scanner.looked == 2000  # listings (while incoming/'s mtime is too recent to trust) find nothing new
+    submit_good(env, 1)
+    queued: list[str] = []
+    wait_until(lambda: queued.extend(pickup.pickup_all(spool, ctx, cfg.max_message_size, 100, scanner)[0])
+               or queued, "the real message to be picked up")
+    assert scanner.looked <= 2000 + 5, "the junk was looked at again"
+    assert len(queued) == 1 and len(env.incoming()) == 2000
+
+
+def test_daemon_picks_up_a_submission_that_never_poked_it(env: Env, daemon, tmp_path: Path) -> None:
+    """inotify names the file made ready (its fchmod) and wakes the daemon:
+    no FIFO byte is needed, and incoming/ is not listed for it."""
+    from pysendmail.core import layout
+
+    proc = daemon()
+    wait_until(lambda: b"daemon: started" in (tmp_path / "daemon-0.log").read_bytes(), "the daemon to start")
+    spool = layout.Spool(str(env.spool))
+    fifo = spool.pickup
+    spool.pickup = str(tmp_path / "no-such-fifo")  # enqueue's poke goes nowhere
+    envelope = spoolfile.Envelope("someone@example.org", ["someone@example.net"], uid=os.getuid(), time=time.time())
+    layout.enqueue(spool, envelope, good_message(0).replace(b"\n", b"\r\n"))
+    assert os.path.exists(fifo)
+
+    wait_until(lambda: len(env.delivered()) == 1, "the message in the Maildir")
+    assert proc.poll() is None
+    assert b"inotify unavailable" not in (tmp_path / "daemon-0.log").read_bytes()
