@@ -24,13 +24,14 @@ from __future__ import annotations
 import os
 import sys
 
+from pysendmail.core import trust
 from pysendmail.core.errors import ConfigError
 
 SYSTEM_CONFIG = "/etc/pysendmail/pysendmail.toml"
 SYSTEM_SPOOL = "/var/spool/pysendmail"
 DEFAULT_MAX_MESSAGE_SIZE = 35 * 1024 * 1024
 AUTH_CHOICES = ("auto", "plain", "login", "oauthbearer", "xoauth2")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the inline-password flag
 
 
 def user_dir(kind: str) -> str:
@@ -264,24 +265,91 @@ _TYPE_WORDS = {_STR: "a string", _INT: "an integer", _BOOL: "true or false", _LI
 
 
 def load(cli_path: str | None = None) -> Config:
-    """Find and load the configuration; defaults when there is none."""
+    """Find and load the configuration this process will act on; defaults when there is none.
+
+    Acting means running its commands, reading its secrets, trusting its
+    paths: the file must be root's or this process's user's, writable by
+    nobody else (core/trust.py), or ConfigError names owner and fix.
+    """
     path, source = find_config(cli_path)
     data: dict[str, object] = {}
+    st = None
     if path is not None:
-        data = _read_toml(path)
-    return build(data, path, source)
+        data, st = _read_toml(path, acting=True)
+    cfg = build(data, path, source)
+    try:
+        trust.set_daemon(*daemon_user(cfg))
+    except ConfigError:
+        pass  # spool.user names nobody: 'spool init' and config check say so
+    if st is not None:
+        check_inline_password(cfg, st)
+    return cfg
 
 
-def _read_toml(path: str) -> dict[str, object]:
+def _read_toml(path: str, acting: bool = False) -> tuple[dict[str, object], os.stat_result]:
+    """The parsed file and its fstat; ``acting``: refuse a file someone else could have written."""
     import tomllib
 
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        # Open the resolved path: the directories trust.directories judged
+        # are the ones walked, whatever symlink the given path holds.
+        with open(os.path.realpath(path) if acting else path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if acting:
+                problem = trust.config_problem(st, path)
+                if problem:
+                    raise ConfigError(problem)
+            return tomllib.load(fh), st
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+
+def daemon_user(cfg: Config) -> tuple[int, int, str]:
+    """(uid, gid, name) of the daemon's user: spool.user, else the spool's owner, else us (system: pysendmail)."""
+    import pwd
+
+    name = cfg.get("spool", "user")
+    if name is None:
+        try:
+            st = os.stat(cfg.spool_path)
+            entry = pwd.getpwuid(st.st_uid)
+        except (OSError, KeyError):
+            entry = pwd.getpwuid(os.geteuid())
+            # The system spool belongs to the package's user.  Any other
+            # spool without spool.user is its creator's (user mode): a
+            # spool under root's private /tmp handed to "pysendmail" would
+            # be one its owner cannot even reach.
+            if cfg.system_mode or os.path.abspath(cfg.spool_path) == SYSTEM_SPOOL:
+                try:
+                    entry = pwd.getpwnam("pysendmail")
+                except KeyError:
+                    pass
+    else:
+        try:
+            entry = pwd.getpwnam(str(name))
+        except KeyError:
+            raise ConfigError(f"spool.user {name!r} in {cfg.path} is not a user on this system") from None
+    return entry.pw_uid, entry.pw_gid, entry.pw_name
+
+
+def has_inline_password(cfg: Config) -> bool:
+    return cfg.values["relay"]["password"] is not None or any(t.get("password") is not None for t in cfg.relays.values())
+
+
+def check_inline_password(cfg: Config, st: os.stat_result, reader: tuple[int, int] | None = None) -> None:
+    """A password written in the file makes the file a secret: the daemon's, readable by nobody else.
+
+    DESIGN.md "Privilege model" and pysendmail.toml(5) say loading fails;
+    sendmail checks it too (submit_settings), so a message is never
+    accepted that delivery would then refuse to send.
+    """
+    if cfg.path is None or not has_inline_password(cfg):
+        return
+    problem = trust.exposure(st, cfg.path, "configuration holding relay.password", reader)
+    if problem:
+        raise ConfigError(problem + ", or move the password to a password_file")
 
 
 def build(data: dict[str, object], path: str | None, source: str) -> Config:
@@ -481,7 +549,10 @@ def submit_settings(cli_path: str | None = None) -> SubmitSettings:
     cached = _read_cache(path)
     if cached is not None:
         return cached
-    cfg = build(_read_toml(path), path, source)
+    data, st = _read_toml(path)
+    cfg = build(data, path, source)
+    if has_inline_password(cfg):
+        _check_submitted_inline(cfg.path, st, cfg.spool_path)
     write_cache(cfg)
     return SubmitSettings(path, cfg.spool_path, cfg.max_message_size)
 
@@ -510,7 +581,26 @@ def _read_cache(path: str) -> SubmitSettings | None:
     spool, size = data.get("spool_path"), data.get("max_message_size")
     if not isinstance(spool, str) or not isinstance(size, int):
         return None
+    if data.get("inline_password"):
+        _check_submitted_inline(path, st, spool)  # the mode now, not when the cache was written
     return SubmitSettings(path, spool, size)
+
+
+def _check_submitted_inline(path: str | None, st: os.stat_result, spool_path: str) -> None:
+    """sendmail refuses a config whose inline password others can read (exit 78), before reading the message.
+
+    Judged for the daemon's user, which is the spool directory's owner
+    (spool init gives it spool.user): one stat, paid only by a config that
+    holds a password.
+    """
+    try:
+        top = os.stat(spool_path)
+        reader = (top.st_uid, top.st_gid)
+    except OSError:
+        reader = (os.geteuid(), os.getegid())
+    problem = trust.exposure(st, str(path), "configuration holding relay.password", reader)
+    if problem:
+        raise ConfigError(problem + ", or move the password to a password_file; nothing was queued")
 
 
 def write_cache(cfg: Config) -> bool:
@@ -528,6 +618,7 @@ def write_cache(cfg: Config) -> bool:
             "stamp": _stamp(st),
             "spool_path": cfg.spool_path,
             "max_message_size": cfg.max_message_size,
+            "inline_password": has_inline_password(cfg),
         }
         target = cache_path(cfg.path)
         tmp = f"{target}.{os.getpid()}.tmp"
