@@ -123,6 +123,12 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "from_address": (_STR, None),  # the account's address (default: username)
         "fallback": (_STR, None),  # name of the relay used while this one fails
     },
+    "submit": {
+        # sendmail -bs: seconds to wait for each command or DATA line
+        # (RFC 5321 4.5.3.2.7, Postfix smtpd_timeout), and for a whole session.
+        "smtp_timeout": (_INT, 300),
+        "smtp_session_limit": (_INT, 3600),
+    },
     "queue": {
         "lifetime": (_INT, 5 * 86400),
         "retry_schedule": (_LIST, None),  # durations: ["1m", "5m", "15m", "1h", "4h"]
@@ -419,6 +425,9 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
         raise ConfigError(f"spool.path in {where} must be an absolute path")
     if int(spool["max_message_size"]) < 1024:  # type: ignore[call-overload]
         raise ConfigError(f"spool.max_message_size in {where} must be at least 1024 bytes")
+    for key in ("smtp_timeout", "smtp_session_limit"):
+        if int(values["submit"][key]) < 1:  # type: ignore[call-overload]
+            raise ConfigError(f"submit.{key} in {where} must be at least 1 second")
     maildir = values["maildir"]
     if maildir["path"] is None:
         maildir["path"] = (
@@ -524,12 +533,21 @@ def _routes(raw: object, where: str, relays: dict[str, dict[str, object]], plain
 class SubmitSettings:
     """What the submission path needs; nothing more."""
 
-    __slots__ = ("config_path", "spool_path", "max_message_size")
+    __slots__ = ("config_path", "spool_path", "max_message_size", "smtp_timeout", "smtp_session_limit")
 
-    def __init__(self, config_path: str | None, spool_path: str, max_message_size: int) -> None:
+    def __init__(self, config_path: str | None, spool_path: str, max_message_size: int,
+                 smtp_timeout: int = 300, smtp_session_limit: int = 3600) -> None:
         self.config_path = config_path
         self.spool_path = spool_path
         self.max_message_size = max_message_size
+        self.smtp_timeout = smtp_timeout  # sendmail -bs only
+        self.smtp_session_limit = smtp_session_limit
+
+
+def _settings(cfg: Config) -> SubmitSettings:
+    timeout, limit = cfg.values["submit"]["smtp_timeout"], cfg.values["submit"]["smtp_session_limit"]
+    assert isinstance(timeout, int) and isinstance(limit, int)
+    return SubmitSettings(cfg.path, cfg.spool_path, cfg.max_message_size, timeout, limit)
 
 
 def cache_path(config_path: str) -> str:
@@ -544,8 +562,7 @@ def submit_settings(cli_path: str | None = None) -> SubmitSettings:
     """The submitter's settings: from the cache when fresh, else from the TOML."""
     path, source = find_config(cli_path)
     if path is None:
-        cfg = build({}, None, source)
-        return SubmitSettings(None, cfg.spool_path, cfg.max_message_size)
+        return _settings(build({}, None, source))
     cached = _read_cache(path)
     if cached is not None:
         return cached
@@ -554,7 +571,7 @@ def submit_settings(cli_path: str | None = None) -> SubmitSettings:
     if has_inline_password(cfg):
         _check_submitted_inline(cfg.path, st, cfg.spool_path)
     write_cache(cfg)
-    return SubmitSettings(path, cfg.spool_path, cfg.max_message_size)
+    return _settings(cfg)
 
 
 def _read_cache(path: str) -> SubmitSettings | None:
@@ -579,11 +596,13 @@ def _read_cache(path: str) -> SubmitSettings | None:
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or data.get("stamp") != _stamp(st):
         return None
     spool, size = data.get("spool_path"), data.get("max_message_size")
-    if not isinstance(spool, str) or not isinstance(size, int):
+    timeout, limit = data.get("smtp_timeout"), data.get("smtp_session_limit")
+    if not isinstance(spool, str) or not isinstance(size, int) or not isinstance(timeout, int) \
+            or not isinstance(limit, int):
         return None
     if data.get("inline_password"):
         _check_submitted_inline(path, st, spool)  # the mode now, not when the cache was written
-    return SubmitSettings(path, spool, size)
+    return SubmitSettings(path, spool, size, timeout, limit)
 
 
 def _check_submitted_inline(path: str | None, st: os.stat_result, spool_path: str) -> None:
@@ -619,6 +638,8 @@ def write_cache(cfg: Config) -> bool:
             "spool_path": cfg.spool_path,
             "max_message_size": cfg.max_message_size,
             "inline_password": has_inline_password(cfg),
+            "smtp_timeout": cfg.values["submit"]["smtp_timeout"],
+            "smtp_session_limit": cfg.values["submit"]["smtp_session_limit"],
         }
         target = cache_path(cfg.path)
         tmp = f"{target}.{os.getpid()}.tmp"
