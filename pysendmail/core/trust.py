@@ -102,12 +102,13 @@ def _fix_owner(trusted: tuple[int, ...]) -> str:
     return "root:root" if 0 in trusted else user_name(trusted[0])
 
 
-def control(st: os.stat_result, path: str, what: str, trusted: tuple[int, ...], dirs: bool = True) -> str | None:
+def control(st: os.stat_result, path: str, what: str, trusted: tuple[int, ...], dirs: bool = True,
+            fix: str | None = None) -> str | None:
     """Why someone outside ``trusted`` could change this file (``st`` from fstat), else None."""
     if st.st_uid not in trusted:
         return (
             f"{_it(path, what)} belongs to {_owner(st.st_uid)}, who could rewrite it; "
-            f"run 'chown {_fix_owner(trusted)} {path}; chmod go-w {path}'"
+            f"run '{fix or f'chown {_fix_owner(trusted)} {path}; chmod go-w {path}'}'"
         )
     if st.st_mode & 0o022:
         who = "every user" if st.st_mode & 0o002 else f"its group (gid {st.st_gid})"
@@ -172,7 +173,18 @@ def exposure(st: os.stat_result, path: str, what: str, reader: tuple[int, int] |
 def secret(st: os.stat_result, path: str, what: str, reader: tuple[int, int] | None = None) -> str | None:
     """The whole rule for a secret: owned by root, the daemon or us; nobody else reads or writes it."""
     trusted = owners() if reader is None else (0, reader[0], os.geteuid())
-    return exposure(st, path, what, reader) or control(st, path, what, trusted)
+    uid, gid = reader if reader is not None else daemon()[:2]
+    if uid == 0 or gid == 0:
+        fix = f"chown root:root {path}; chmod 0600 {path}"
+    else:
+        import grp
+
+        try:
+            group = grp.getgrgid(gid).gr_name
+        except KeyError:
+            group = str(gid)
+        fix = f"chown root:{group} {path}; chmod 0640 {path}"  # what setup writes
+    return exposure(st, path, what, reader) or control(st, path, what, trusted, fix=fix)
 
 
 def config_problem(st: os.stat_result, path: str) -> str | None:
