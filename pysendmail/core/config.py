@@ -4,11 +4,20 @@ Contract:   ``find_config(cli_path)`` says which file applies (or none);
             ``load(path)`` returns a Config with every key type-checked and
             defaults filled, or raises ConfigError naming the key and file;
             ``submit_settings(cli_path)`` returns the few values sendmail
-            needs, from a cache when its stamp matches the TOML file.
-Security:   the TOML file is trusted as its owner's word.  The cache is
-            trusted only when owned by the config file's owner and not
-            writable by anyone else, and only while the stamp (device,
-            inode, size, mtime) matches: a user cannot plant settings.
+            needs (spool, size limit, -bs timeouts), from a cache when its
+            stamp matches the TOML file; it reads no other file and judges
+            no owner (submission is not acting on the config).
+Security:   the TOML file is trusted as its owner's word, and ``load``
+            (every command that acts on it: daemon, flush, admin) accepts
+            only a file of root or of this process's user that nobody else
+            can write, nor any directory above it (core/trust.py); it then
+            records the daemon's user for the secrets' rule.  A file that
+            holds relay.password must be a secret (trust.exposure): load
+            and submit_settings both refuse it otherwise, sendmail before
+            it reads a message.  The cache is trusted only when owned by
+            the config file's owner and not writable by anyone else, and
+            only while the stamp (device, inode, size, mtime) matches: a
+            user cannot plant settings.
 Crashes:    the cache is written to a temporary name and renamed, so a
             reader sees the old cache, the new one, or none.
 See also:   ../shared/DESIGN.md "Interface contract"; pysendmail.toml(5).
