@@ -56,7 +56,12 @@ def drop_privileges(cfg: config.Config) -> None:
 
 
 def _ready_spool(cfg: config.Config) -> layout.Spool:
+    from pysendmail.core import trust
+
     spool = layout.Spool(cfg.spool_path)
+    problem = trust.spool(spool.path, spool_owner(cfg)[::2])  # before making it or becoming its owner
+    if problem:
+        raise errors.ConfigError(problem)
     if not os.path.isdir(spool.incoming):
         cmd_spool_init(cfg)
     drop_privileges(cfg)

@@ -207,6 +207,24 @@ def named_file(path: str, what: str, trusted: tuple[int, ...] | None = None) -> 
     return control(st, path, what, trusted)
 
 
+def spool(path: str, owner: tuple[int, str]) -> str | None:
+    """Why the spool ``path`` (daemon's user ``owner``: uid, name) must not be used by the daemon or flush, else None.
+
+    Root's flush becomes the spool's owner, and the daemon takes what
+    queue/ holds as its own: a spool (or a directory above it) that
+    someone else may replace hands them the daemon's rights and its mail.
+    """
+    trusted = (0, owner[0])
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return directories(path, "spool", trusted)  # spool init is about to create it there
+    except OSError as exc:
+        return f"cannot examine spool {path}: {exc.strerror}"
+    return control(st, path, "spool", trusted,
+                   fix=f"chown {owner[1]}: {path}; chmod go-w {path}' as root, or 'pysendmail spool init")
+
+
 def command(argv: list[str], what: str, runner: int | None = None) -> str | None:
     """Why the command ``argv`` must not run as this process (or as ``runner``), else None.
 

@@ -379,3 +379,31 @@ def test_sendmail_accepts_an_inline_password_config_only_the_daemon_group_reads(
     assert proc.returncode == 0, proc.stderr
     assert flushed.returncode == 0, flushed.stderr
     assert relay.wait_for(1)[0].rcpt_tos == ["someone@example.net"]
+
+
+# ------------------------------------------------------------------ the spool
+def test_spool_under_a_directory_an_ordinary_user_owns_is_refused_by_root_flush(world_dir: Path,
+                                                                                relay_factory) -> None:
+    relay = relay_factory("implicit")
+    e = system_env(world_dir, relay)
+    alice_uid, alice_gid = ids("psm-alice")
+    parent = world_dir / "alice-spools"
+    parent.mkdir(mode=0o755)
+    os.chown(parent, alice_uid, alice_gid)
+    spool = parent / "spool"
+    e.config.write_text(e.config.read_text().replace(f'path = "{e.spool}"', f'path = "{spool}"', 1))
+    e.spool = spool
+    e.run("pysendmail", "spool", "init", check=True)  # root makes it psm-daemon's, as for any spool
+    # ...but alice may swap it for one of her own, which root's flush would then become.
+    assert as_user("psm-alice", "mv", str(spool), str(parent / "old")).returncode == 0
+    assert as_user("psm-alice", "mkdir", "-m", "755", str(spool)).returncode == 0
+
+    for proc in (e.run("sendmail", "-q"), e.run("pysendmail", "daemon", timeout=30)):
+        assert proc.returncode == 78, proc
+        err = one_sentence(proc)
+        assert f"spool {spool} belongs to psm-alice (uid {alice_uid})" in err
+    os.rmdir(spool)
+    os.rename(parent / "old", spool)  # the real one back: the directory above is still hers
+    proc = e.run("sendmail", "-q")
+    assert proc.returncode == 78
+    assert f"directory {parent} above spool {spool} belongs to psm-alice (uid {alice_uid})" in one_sentence(proc)
