@@ -87,7 +87,9 @@ def dkim_key(domain: str, selector: str, key_file: str, owner: tuple[int, int] |
         if owner is not None and (st.st_uid, st.st_gid) != owner:
             os.chown(key_file, *owner)
             done = "kept, owner fixed"
-        if trust.exposure(st, key_file, "DKIM key", owner or (os.geteuid(), os.getegid())) or st.st_mode & 0o022:
+        reader = owner or (os.geteuid(), os.getegid())
+        if trust.exposure(st, key_file, "DKIM key", reader) or trust.control(st, key_file, "DKIM key", (st.st_uid,),
+                                                                             dirs=False):
             os.chmod(key_file, 0o600)  # what core/trust.py's rule for secrets accepts
             done = "kept, mode fixed"
     algorithm = "rsa-sha256"

@@ -594,8 +594,9 @@ def _read_cache(path: str) -> SubmitSettings | None:
     try:
         cst = os.fstat(fd)
         # Trust a cache only from the config's owner, writable by nobody
-        # else: otherwise a local user could redirect the spool.
-        if cst.st_uid != st.st_uid or cst.st_mode & 0o022 or cst.st_size > 65536:
+        # else (trust.control, the one rule): otherwise a local user could
+        # redirect the spool.  Its directory is the config's own.
+        if trust.control(cst, path, "cache", (st.st_uid,), dirs=False) or cst.st_size > 65536:
             return None
         data = marshal.loads(os.read(fd, 65536))
     except (OSError, ValueError, EOFError, TypeError):

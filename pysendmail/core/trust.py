@@ -119,31 +119,35 @@ def control(st: os.stat_result, path: str, what: str, trusted: tuple[int, ...], 
 def directories(path: str, what: str, trusted: tuple[int, ...]) -> str | None:
     """Why someone outside ``trusted`` could replace ``path`` through a directory above it, else None.
 
-    The path is resolved first (realpath): the directories the kernel
-    walks are the ones judged; callers open the resolved path.
+    Both chains are judged: the directories of the path as written (a
+    symlink on the way can be re-pointed by whoever may write the
+    directory that holds it, which is on this chain) and those of the
+    resolved path (the ones the kernel walks in the end).
     """
-    real = os.path.realpath(path)
-    directory = os.path.dirname(real)
-    while True:
-        try:
-            st = os.stat(directory)
-        except OSError as exc:
-            return f"cannot examine directory {directory} above {_it(path, what)}: {exc.strerror}"
-        if st.st_uid not in trusted:
-            return (
-                f"directory {directory} above {_it(path, what)} belongs to {_owner(st.st_uid)}, who could replace "
-                f"the file; run 'chown {_fix_owner(trusted)} {directory}; chmod go-w {directory}' or move the file"
-            )
-        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-            who = "every user" if st.st_mode & 0o002 else f"its group (gid {st.st_gid})"
-            return (
-                f"directory {directory} above {_it(path, what)} is writable by {who} "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}), who could replace the file; run 'chmod go-w {directory}'"
-            )
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            return None
-        directory = parent
+    seen: set[str] = set()
+    for start in (os.path.abspath(path), os.path.realpath(path)):
+        directory = os.path.dirname(start)
+        while directory not in seen:
+            seen.add(directory)
+            try:
+                st = os.stat(directory)
+            except OSError as exc:
+                return f"cannot examine directory {directory} above {_it(path, what)}: {exc.strerror}"
+            if st.st_uid not in trusted:
+                return (
+                    f"directory {directory} above {_it(path, what)} belongs to {_owner(st.st_uid)}, who could "
+                    f"replace the file; run 'chown {_fix_owner(trusted)} {directory}; chmod go-w {directory}' "
+                    "or move the file"
+                )
+            if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+                who = "every user" if st.st_mode & 0o002 else f"its group (gid {st.st_gid})"
+                return (
+                    f"directory {directory} above {_it(path, what)} is writable by {who} "
+                    f"(mode {stat.S_IMODE(st.st_mode):04o}), who could replace the file; "
+                    f"run 'chmod go-w {directory}'"
+                )
+            directory = os.path.dirname(directory)
+    return None
 
 
 def exposure(st: os.stat_result, path: str, what: str, reader: tuple[int, int] | None = None) -> str | None:

@@ -407,3 +407,41 @@ def test_spool_under_a_directory_an_ordinary_user_owns_is_refused_by_root_flush(
     proc = e.run("sendmail", "-q")
     assert proc.returncode == 78
     assert f"directory {parent} above spool {spool} belongs to psm-alice (uid {alice_uid})" in one_sentence(proc)
+
+
+def test_config_owned_by_the_daemon_user_is_its_word_but_not_roots(world_dir: Path, relay_factory) -> None:
+    """The daemon's user may not give itself root by editing what root's sendmail -q acts on."""
+    from tests.conftest import program
+
+    relay = relay_factory("implicit")
+    e = system_env(world_dir, relay)
+    daemon_uid, daemon_gid = ids("psm-daemon")
+    os.chown(e.config, daemon_uid, daemon_gid)
+
+    as_root = e.run("sendmail", "-q")
+    as_daemon = as_user("psm-daemon", "env", f"PYSENDMAIL_CONFIG={e.config}", program("pysendmail"),
+                        "config", "check")
+
+    assert as_root.returncode == 78
+    assert f"configuration {e.config} belongs to psm-daemon (uid {daemon_uid})" in one_sentence(as_root)
+    assert as_daemon.returncode == 0, as_daemon.stdout + as_daemon.stderr
+    assert (f"WARN configuration {e.config} belongs to psm-daemon, the daemon's user: the daemon uses it, "
+            f"but 'pysendmail flush' and 'sendmail -q' as root refuse it").encode() in as_daemon.stdout
+
+
+def test_config_reached_through_a_symlink_an_ordinary_user_may_repoint_is_refused(world_dir: Path,
+                                                                                  relay_factory) -> None:
+    relay = relay_factory("implicit")
+    e = system_env(world_dir, relay)
+    alice_uid, alice_gid = ids("psm-alice")
+    home = world_dir / "alice-links"
+    home.mkdir(mode=0o755)
+    os.chown(home, alice_uid, alice_gid)
+    link = home / "pysendmail.toml"
+    link.symlink_to(e.config)  # points at root's own file, for now
+    e.config = link
+
+    proc = e.run("sendmail", "-q")
+
+    assert proc.returncode == 78
+    assert f"directory {home} above configuration {link} belongs to psm-alice (uid {alice_uid})" in one_sentence(proc)
