@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 import sys
 
-from pysendmail.core import trust
 from pysendmail.core.errors import ConfigError
 
 SYSTEM_CONFIG = "/etc/pysendmail/pysendmail.toml"
@@ -286,6 +285,8 @@ def load(cli_path: str | None = None) -> Config:
     paths: the file must be root's or this process's user's, writable by
     nobody else (core/trust.py), or ConfigError names owner and fix.
     """
+    from pysendmail.core import trust
+
     path, source = find_config(cli_path)
     data: dict[str, object] = {}
     st = None
@@ -311,6 +312,8 @@ def _read_toml(path: str, acting: bool = False) -> tuple[dict[str, object], os.s
         with open(os.path.realpath(path) if acting else path, "rb") as fh:
             st = os.fstat(fh.fileno())
             if acting:
+                from pysendmail.core import trust
+
                 problem = trust.config_problem(st, path)
                 if problem:
                     raise ConfigError(problem)
@@ -362,6 +365,8 @@ def check_inline_password(cfg: Config, st: os.stat_result, reader: tuple[int, in
     """
     if cfg.path is None or not has_inline_password(cfg):
         return
+    from pysendmail.core import trust
+
     problem = trust.exposure(st, cfg.path, "configuration holding relay.password", reader)
     if problem:
         raise ConfigError(problem + ", or move the password to a password_file")
@@ -594,9 +599,10 @@ def _read_cache(path: str) -> SubmitSettings | None:
     try:
         cst = os.fstat(fd)
         # Trust a cache only from the config's owner, writable by nobody
-        # else (trust.control, the one rule): otherwise a local user could
-        # redirect the spool.  Its directory is the config's own.
-        if trust.control(cst, path, "cache", (st.st_uid,), dirs=False) or cst.st_size > 65536:
+        # else: otherwise a local user could redirect the spool.  (Its
+        # directory is the config's own.  Not core/trust.py: that module
+        # stays off the path every submission takes.)
+        if cst.st_uid != st.st_uid or cst.st_mode & 0o022 or cst.st_size > 65536:
             return None
         data = marshal.loads(os.read(fd, 65536))
     except (OSError, ValueError, EOFError, TypeError):
@@ -627,6 +633,8 @@ def _check_submitted_inline(path: str | None, st: os.stat_result, spool_path: st
         reader = (top.st_uid, top.st_gid)
     except OSError:
         reader = (os.geteuid(), os.getegid())
+    from pysendmail.core import trust
+
     problem = trust.exposure(st, str(path), "configuration holding relay.password", reader)
     if problem:
         raise ConfigError(problem + ", or move the password to a password_file; nothing was queued")

@@ -43,8 +43,9 @@ Crashes:    nothing on disk.
 See also:   sshd_config(5) StrictModes; sendmail's DontBlameSendmail
             (GroupWritableAliasFile); pysendmail(8) SECURITY.
 
-Lean: imported by the submission path (config.py), so only os and stat at
-the top; pwd and grp are imported where a name is needed for a message.
+Lean: sendmail imports it only for a config that holds an inline
+password (config.py imports it inside functions), so only os and stat at
+the top; pwd, grp and shutil are imported where they are needed.
 """
 
 from __future__ import annotations
