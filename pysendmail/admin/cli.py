@@ -40,29 +40,8 @@ def _load(path: str | None) -> config.Config:
 
 
 def spool_owner(cfg: config.Config) -> tuple[int, int, str]:
-    """(uid, gid, name) of the daemon's user for a spool created by root."""
-    name = cfg.get("spool", "user")
-    if name is None:
-        try:
-            st = os.stat(cfg.spool_path)
-            entry = pwd.getpwuid(st.st_uid)
-        except (OSError, KeyError):
-            entry = pwd.getpwuid(os.geteuid())
-            # The system spool belongs to the package's user.  Any other
-            # spool without spool.user is its creator's (user mode): a
-            # spool under root's private /tmp handed to "pysendmail" would
-            # be one its owner cannot even reach.
-            if cfg.system_mode or os.path.abspath(cfg.spool_path) == config.SYSTEM_SPOOL:
-                try:
-                    entry = pwd.getpwnam("pysendmail")
-                except KeyError:
-                    pass
-    else:
-        try:
-            entry = pwd.getpwnam(str(name))
-        except KeyError:
-            raise errors.ConfigError(f"spool.user {name!r} in {cfg.path} is not a user on this system") from None
-    return entry.pw_uid, entry.pw_gid, entry.pw_name
+    """(uid, gid, name) of the daemon's user for a spool created by root (config.daemon_user)."""
+    return config.daemon_user(cfg)
 
 
 def drop_privileges(cfg: config.Config) -> None:
@@ -87,7 +66,12 @@ def drop_privileges(cfg: config.Config) -> None:
 
 
 def _ready_spool(cfg: config.Config) -> layout.Spool:
+    from pysendmail.core import trust
+
     spool = layout.Spool(cfg.spool_path)
+    problem = trust.spool(spool.path, spool_owner(cfg)[::2])  # before making it or becoming its owner
+    if problem:
+        raise errors.ConfigError(problem)
     if not os.path.isdir(spool.incoming):
         cmd_spool_init(cfg)
     drop_privileges(cfg)

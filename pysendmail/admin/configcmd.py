@@ -3,8 +3,9 @@
 Contract:   ``check(cfg)`` returns findings [(level, text)] with level OK,
             WARN or FAIL: every relay resolved (preset, secrets present and
             readable as the daemon's user but by nobody else, TLS settings
-            loadable), every DKIM key, the config file, and the spool's
-            owners and modes.  It never connects anywhere.  ``show(cfg)``
+            loadable, ca_file and commands trusted), every DKIM key, the
+            config file, the aliases file, and the spool's owners and
+            modes; files are judged by core/trust.py as the daemon's user.  It never connects anywhere.  ``show(cfg)``
             returns the effective configuration, each value with its
             source (file, preset NAME, default), secrets masked.
 Security:   no secret is printed: ``password`` is shown as ********, and
@@ -17,7 +18,7 @@ from __future__ import annotations
 import os
 import stat
 
-from pysendmail.core import config, errors, layout
+from pysendmail.core import config, errors, layout, trust
 from pysendmail.daemon import secrets
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -52,8 +53,8 @@ def _secret_file(path: str, what: str, daemon: tuple[int, int, list[int], str]) 
         st = os.stat(path)
     except OSError as exc:
         return FAIL, f"{what} {path}: {exc.strerror}"
-    # The daemon's own rule (secrets.py), judged for the daemon's user.
-    problem = secrets.exposure(st, path, what, (uid, gid))
+    # The one rule for secrets (core/trust.py), judged for the daemon's user.
+    problem = trust.secret(st, path, what, (uid, gid))
     if problem:
         return FAIL, problem
     if not readable_by(st, uid, gids):
@@ -62,17 +63,28 @@ def _secret_file(path: str, what: str, daemon: tuple[int, int, list[int], str]) 
     return OK, f"{what} {path}: mode {st.st_mode & 0o777:04o}, readable by {name} only"
 
 
+def _config_file(path: str, daemon: tuple[int, int, list[int], str]) -> tuple[str, str]:
+    """config.load already refused a file this process must not act on; say what the others would do."""
+    st = os.stat(path)
+    uid, name = daemon[0], daemon[3]
+    # Acting as root, a config the daemon's user may write would hand that
+    # user root; the daemon itself accepts its own (trust.config_problem).
+    if st.st_uid != 0 and uid != 0 and st.st_uid == uid:
+        return WARN, (f"configuration {path} belongs to {name}, the daemon's user: the daemon uses it, but "
+                      f"'pysendmail flush' and 'sendmail -q' as root refuse it; run 'chown root:root {path}'")
+    return OK, f"config {path}: mode {st.st_mode & 0o777:04o}, owner {trust.user_name(st.st_uid)}, writable by its owner only"
+
+
 def check(cfg: config.Config) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     daemon = _daemon_user(cfg)
     if cfg.path:
-        st = os.stat(cfg.path)
-        if st.st_mode & 0o022:
-            out.append((FAIL, f"{cfg.path} is writable by others; run 'chmod go-w {cfg.path}'"))
-        else:
-            out.append((OK, f"config {cfg.path}: mode {st.st_mode & 0o777:04o}"))
+        out.append(_config_file(cfg.path, daemon))
     else:
         out.append((WARN, "no configuration file: mail goes to the local Maildir; run 'pysendmail setup'"))
+    aliases_file = str(cfg.get("host", "aliases_file"))
+    problem = trust.named_file(aliases_file, "host.aliases_file", (0, daemon[0], os.geteuid()))
+    out.append((FAIL, problem) if problem else (OK, f"aliases file {aliases_file}: writable by root or {daemon[3]} only"))
     if cfg.relay_configured:
         out += _check_relays(cfg, daemon)
     for table in cfg.dkim:
@@ -89,8 +101,20 @@ def _check_relays(cfg: config.Config, daemon: tuple[int, int, list[int], str]) -
     routing = routes.resolve(cfg)  # ConfigError: the caller reports it and exits 78
     for name, s in routing.relays.items():
         sender.check(s)
-        SmtpTransport(s.values, "check.invalid", name, s.provider)  # host, tls = none, ca_file: raise here
         label = f"route {name} ({s.values.get('host')}:{s.values.get('port') or ''})"
+        if s.values.get("ca_file"):
+            problem = trust.named_file(str(s.values["ca_file"]), f"{s.where}.ca_file", (0, daemon[0], os.geteuid()))
+            if problem:
+                out.append((FAIL, problem))
+                continue
+        SmtpTransport(s.values, "check.invalid", name, s.provider)  # host, tls = none, ca_file: raise here
+        for key in ("password_command", "oauth_token_command"):
+            argv = s.values.get(key)
+            if argv:
+                # As the daemon will run it: owned by root or the daemon's user.
+                problem = trust.command([str(a) for a in argv], f"{s.where}.{key}", daemon[0])  # type: ignore[attr-defined]
+                out.append((FAIL, problem) if problem else (OK, f"{label}: {s.where}.{key} {argv[0]}: "  # type: ignore[index]
+                                                                f"writable by root or {daemon[3]} only"))
         if s.values.get("username"):
             source = secrets.password_source(s.values, s.where, name)
             if s.values.get("oauth_token_command"):

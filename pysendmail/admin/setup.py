@@ -31,7 +31,7 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from pysendmail.core import config, errors, layout, queue
+from pysendmail.core import config, errors, layout, queue, trust
 from pysendmail.admin import dkimcmd
 from pysendmail.daemon import dkim, providers
 
@@ -87,8 +87,10 @@ def dkim_key(domain: str, selector: str, key_file: str, owner: tuple[int, int] |
         if owner is not None and (st.st_uid, st.st_gid) != owner:
             os.chown(key_file, *owner)
             done = "kept, owner fixed"
-        if st.st_mode & 0o077:
-            os.chmod(key_file, 0o600)
+        reader = owner or (os.geteuid(), os.getegid())
+        if trust.exposure(st, key_file, "DKIM key", reader) or trust.control(st, key_file, "DKIM key", (st.st_uid,),
+                                                                             dirs=False):
+            os.chmod(key_file, 0o600)  # what core/trust.py's rule for secrets accepts
             done = "kept, mode fixed"
     algorithm = "rsa-sha256"
     with open(key_file, "rb") as fh:

@@ -4,11 +4,20 @@ Contract:   ``find_config(cli_path)`` says which file applies (or none);
             ``load(path)`` returns a Config with every key type-checked and
             defaults filled, or raises ConfigError naming the key and file;
             ``submit_settings(cli_path)`` returns the few values sendmail
-            needs, from a cache when its stamp matches the TOML file.
-Security:   the TOML file is trusted as its owner's word.  The cache is
-            trusted only when owned by the config file's owner and not
-            writable by anyone else, and only while the stamp (device,
-            inode, size, mtime) matches: a user cannot plant settings.
+            needs (spool, size limit, -bs timeouts), from a cache when its
+            stamp matches the TOML file; it reads no other file and judges
+            no owner (submission is not acting on the config).
+Security:   the TOML file is trusted as its owner's word, and ``load``
+            (every command that acts on it: daemon, flush, admin) accepts
+            only a file of root or of this process's user that nobody else
+            can write, nor any directory above it (core/trust.py); it then
+            records the daemon's user for the secrets' rule.  A file that
+            holds relay.password must be a secret (trust.exposure): load
+            and submit_settings both refuse it otherwise, sendmail before
+            it reads a message.  The cache is trusted only when owned by
+            the config file's owner and not writable by anyone else, and
+            only while the stamp (device, inode, size, mtime) matches: a
+            user cannot plant settings.
 Crashes:    the cache is written to a temporary name and renamed, so a
             reader sees the old cache, the new one, or none.
 See also:   ../shared/DESIGN.md "Interface contract"; pysendmail.toml(5).
@@ -30,7 +39,7 @@ SYSTEM_CONFIG = "/etc/pysendmail/pysendmail.toml"
 SYSTEM_SPOOL = "/var/spool/pysendmail"
 DEFAULT_MAX_MESSAGE_SIZE = 35 * 1024 * 1024
 AUTH_CHOICES = ("auto", "plain", "login", "oauthbearer", "xoauth2")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the inline-password flag
 
 
 def user_dir(kind: str) -> str:
@@ -126,6 +135,12 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "allowed_senders": (_LIST, None),  # addresses or domains kept under rewrite
         "from_address": (_STR, None),  # the account's address (default: username)
         "fallback": (_STR, None),  # name of the relay used while this one fails
+    },
+    "submit": {
+        # sendmail -bs: seconds to wait for each command or DATA line
+        # (RFC 5321 4.5.3.2.7, Postfix smtpd_timeout), and for a whole session.
+        "smtp_timeout": (_INT, 300),
+        "smtp_session_limit": (_INT, 3600),
     },
     "queue": {
         "lifetime": (_INT, 5 * 86400),
@@ -269,24 +284,97 @@ _TYPE_WORDS = {_STR: "a string", _INT: "an integer", _BOOL: "true or false", _LI
 
 
 def load(cli_path: str | None = None) -> Config:
-    """Find and load the configuration; defaults when there is none."""
+    """Find and load the configuration this process will act on; defaults when there is none.
+
+    Acting means running its commands, reading its secrets, trusting its
+    paths: the file must be root's or this process's user's, writable by
+    nobody else (core/trust.py), or ConfigError names owner and fix.
+    """
+    from pysendmail.core import trust
+
     path, source = find_config(cli_path)
     data: dict[str, object] = {}
+    st = None
     if path is not None:
-        data = _read_toml(path)
-    return build(data, path, source)
+        data, st = _read_toml(path, acting=True)
+    cfg = build(data, path, source)
+    try:
+        trust.set_daemon(*daemon_user(cfg))
+    except ConfigError:
+        pass  # spool.user names nobody: 'spool init' and config check say so
+    if st is not None:
+        check_inline_password(cfg, st)
+    return cfg
 
 
-def _read_toml(path: str) -> dict[str, object]:
+def _read_toml(path: str, acting: bool = False) -> tuple[dict[str, object], os.stat_result]:
+    """The parsed file and its fstat; ``acting``: refuse a file someone else could have written."""
     import tomllib
 
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        # Open the resolved path: the directories trust.directories judged
+        # are the ones walked, whatever symlink the given path holds.
+        with open(os.path.realpath(path) if acting else path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if acting:
+                from pysendmail.core import trust
+
+                problem = trust.config_problem(st, path)
+                if problem:
+                    raise ConfigError(problem)
+            return tomllib.load(fh), st
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+
+def daemon_user(cfg: Config) -> tuple[int, int, str]:
+    """(uid, gid, name) of the daemon's user: spool.user, else the spool's owner, else us (system: pysendmail)."""
+    import pwd
+
+    name = cfg.get("spool", "user")
+    if name is None:
+        try:
+            st = os.stat(cfg.spool_path)
+            entry = pwd.getpwuid(st.st_uid)
+        except (OSError, KeyError):
+            entry = pwd.getpwuid(os.geteuid())
+            # The system spool belongs to the package's user.  Any other
+            # spool without spool.user is its creator's (user mode): a
+            # spool under root's private /tmp handed to "pysendmail" would
+            # be one its owner cannot even reach.
+            if cfg.system_mode or os.path.abspath(cfg.spool_path) == SYSTEM_SPOOL:
+                try:
+                    entry = pwd.getpwnam("pysendmail")
+                except KeyError:
+                    pass
+    else:
+        try:
+            entry = pwd.getpwnam(str(name))
+        except KeyError:
+            raise ConfigError(f"spool.user {name!r} in {cfg.path} is not a user on this system") from None
+    return entry.pw_uid, entry.pw_gid, entry.pw_name
+
+
+def has_inline_password(cfg: Config) -> bool:
+    return cfg.values["relay"]["password"] is not None or any(t.get("password") is not None for t in cfg.relays.values())
+
+
+def check_inline_password(cfg: Config, st: os.stat_result, reader: tuple[int, int] | None = None) -> None:
+    """A password written in the file makes the file a secret: the daemon's, readable by nobody else.
+
+    DESIGN.md "Privilege model" and pysendmail.toml(5) say loading fails;
+    sendmail checks it too (submit_settings), so a message is never
+    accepted that delivery would then refuse to send.
+    """
+    if cfg.path is None or not has_inline_password(cfg):
+        return
+    from pysendmail.core import trust
+
+    problem = trust.exposure(st, cfg.path, "configuration holding relay.password", reader)
+    if problem:
+        raise ConfigError(problem + ", or move the password to a password_file")
 
 
 def build(data: dict[str, object], path: str | None, source: str) -> Config:
@@ -359,6 +447,9 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
     for key in ("unready_lifetime", "quarantine_max_entries", "quarantine_max_size", "quarantine_lifetime"):
         if int(spool[key]) < 1:  # type: ignore[call-overload]
             raise ConfigError(f"spool.{key} in {where} must be at least 1")
+    for key in ("smtp_timeout", "smtp_session_limit"):
+        if int(values["submit"][key]) < 1:  # type: ignore[call-overload]
+            raise ConfigError(f"submit.{key} in {where} must be at least 1 second")
     maildir = values["maildir"]
     if maildir["path"] is None:
         maildir["path"] = (
@@ -464,12 +555,21 @@ def _routes(raw: object, where: str, relays: dict[str, dict[str, object]], plain
 class SubmitSettings:
     """What the submission path needs; nothing more."""
 
-    __slots__ = ("config_path", "spool_path", "max_message_size")
+    __slots__ = ("config_path", "spool_path", "max_message_size", "smtp_timeout", "smtp_session_limit")
 
-    def __init__(self, config_path: str | None, spool_path: str, max_message_size: int) -> None:
+    def __init__(self, config_path: str | None, spool_path: str, max_message_size: int,
+                 smtp_timeout: int = 300, smtp_session_limit: int = 3600) -> None:
         self.config_path = config_path
         self.spool_path = spool_path
         self.max_message_size = max_message_size
+        self.smtp_timeout = smtp_timeout  # sendmail -bs only
+        self.smtp_session_limit = smtp_session_limit
+
+
+def _settings(cfg: Config) -> SubmitSettings:
+    timeout, limit = cfg.values["submit"]["smtp_timeout"], cfg.values["submit"]["smtp_session_limit"]
+    assert isinstance(timeout, int) and isinstance(limit, int)
+    return SubmitSettings(cfg.path, cfg.spool_path, cfg.max_message_size, timeout, limit)
 
 
 def cache_path(config_path: str) -> str:
@@ -484,14 +584,16 @@ def submit_settings(cli_path: str | None = None) -> SubmitSettings:
     """The submitter's settings: from the cache when fresh, else from the TOML."""
     path, source = find_config(cli_path)
     if path is None:
-        cfg = build({}, None, source)
-        return SubmitSettings(None, cfg.spool_path, cfg.max_message_size)
+        return _settings(build({}, None, source))
     cached = _read_cache(path)
     if cached is not None:
         return cached
-    cfg = build(_read_toml(path), path, source)
+    data, st = _read_toml(path)
+    cfg = build(data, path, source)
+    if has_inline_password(cfg):
+        _check_submitted_inline(cfg.path, st, cfg.spool_path)
     write_cache(cfg)
-    return SubmitSettings(path, cfg.spool_path, cfg.max_message_size)
+    return _settings(cfg)
 
 
 def _read_cache(path: str) -> SubmitSettings | None:
@@ -505,7 +607,9 @@ def _read_cache(path: str) -> SubmitSettings | None:
     try:
         cst = os.fstat(fd)
         # Trust a cache only from the config's owner, writable by nobody
-        # else: otherwise a local user could redirect the spool.
+        # else: otherwise a local user could redirect the spool.  (Its
+        # directory is the config's own.  Not core/trust.py: that module
+        # stays off the path every submission takes.)
         if cst.st_uid != st.st_uid or cst.st_mode & 0o022 or cst.st_size > 65536:
             return None
         data = marshal.loads(os.read(fd, 65536))
@@ -516,9 +620,32 @@ def _read_cache(path: str) -> SubmitSettings | None:
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or data.get("stamp") != _stamp(st):
         return None
     spool, size = data.get("spool_path"), data.get("max_message_size")
-    if not isinstance(spool, str) or not isinstance(size, int):
+    timeout, limit = data.get("smtp_timeout"), data.get("smtp_session_limit")
+    if not isinstance(spool, str) or not isinstance(size, int) or not isinstance(timeout, int) \
+            or not isinstance(limit, int):
         return None
-    return SubmitSettings(path, spool, size)
+    if data.get("inline_password"):
+        _check_submitted_inline(path, st, spool)  # the mode now, not when the cache was written
+    return SubmitSettings(path, spool, size, timeout, limit)
+
+
+def _check_submitted_inline(path: str | None, st: os.stat_result, spool_path: str) -> None:
+    """sendmail refuses a config whose inline password others can read (exit 78), before reading the message.
+
+    Judged for the daemon's user, which is the spool directory's owner
+    (spool init gives it spool.user): one stat, paid only by a config that
+    holds a password.
+    """
+    try:
+        top = os.stat(spool_path)
+        reader = (top.st_uid, top.st_gid)
+    except OSError:
+        reader = (os.geteuid(), os.getegid())
+    from pysendmail.core import trust
+
+    problem = trust.exposure(st, str(path), "configuration holding relay.password", reader)
+    if problem:
+        raise ConfigError(problem + ", or move the password to a password_file; nothing was queued")
 
 
 def write_cache(cfg: Config) -> bool:
@@ -536,6 +663,9 @@ def write_cache(cfg: Config) -> bool:
             "stamp": _stamp(st),
             "spool_path": cfg.spool_path,
             "max_message_size": cfg.max_message_size,
+            "inline_password": has_inline_password(cfg),
+            "smtp_timeout": cfg.values["submit"]["smtp_timeout"],
+            "smtp_session_limit": cfg.values["submit"]["smtp_session_limit"],
         }
         target = cache_path(cfg.path)
         tmp = f"{target}.{os.getpid()}.tmp"

@@ -16,7 +16,9 @@ Contract:   ``Signer.from_config(cfg)`` loads every ``[[dkim]]`` key once
             second one after us without breaking the signature).
             ``txt_record(key)`` is the DNS TXT value that publishes a key.
 Security:   private keys never reach a log or an exception text; a key file
-            that others could read is refused rather than used.
+            is judged by core/trust.py's rule for secrets (owned by root,
+            the daemon's user or us; nobody else may read it, write it or
+            a directory above it) and refused rather than used.
 Crashes:    nothing on disk; a crash mid-signing leaves the message queued.
 See also:   RFC 6376 (DKIM), RFC 8301 (key sizes, no SHA-1), RFC 8463
             (Ed25519); dkimpy, whose canonicalisation and header selection
@@ -47,7 +49,7 @@ from typing import Any
 
 import dkim as dkimpy
 
-from pysendmail.core import config, log, rfc5322
+from pysendmail.core import config, log, rfc5322, trust
 from pysendmail.core.errors import ConfigError
 
 ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
@@ -180,11 +182,11 @@ def read_private_key(path: str, domain: str, algorithm: str) -> tuple[bytes, byt
         ) from None
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"DKIM key {path} for {domain} is not a regular file: point dkim.key_file at the key itself")
-    if st.st_mode & 0o077:
-        raise ConfigError(
-            f"DKIM key {path} for {domain} is readable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): "
-            f"run chmod 600 {path}"
-        )
+    problem = trust.secret(st, path, f"DKIM key {{}} for {domain}")
+    if problem:
+        # The one rule for secrets (core/trust.py): a key someone else can
+        # read lets them sign as the domain; one they can write, choose it.
+        raise ConfigError(problem)
     return parse_private_key(data, path, domain, algorithm)
 
 

@@ -38,7 +38,7 @@ import time
 import traceback
 import collections
 
-from pysendmail.core import aliases, config, errors, layout, log, queue, spoolfile
+from pysendmail.core import aliases, config, errors, layout, log, queue, spoolfile, trust
 from pysendmail.daemon import bounce, cleanup, pickup
 from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Result, Transport
 from pysendmail.daemon.transport.maildir import MaildirTransport
@@ -72,6 +72,11 @@ def parse_schedule(values: list[str] | None, where: str) -> tuple[int, ...]:
 
 
 def make_context(cfg: config.Config) -> cleanup.Context:
+    # Whoever can write the aliases file reads root's and postmaster's
+    # mail: refused as sendmail refuses a group-writable one (core/trust.py).
+    problem = trust.named_file(str(cfg.get("host", "aliases_file")), "host.aliases_file")
+    if problem:
+        raise errors.ConfigError(problem)
     table = aliases.load(str(cfg.get("host", "aliases_file")), cfg.aliases, cfg.path or "config")
     # Local names resolve here; with a relay nothing is delivered on this host.
     resolver = aliases.Aliases(table, cfg.default_domain(), cfg.local_domains(),

@@ -7,7 +7,8 @@ Contract:   ``resolve(cfg)`` returns a Routing: every relay's effective
             fallback name or None) for one message.  Problems raise
             ConfigError naming the key.
 Security:   an inline ``password`` is accepted only from a config file that
-            nobody but its owner can read (DESIGN.md "Privilege model").
+            nobody but the daemon can read: config.load checks it with
+            core/trust.py's rule for secrets (DESIGN.md "Privilege model").
 See also:   pysendmail.toml(5) [relay.NAME] and [[route]]; providers.py.
 
 Rules are tried in order; the first that matches wins.  A rule matches
@@ -24,7 +25,6 @@ with only named relays and no default rule, the first named relay is.
 from __future__ import annotations
 
 import fnmatch
-import os
 from dataclasses import dataclass
 
 from pysendmail.core import config
@@ -83,24 +83,7 @@ def _settings(cfg: config.Config, name: str, table: dict[str, object]) -> RelayS
             values[key], sources[key] = value, "default"
     if p is not None and p.name == "custom" and not values.get("host"):
         raise ConfigError(f"{where}.provider = \"custom\" needs {where}.host (and port and tls)")
-    if values.get("password") is not None:
-        _check_inline_password(cfg, where)
     return RelaySettings(name, values, sources, p)
-
-
-def _check_inline_password(cfg: config.Config, where: str) -> None:
-    path = cfg.path
-    if path is None:
-        return
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise ConfigError(f"cannot check {path}: {exc.strerror}") from None
-    if st.st_mode & 0o077:
-        raise ConfigError(
-            f"{where}.password is written inline in {path}, which others can read (mode {st.st_mode & 0o777:04o}): "
-            f"run 'chmod 600 {path}', or move the password to a password_file"
-        )
 
 
 @dataclass

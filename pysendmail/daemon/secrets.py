@@ -6,29 +6,31 @@ Contract:   ``password(relay, where, name)`` returns the password from, in
             systemd credential (``credential``, default ``relay-password``
             for [relay] and ``relay-NAME-password`` for [relay.NAME]); None
             when none is configured.  ``oauth_token(relay)`` runs
-            ``oauth_token_command``.  ``exposure(st, path, what, reader)``
-            says who else could read a secret file (also for config check).
-            Problems raise ConfigError with one sentence that never holds
-            the secret.
-Security:   a password file that anyone but its owner and the daemon's own
-            group can read is refused, naming the file and the chmod that
-            fixes it; commands run without a shell, with a timeout, and
-            only their first output line is used; the secret is never
-            logged, never put in an exception message, never in argv.
-See also:   systemd.exec(5) LoadCredential=; nullmailer (secrets never in argv).
+            ``oauth_token_command``.  Problems raise ConfigError with one
+            sentence that never holds the secret.
+Security:   every secret file is judged by core/trust.py's one rule (owned
+            by root, the daemon's user or us; readable by nobody else but
+            the daemon's group; nobody else can write it or a directory
+            above it), refused with the chown/chmod that fixes it; a
+            command runs only when its program (and any script path among
+            its arguments) belongs to root or to the user running it;
+            commands run without a shell, with a timeout, and only their
+            first output line is used; the secret is never logged, never
+            put in an exception message, never in argv.
+See also:   systemd.exec(5) LoadCredential=; nullmailer (secrets never in argv);
+            core/trust.py.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 import subprocess
 
+from pysendmail.core import trust
 from pysendmail.core.errors import ConfigError
 
 COMMAND_TIMEOUT = 15
 CREDENTIAL_NAME = "relay-password"
-DAEMON_GROUP = "pysendmail"  # root accepts group read by this group only (setup's root:pysendmail 0640)
 
 
 def _first_line(data: bytes, what: str) -> str:
@@ -38,50 +40,13 @@ def _first_line(data: bytes, what: str) -> str:
     return line.decode("utf-8")
 
 
-def exposure(st: os.stat_result, path: str, what: str, reader: tuple[int, int] | None = None) -> str | None:
-    """Why a secret file with this stat is readable by the wrong people, else None.
-
-    Others reading it is always wrong.  Group read is accepted only when
-    the group is the reader's own group (root:pysendmail 0640, the daemon
-    reading as pysendmail): any other group lets its members read the
-    relay password.  ``reader`` is the (uid, gid) that will read the file,
-    by default this process ('config check' asks for the daemon's user).
-    """
-    if not stat.S_ISREG(st.st_mode):
-        return f"{what} {path} is not a regular file"
-    if st.st_mode & 0o004:
-        return (
-            f"{what} {path} is readable by every user; run 'chmod o-rwx {path}' "
-            "(0600, or 0640 with the daemon's group)"
-        )
-    if st.st_mode & 0o040 and not _group_may_read(st, reader or (os.geteuid(), os.getegid())):
-        return (
-            f"{what} {path} is readable by its group (gid {st.st_gid}), not only by the daemon; "
-            f"run 'chmod g-rwx {path}'"
-        )
-    return None
-
-
-def _group_may_read(st: os.stat_result, reader: tuple[int, int]) -> bool:
-    """Group read is the reader's own access when another user (root) owns the file."""
-    uid, gid = reader
-    if uid == 0:
-        import grp
-
-        try:
-            return st.st_gid != 0 and st.st_gid == grp.getgrnam(DAEMON_GROUP).gr_gid
-        except KeyError:
-            return False
-    return st.st_gid == gid and st.st_uid != uid
-
-
 def read_secret_file(path: str, what: str) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
-        problem = exposure(os.fstat(fd), path, what)
+        problem = trust.secret(os.fstat(fd), path, what)
         if problem:
             raise ConfigError(problem)
         data = os.read(fd, 65536)
@@ -93,6 +58,11 @@ def read_secret_file(path: str, what: str) -> str:
 def run_command(argv: list[str], what: str) -> str:
     if not argv:
         raise ConfigError(f"{what} is an empty list")
+    # Refused before it runs: a program or script someone else could
+    # rewrite would run with this process's rights (the daemon's, root's).
+    problem = trust.command(argv, what)
+    if problem:
+        raise ConfigError(problem)
     try:
         proc = subprocess.run(argv, capture_output=True, timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
     except FileNotFoundError:

@@ -6,11 +6,17 @@ Contract:   ``serve(spool, max_size, opts, rfile, wfile)`` speaks RFC 5321
             HELP, QUIT; several messages per session; 8BITMIME, SIZE,
             PIPELINING, ENHANCEDSTATUSCODES and DSN advertised.  Each
             accepted DATA is one durable enqueue, answered 250 with its
-            queue id only after the fsync.  Returns 0 at QUIT or EOF.
+            queue id only after the fsync.  Returns 0 at QUIT or EOF, and
+            after "421 4.4.2 ... timeout exceeded" when the client sends no
+            complete line (command or DATA line) within ``idle_timeout``
+            seconds, or the session outlives ``session_limit`` (as
+            Postfix's sendmail -bs: 421, then exit 0).
 Security:   the caller is a local process that could write to incoming/
             anyway; no AUTH is offered or needed.  Lines are capped in
-            length, addresses are parsed by the one shared parser.
-See also:   RFC 5321 4.1 and 4.2 (replies), RFC 1870 (SIZE), RFC 6152
+            length, addresses are parsed by the one shared parser; a
+            silent or trickling client is cut off by the deadlines above
+            (poll(2) on stdin: no signals, no asyncio).
+See also:   RFC 5321 4.1 and 4.2 (replies), 4.5.3.2 (timeouts), RFC 1870 (SIZE), RFC 6152
             (8BITMIME), RFC 2920 (PIPELINING), RFC 3461 (DSN parameters).
 """
 
@@ -27,6 +33,14 @@ if TYPE_CHECKING:
     from typing import BinaryIO
 
 MAX_LINE = 4096  # RFC 5321 4.5.3.1.4 says 512 for commands; be lenient, but bounded
+# RFC 5321 4.5.3.2.7: a server SHOULD wait at least 5 minutes for the next
+# command; Postfix's smtpd_timeout is 300 s too.  The same bound applies to
+# each line of DATA (4.5.3.2.5 gives the client 3 minutes per data block).
+DEFAULT_IDLE_TIMEOUT = 300
+# No SMTP peer bounds a session; ours is a local process per session, so a
+# client that keeps it alive with a NOOP every few minutes is stopped after
+# an hour (a Symfony worker reconnects on its next message).
+DEFAULT_SESSION_LIMIT = 3600
 
 
 class _Session:
@@ -81,18 +95,98 @@ def _path(arg: str, keyword: str) -> tuple[str, list[str]] | None:
     return words[0], words[1:]  # lenient: "MAIL FROM: a@b" without brackets
 
 
-def serve(spool: layout.Spool, max_size: int, opts: flags.Options, rfile: BinaryIO, wfile: BinaryIO) -> int:
-    s = _Session(spool, max_size, opts, wfile)
+class _Timeout(Exception):
+    """The client said nothing for too long (or the session outlived its bound)."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+class _Input:
+    """Lines from the client's fd, each within a deadline: poll(2), never a blocking read.
+
+    The deadline covers a whole line, not each byte, so a client that
+    trickles one byte at a time cannot hold the session open (Postfix's
+    smtpd_per_request_deadline): it is the idle timeout from the moment we
+    start waiting for the line, cut short by the session's own bound.
+    Cost is linear in the bytes read: each byte is searched for LF once.
+    """
+
+    def __init__(self, rfile: BinaryIO, idle: float, session: float) -> None:
+        import select
+
+        self.rfile = rfile
+        self.buf = bytearray()
+        self.scanned = 0  # bytes of buf already known to hold no LF
+        self.eof = False
+        self.idle = idle
+        self.session_end = time.monotonic() + session
+        try:
+            self.fd: int | None = rfile.fileno()
+        except (AttributeError, OSError, ValueError):
+            self.fd = None  # not a real file (an in-memory one): no waiting to bound
+        if self.fd is not None:
+            self.poller = select.poll()
+            self.poller.register(self.fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+
+    def readline(self, limit: int, host: str) -> bytes:
+        if self.fd is None:
+            return self.rfile.readline(limit)
+        start = time.monotonic()
+        deadline = min(start + self.idle, self.session_end)
+        while True:
+            end = self.buf.find(b"\n", self.scanned, limit)
+            if end >= 0 or len(self.buf) >= limit or self.eof:
+                cut = end + 1 if end >= 0 else min(limit, len(self.buf))
+                line = bytes(self.buf[:cut])
+                del self.buf[:cut]
+                self.scanned = 0
+                return line
+            self.scanned = len(self.buf)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if self.session_end < start + self.idle:
+                    raise _Timeout(f"421 4.4.2 {host} Error: session time limit exceeded")
+                raise _Timeout(f"421 4.4.2 {host} Error: timeout exceeded")
+            if not self.poller.poll(int(left * 1000) + 1):
+                continue  # nothing came: the deadline is checked again above
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                self.eof = True
+            self.buf += chunk
+
+
+def serve(spool: layout.Spool, max_size: int, opts: flags.Options, rfile: BinaryIO, wfile: BinaryIO,
+          idle_timeout: float = DEFAULT_IDLE_TIMEOUT, session_limit: float = DEFAULT_SESSION_LIMIT) -> int:
     host = os.uname().nodename
+    lines = _Input(rfile, idle_timeout, session_limit)
+    s = _Session(spool, max_size, opts, wfile)
     s.reply(f"220 {host} ESMTP pysendmail")
     wfile.flush()
+    try:
+        return _dialogue(s, lines, host, wfile)
+    except _Timeout as exc:
+        # Every message answered 250 is already durable in incoming/; one
+        # cut off inside DATA was never acknowledged, so the client still
+        # holds it.  Exit 0, as Postfix's sendmail -bs (smtpd -S) does
+        # after its own 421 timeout reply.
+        try:
+            s.reply(exc.reply)
+            wfile.flush()
+        except OSError:
+            pass
+        return 0
+
+
+def _dialogue(s: _Session, rfile: _Input, host: str, wfile: BinaryIO) -> int:
     while True:
-        raw = rfile.readline(MAX_LINE + 1)
+        raw = rfile.readline(MAX_LINE + 1, host)
         if not raw:
             return 0  # EOF without QUIT: nothing pending is lost, only what had no 250
         if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
             while raw and not raw.endswith(b"\n"):
-                raw = rfile.readline(MAX_LINE + 1)
+                raw = rfile.readline(MAX_LINE + 1, host)
             s.reply("500 5.5.2 Line too long")
         else:
             line = raw.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
@@ -105,7 +199,7 @@ def serve(spool: layout.Spool, max_size: int, opts: flags.Options, rfile: Binary
         wfile.flush()
 
 
-def _command(s: _Session, verb: str, arg: str, host: str, rfile: BinaryIO) -> bool | None:
+def _command(s: _Session, verb: str, arg: str, host: str, rfile: _Input) -> bool | None:
     if verb in ("EHLO", "HELO"):
         if not arg:
             s.reply(f"501 5.5.4 Syntax: {verb} hostname")
@@ -188,7 +282,7 @@ def _command(s: _Session, verb: str, arg: str, host: str, rfile: BinaryIO) -> bo
             return None
         s.reply("354 End data with <CR><LF>.<CR><LF>")
         s.wfile.flush()
-        _data(s, rfile)
+        _data(s, rfile, host)
         s.reset()
         return None
     if verb == "RSET":
@@ -214,12 +308,12 @@ def _command(s: _Session, verb: str, arg: str, host: str, rfile: BinaryIO) -> bo
     return None
 
 
-def _data(s: _Session, rfile: BinaryIO) -> None:
+def _data(s: _Session, rfile: _Input, host: str) -> None:
     lines: list[bytes] = []
     total = 0
     too_big = False
     while True:
-        line = rfile.readline(s.max_size + 3)
+        line = rfile.readline(s.max_size + 3, host)
         if not line:
             return  # EOF inside DATA: the client gave up; nothing is queued
         if line in (b".\r\n", b".\n"):

@@ -117,7 +117,8 @@ def dispatch(prog: str, args: list[str]) -> int:
         from pysendmail.submit import bs
 
         settings = config.submit_settings(opts.config)
-        return bs.serve(_open_spool(settings), settings.max_message_size, opts, sys.stdin.buffer, sys.stdout.buffer)
+        return bs.serve(_open_spool(settings), settings.max_message_size, opts, sys.stdin.buffer, sys.stdout.buffer,
+                        settings.smtp_timeout, settings.smtp_session_limit)
     from pysendmail.admin import cli
 
     # -C is the pysendmail command's global option: it goes before the

@@ -228,8 +228,9 @@ def test_config_show_masks_the_password_and_names_each_source(tmp_path: Path, re
     relay = relay_factory("implicit")
     text = relay_table(relay, password_file(tmp_path), extra='provider = "yandex"\n').replace(
         f'password_file = "{tmp_path}/relay-password"', f'password = "{PASSWORD}"')
-    e = make_env(tmp_path, text)
-    e.config.chmod(0o600)
+    e = write_config(tmp_path, text)
+    e.config.chmod(0o600)  # before any command loads it: an inline password in a readable config fails to load
+    e.run("pysendmail", "spool", "init", check=True)
 
     shown = e.run("pysendmail", "config", "show", check=True).stdout.decode()
     data = json.loads(e.run("pysendmail", "config", "show", "--json", check=True).stdout)

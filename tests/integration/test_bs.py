@@ -278,3 +278,78 @@ def test_bs_smtputf8_addresses_as_symfony_sends_them(session: Start, bs_env: Env
     got = by_recipient(bs_env)
     assert list(got) == ["müller@example.net"]
     assert got["müller@example.net"][0].startswith("Return-Path: <jürgen@example.org>\n".encode())
+
+
+# ------------------------------------------------------------------ a client that goes silent
+def timed_session(bs_env: Env, session: Start, timeout: int, limit: int = 3600) -> BsSession:
+    """A session under [submit] smtp_timeout/smtp_session_limit, shortened so no test waits minutes."""
+    bs_env.config.write_text(bs_env.config.read_text() +
+                             f"\n[submit]\nsmtp_timeout = {timeout}\nsmtp_session_limit = {limit}\n")
+    return session("-bs")
+
+
+def test_bs_silent_client_with_open_stdin_gets_421_and_accepted_mail_stays(session: Start, bs_env: Env) -> None:
+    s = timed_session(bs_env, session, timeout=1)
+    smtp = s.smtp
+    smtp.ehlo("app.example.org")
+    smtp.docmd("MAIL", "FROM:<app@example.org>")
+    smtp.docmd("RCPT", "TO:<kept@example.net>")
+    assert smtp.data(b"Subject: kept\r\n\r\nacknowledged\r\n")[0] == 250
+
+    # The client keeps its end of the pipe open and says nothing more:
+    # before, sendmail waited for ever (here: until the watchdog killed it).
+    code, text = smtp.getreply()
+
+    assert code == 421 and text.startswith(b"4.4.2 ") and text.endswith(b"Error: timeout exceeded")
+    assert s.proc.wait(WATCHDOG_SECONDS) == 0  # as Postfix's sendmail -bs, with our end still open
+    assert s.stderr() == b""
+    assert len(bs_env.incoming()) == 1
+    bs_env.flush()
+    assert list(by_recipient(bs_env)) == ["kept@example.net"]
+
+
+def test_bs_client_silent_inside_data_gets_421_and_that_message_is_not_queued(session: Start,
+                                                                               bs_env: Env) -> None:
+    s = timed_session(bs_env, session, timeout=1)
+    smtp = s.smtp
+    smtp.ehlo("app.example.org")
+    smtp.docmd("MAIL", "FROM:<app@example.org>")
+    smtp.docmd("RCPT", "TO:<never@example.net>")
+    assert smtp.docmd("DATA")[0] == 354
+    s.send_raw(b"Subject: stalled\r\n\r\nhalf a line without its end")
+
+    code, text = smtp.getreply()
+
+    assert code == 421 and b"timeout exceeded" in text
+    assert s.proc.wait(WATCHDOG_SECONDS) == 0
+    assert bs_env.incoming() == []  # never answered 250: the client still holds it
+
+
+def test_bs_partial_command_line_does_not_hold_the_session(session: Start, bs_env: Env) -> None:
+    s = timed_session(bs_env, session, timeout=1)
+    s.smtp.ehlo("app.example.org")
+    s.send_raw(b"NOO")  # the deadline is for the whole line, not for each byte
+
+    code, text = s.smtp.getreply()
+
+    assert code == 421 and b"timeout exceeded" in text
+    assert s.proc.wait(WATCHDOG_SECONDS) == 0
+
+
+def test_bs_session_longer_than_its_limit_is_ended(session: Start, bs_env: Env) -> None:
+    s = timed_session(bs_env, session, timeout=60, limit=1)
+    assert s.smtp.ehlo("app.example.org")[0] == 250
+
+    code, text = s.smtp.getreply()  # the idle timeout (60 s) is far; the session bound ends it
+
+    assert code == 421 and text.endswith(b"Error: session time limit exceeded")
+    assert s.proc.wait(WATCHDOG_SECONDS) == 0
+
+
+@pytest.mark.parametrize("key", ["smtp_timeout", "smtp_session_limit"])
+def test_bs_timeout_of_zero_is_a_configuration_error(bs_env: Env, key: str) -> None:
+    bs_env.config.write_text(bs_env.config.read_text() + f"\n[submit]\n{key} = 0\n")
+
+    proc = bs_env.sendmail("-bs", input=b"QUIT\r\n")
+
+    assert proc.returncode == 78 and f"submit.{key}".encode() in proc.stderr and proc.stdout == b""

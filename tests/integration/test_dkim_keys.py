@@ -173,7 +173,8 @@ def test_bad_key_is_refused_at_start_with_one_sentence(env: Env, case: str) -> N
     if case == "group-readable":
         keygen(env, "--domain", "example.org", "--selector", "m", "--output", str(path))
         path.chmod(0o640)
-        expected = f"DKIM key {path} for example.org is readable by group or others (mode 0640): run chmod 600 {path}"
+        expected = (f"DKIM key {path} for example.org is readable by its group (gid 0), not only by the daemon; "
+                    f"run 'chmod g-rwx {path}'")
     elif case == "missing":
         expected = f"DKIM key {path} for example.org cannot be read (No such file or directory)"
     elif case == "garbage":

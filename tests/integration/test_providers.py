@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Env
+from tests.conftest import Env, write_config
 from tests.fakes.relay import PASSWORD, PROVIDER_REPLIES, USER, Relay, free_port
 from tests.integration.test_relay import (
     failed_ids, make_env, mailq, parse, password_file, relay_table, run_queue, submit,
@@ -305,25 +305,29 @@ def test_route_naming_an_unknown_relay_is_a_config_error(tmp_path: Path, relay_f
 
 
 # ------------------------------------------------------------------ secrets
-def test_inline_password_in_a_config_others_can_read_is_refused_with_the_chmod(tmp_path: Path, relay_factory) -> None:
-    relay = relay_factory("implicit")
+def inline_env(tmp_path: Path, relay: Relay) -> Env:
+    """A config holding the password inline, 0600 from the start (loading fails otherwise)."""
     text = relay_table(relay, password_file(tmp_path)).replace(f'password_file = "{tmp_path}/relay-password"',
                                                                f'password = "{PASSWORD}"')
-    e = make_env(tmp_path, text)
+    e = write_config(tmp_path, text)
+    e.config.chmod(0o600)
+    e.run("pysendmail", "spool", "init", check=True)
+    return e
+
+
+def test_inline_password_in_a_config_others_can_read_is_refused_with_the_chmod(tmp_path: Path, relay_factory) -> None:
+    e = inline_env(tmp_path, relay_factory("implicit"))
     e.config.chmod(0o644)
 
     proc = e.run("pysendmail", "config", "check")
 
     err = proc.stderr.decode()
-    assert proc.returncode == 78 and f"chmod 600 {e.config}" in err and PASSWORD not in err
+    assert proc.returncode == 78 and f"chmod o-rwx {e.config}" in err and PASSWORD not in err
 
 
 def test_inline_password_in_a_private_config_is_used(tmp_path: Path, relay_factory) -> None:
     relay = relay_factory("implicit")
-    text = relay_table(relay, password_file(tmp_path)).replace(f'password_file = "{tmp_path}/relay-password"',
-                                                               f'password = "{PASSWORD}"')
-    e = make_env(tmp_path, text)
-    e.config.chmod(0o600)
+    e = inline_env(tmp_path, relay)
     submit(e, "someone@example.net")
 
     stderr = run_queue(e)

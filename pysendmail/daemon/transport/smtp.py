@@ -36,7 +36,7 @@ import time
 
 import aiosmtplib
 
-from pysendmail.core import log, rfc5322
+from pysendmail.core import log, rfc5322, trust
 from pysendmail.core.errors import ConfigError
 from pysendmail.core.queue import QueuedMessage
 from pysendmail.daemon import outcome, secrets, wire
@@ -121,6 +121,11 @@ class SmtpTransport:
         self.fingerprint = str(fingerprint).replace(":", "").lower() if fingerprint else None
         self.context = ssl.create_default_context()
         if relay.get("ca_file"):
+            # A trust anchor someone else can rewrite lets them stand in
+            # for the relay and read the password (core/trust.py).
+            problem = trust.named_file(str(relay["ca_file"]), f"{self.where}.ca_file")
+            if problem:
+                raise ConfigError(problem)
             try:
                 self.context.load_verify_locations(cafile=str(relay["ca_file"]))
             except (OSError, ssl.SSLError) as exc:
