@@ -402,7 +402,7 @@ class QueueManager:
                 deferred.append(r)
                 counts.deferred += 1
             shown = "bounced" if r.status == FAILED else r.status
-            log.event(msg.qid, f"to=<{rcpt}>", status=f"{shown} ({r.text})", **fields)
+            log.event(msg.qid, f"to=<{log.safe(rcpt)}>", status=f"{shown} ({log.safe(r.text)})", **fields)
         if deferred:
             due = now + next_delay(msg.tries + 1, self.schedule)
             reason = deferred[0].text
