@@ -10,6 +10,11 @@ Contract:   ``pickup_all(spool, ctx, max_size, limit)`` takes ready files in
             directory the daemon may not move is removed if empty, else
             left, logged once and skipped).  Entries left alone do not
             count toward ``limit``, so they cannot starve pickup.
+            ``refusal(env, message)`` re-checks what sendmail checks
+            (RFC 5321 address syntax, the header limits of core/rfc5322.py,
+            NUL in headers): a file that fails is quarantined, since it need
+            not come from sendmail.  Log lines escape the file's name and
+            sender (log.safe).
 Security:   incoming/ is writable by every local user.  Each check below
             names the attack it stops.  Files are opened with
             O_NOFOLLOW|O_NONBLOCK after an lstat, and the open file is
@@ -30,9 +35,10 @@ import os
 import stat
 import time
 
-from pysendmail.core import layout, log, queue, spoolfile
+from pysendmail.core import layout, log, queue, rfc5322, spoolfile
 from pysendmail.core.qid import is_qid
 from pysendmail.daemon import cleanup
+from pysendmail.submit.intake import normalise_newlines
 
 STALE_SECONDS = 3600  # an unready file older than this belongs to a dead submitter
 ENVELOPE_ALLOWANCE = 1 << 20  # room for the envelope above max_message_size
@@ -56,15 +62,15 @@ def _quarantine(spool: layout.Spool, name: str, why: str) -> None:
             except OSError:
                 pass
             else:
-                log.log(f"pickup: incoming/{name!r} removed: {why}")
+                log.log(f"pickup: incoming/{log.safe(name)} removed: {log.safe(why)}")
                 return
         _stuck.add(name)
         log.log(
-            f"pickup: cannot quarantine incoming/{name!r} ({why}): {exc.strerror}; "
+            f"pickup: cannot quarantine incoming/{log.safe(name)} ({log.safe(why)}): {exc.strerror}; "
             "left in place and skipped: remove it as root"
         )
         return
-    log.log(f"pickup: incoming/{name!r} quarantined: {why}")
+    log.log(f"pickup: incoming/{log.safe(name)} quarantined: {log.safe(why)}")
 
 
 def _lmode(path: str) -> int:
@@ -86,6 +92,23 @@ def _owner_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+
+
+def refusal(env: spoolfile.Envelope, message: bytes) -> str | None:
+    """Why sendmail would have refused this envelope and message (exit 65); None if it would not."""
+    try:
+        if env.sender:
+            rfc5322.check_addr_spec(env.sender)
+        if not env.recipients:
+            return "no recipients"
+        for rcpt in env.recipients:
+            rfc5322.check_addr_spec(rcpt)
+    except rfc5322.AddressError as exc:
+        return f"bad address: {exc}"
+    head, _ = rfc5322.split_message(normalise_newlines(message))
+    if b"\0" in head:
+        return "the message headers hold a NUL byte"
+    return rfc5322.header_limit_error(head)
 
 
 def pickup_all(
@@ -192,6 +215,13 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
         # The envelope claims another uid than the file's owner: forged.
         _quarantine(spool, name, f"envelope uid {env.uid} is not the file owner's uid {st.st_uid}")
         return None
+    why = refusal(env, message)
+    if why:
+        # The file need not come from sendmail: what sendmail refuses with
+        # exit 65 (a bad address, a header section over the limits that
+        # would cost every later stage time) is refused here as well.
+        _quarantine(spool, name, why)
+        return None
     owner = (st.st_uid, _owner_name(st.st_uid))
     new_env, new_message, refused = cleanup.clean(env, message, name, ctx, owner)
     now = time.time()
@@ -202,7 +232,7 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
     log.event(
         name,
         f"uid={owner[0]} ({owner[1]})",
-        f"from=<{new_env.sender}>",
+        f"from=<{log.safe(new_env.sender)}>",
         size=len(new_message),
         nrcpt=len(new_env.recipients),
     )
