@@ -152,5 +152,5 @@ def log_refused(qid: str, env: spoolfile.Envelope, refused: dict[int, str], now:
     """One Postfix-shaped line per refused recipient (local(8) logs relay=local, status=bounced)."""
     for i, why in sorted(refused.items()):
         dsn, _, text = why.partition(" ")
-        log.event(qid, f"to=<{env.recipients[i]}>", relay="local", delay=f"{now - env.time:.2f}", dsn=dsn,
-                  status=f"bounced ({text})")
+        log.event(qid, f"to=<{log.safe(env.recipients[i])}>", relay="local", delay=f"{now - env.time:.2f}",
+                  dsn=dsn, status=f"bounced ({log.safe(text)})")

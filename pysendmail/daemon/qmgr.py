@@ -263,7 +263,7 @@ class QueueManager:
         if made is None:
             sender = msg.envelope.sender
             log.event(msg.qid, "no bounce: the sender is the null sender" if not sender else
-                      f"no bounce: the sender <{sender}> is this host's own address, and no alias, "
+                      f"no bounce: the sender <{log.safe(sender)}> is this host's own address, and no alias, "
                       "queue.postmaster or root alias says where its mail goes")
             return
         env, text, _ = made
