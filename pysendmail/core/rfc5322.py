@@ -278,6 +278,11 @@ def check_addr_spec(addr: str, whole: str | None = None) -> None:
         raise AddressError(f"{shown} holds a line break or NUL")
     if any("\udc80" <= c <= "\udcff" for c in addr):  # surrogateescape'd bytes
         raise AddressError(f"{shown} is not valid UTF-8")
+    if not addr.isprintable():
+        # C0/C1 controls (a C1 CSI drives terminals showing mailq), zero-width
+        # and bidi format characters: RFC 5321 has no room for the first,
+        # and the others only disguise an address.
+        raise AddressError(f"{shown} holds a control or invisible character")
     if addr.startswith('"'):
         end = _quoted_end(addr)
         if end < 0:

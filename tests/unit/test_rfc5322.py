@@ -411,8 +411,11 @@ def test_check_addr_spec_accepts_rfc5321_mailboxes_when_syntax_is_right(value: s
         ("a@" + ".".join(["d" * 60] * 5), "longer than 255"),
         ("l" * 65 + "@x.org", "longer than 64"),
         ("l" * 64 + "@" + ".".join(["d" * 60] * 3) + ".example.org", "longer than an address may be"),
-        ('"a\x01b"@x.org', "invalid quoted local part"),
+        ('"a\x01b"@x.org', "control or invisible character"),
         ('"ab@x.org', "invalid quoted local part"),
+        ("a\u009b31m@x.org", "control or invisible character"),
+        ("a@x\u200b.org", "control or invisible character"),
+        ("a@x\u202e.org", "control or invisible character"),
     ],
 )
 def test_check_addr_spec_refuses_what_a_relay_would_when_syntax_is_wrong(value: str, fragment: str) -> None:
