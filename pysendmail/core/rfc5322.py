@@ -4,14 +4,24 @@ Contract:   ``split_message`` separates the header section from the body;
             ``header_fields`` lists (name, raw value) pairs, folding kept;
             ``parse_address_list`` gives the addr-specs of a To/Cc/Bcc
             value (display names, comments, groups dropped);
-            ``parse_sender`` reads a -f value.  Bad input raises
-            AddressError, a ValueError whose text names the value.
+            ``parse_sender`` reads a -f value; ``check_addr_spec`` holds
+            every address to RFC 5321 4.1.2 syntax and 4.5.3.1 lengths
+            (what a relay would refuse is refused at submission).  Bad
+            input raises AddressError, a ValueError whose text names the
+            value (cut to about 100 characters).
+            ``header_limit_error`` names the header limit (MAX_HEADER_BYTES,
+            MAX_FIELD_BYTES, MAX_FIELDS, MAX_FIELD_LINES) a header section
+            breaks, or gives None.
 Security:   used by the unprivileged submitter and again by the daemon on
             files from incoming/, so it is written for hostile input: no
             recursion on input, no regular expressions (backtracking, and
-            ``re`` costs 7 ms of start-up), linear in the input length.
+            ``re`` costs 7 ms of start-up), linear in the input length
+            (no value grown by repeated concatenation: issue 10's 400,000
+            continuation lines cost seconds per stage when it was).
 See also:   RFC 5322 3.2-3.4 and 4.4 (obsolete syntax we still accept),
-            RFC 6532 3.2 (UTF-8 in addresses), RFC 5321 4.1.2.
+            RFC 6532 3.2 (UTF-8 in addresses), RFC 5321 4.1.2, 4.1.3
+            (address literals) and 4.5.3.1 (lengths), RFC 6531 3.3;
+            Postfix header_size_limit, Exim header_maxsize.
 """
 
 from __future__ import annotations
@@ -67,20 +77,89 @@ def is_field_line(line: bytes) -> bool:
 
 
 def header_fields(head: bytes) -> list[tuple[str, bytes]]:
-    """(name, value) for each field; value keeps its folding, lacks the final CRLF."""
+    """(name, value) for each field; value keeps its folding, lacks the final CRLF.
+
+    Linear in the size of ``head``: each field's lines are collected and
+    joined once (appending to a growing value was quadratic in the number
+    of continuation lines: issue 10's 400,000-line Subject).
+    """
     fields: list[tuple[str, bytes]] = []
+    lines: list[bytes] = []
+    name = ""
     for line in head.split(b"\r\n"):
         if not line:
             continue
-        if line[:1] in (b" ", b"\t") and fields:
-            name, value = fields[-1]
-            fields[-1] = (name, value + b"\r\n" + line)
+        if line[:1] in (b" ", b"\t") and lines:
+            lines.append(line)
             continue
         colon = line.find(b":")
         if colon <= 0:
             continue  # cannot happen after split_message; be robust anyway
-        fields.append((line[:colon].rstrip(b" \t").decode("ascii"), line[colon + 1 :]))
+        if lines:
+            fields.append((name, b"\r\n".join(lines)))
+        name = line[:colon].rstrip(b" \t").decode("ascii")
+        lines = [line[colon + 1 :]]
+    if lines:
+        fields.append((name, b"\r\n".join(lines)))
     return fields
+
+
+# Limits on a header section, as a mature MTA sets them (none is a config
+# key: no legitimate local submission comes near them, and a limit an admin
+# can raise is one a hostile user can make the daemon pay for).
+#   MAX_HEADER_BYTES   the whole section: Exim's header_maxsize (1 MiB);
+#                      sendmail's MaxHeadersLength default is 32 KiB.
+#   MAX_FIELD_BYTES    one field with its continuation lines: Postfix's
+#                      header_size_limit (102400), which truncates; we refuse.
+#   MAX_FIELDS         number of fields (a Received chain of 50 hops, ARC
+#                      sets and list headers stay far below it).
+#   MAX_FIELD_LINES    lines of one field: 102400 octets folded at 78
+#                      columns is 1313 lines; the cap keeps per-field work of
+#                      libraries we do not control (dkimpy appends each
+#                      continuation line to the field) bounded.
+MAX_HEADER_BYTES = 1 << 20
+MAX_FIELD_BYTES = 102400
+MAX_FIELDS = 1000
+MAX_FIELD_LINES = 4096
+
+
+def header_limit_error(head: bytes) -> str | None:
+    """The sentence saying which header limit ``head`` breaks, or None.
+
+    ``head`` is a header section as split_message returns it.  One pass,
+    linear in its length; called by the submitter (sendmail, -t, -bs) and
+    again by pickup on files written straight into incoming/.
+    """
+    if len(head) > MAX_HEADER_BYTES:
+        return f"the header section is {len(head)} bytes, over the limit of {MAX_HEADER_BYTES}"
+    fields = 0
+    field_start = 0
+    field_lines = 0
+    pos, n = 0, len(head)
+    while pos < n:
+        eol = head.find(b"\r\n", pos)
+        if eol < 0:
+            eol = n
+        if head[pos : pos + 1] in (b" ", b"\t") and fields:
+            field_lines += 1
+            if field_lines > MAX_FIELD_LINES:
+                return f"header field {_field_name(head, field_start)} has more than {MAX_FIELD_LINES} lines"
+        else:
+            if fields and pos - field_start > MAX_FIELD_BYTES:
+                return f"header field {_field_name(head, field_start)} is over the limit of {MAX_FIELD_BYTES} bytes"
+            fields += 1
+            if fields > MAX_FIELDS:
+                return f"the message has more than {MAX_FIELDS} header fields"
+            field_start, field_lines = pos, 1
+        pos = eol + 2
+    if fields and n - field_start > MAX_FIELD_BYTES:
+        return f"header field {_field_name(head, field_start)} is over the limit of {MAX_FIELD_BYTES} bytes"
+    return None
+
+
+def _field_name(head: bytes, start: int) -> str:
+    name = head[start : start + 80].split(b":", 1)[0]
+    return name.decode("ascii", "replace")
 
 
 def unfold(value: bytes) -> str:
@@ -119,7 +198,7 @@ def _tokens(text: str, ends: list[int] | None = None) -> list[tuple[str, str]]:
                         break
                 i += 1
             if depth:
-                raise AddressError(f"unbalanced comment in {text!r}")
+                raise AddressError(f"unbalanced comment in {_shown(text)}")
             i += 1
             out.append(("space", " "))
         elif c == '"':
@@ -127,13 +206,13 @@ def _tokens(text: str, ends: list[int] | None = None) -> list[tuple[str, str]]:
             while j < n and text[j] != '"':
                 j += 2 if text[j] == "\\" else 1
             if j >= n:
-                raise AddressError(f"unterminated quoted string in {text!r}")
+                raise AddressError(f"unterminated quoted string in {_shown(text)}")
             out.append(("quoted", text[i : j + 1]))
             i = j + 1
         elif c == "[":
             j = text.find("]", i)
             if j < 0:
-                raise AddressError(f"unterminated domain literal in {text!r}")
+                raise AddressError(f"unterminated domain literal in {_shown(text)}")
             out.append(("literal", text[i : j + 1]))
             i = j + 1
         elif c in _SPECIALS:
@@ -146,7 +225,7 @@ def _tokens(text: str, ends: list[int] | None = None) -> list[tuple[str, str]]:
             out.append(("atom", text[i:j]))
             i = j
         else:
-            raise AddressError(f"character {c!r} is not allowed in {text!r}")
+            raise AddressError(f"character {c!r} is not allowed in {_shown(text)}")
     if ends is not None and len(ends) < len(out):
         ends.append(i)
     return out
@@ -162,27 +241,55 @@ def _addr_spec(tokens: list[tuple[str, str]], whole: str) -> str:
         if kind == "space":
             continue
         if prev in ("atom", "quoted") and kind in ("atom", "quoted", "literal"):
-            raise AddressError(f"{whole.strip()!r} is not an address")
+            raise AddressError(f"{_shown(whole.strip())} is not an address")
         prev = kind if kind != "special" else value
     addr = "".join(v for _, v in words)
     check_addr_spec(addr, whole)
     return addr
 
 
+def _shown(text: str) -> str:
+    """A value for an error sentence: repr, at most about 100 characters."""
+    return repr(text) if len(text) <= 100 else repr(text[:100]) + "..."
+
+
+# RFC 5321 4.5.3.1: local part 64 octets, domain 255, path 256 (with "<>").
+MAX_LOCAL = 64
+MAX_DOMAIN = 255
+MAX_ADDRESS = 254
+_LDH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
 def check_addr_spec(addr: str, whole: str | None = None) -> None:
-    """Raise AddressError unless ``addr`` is local@domain or a bare local name."""
-    shown = (whole if whole is not None else addr).strip()
+    """Raise AddressError unless ``addr`` is a Mailbox of RFC 5321 4.1.2 or a bare local name.
+
+    What a relay would refuse as syntax is refused here, at submission,
+    rather than at delivery: Local-part (Dot-string or Quoted-string, at
+    most 64 octets), Domain (LDH labels of at most 63 octets, U-labels
+    allowed as RFC 6531 3.3 does, at most 255 octets) or address-literal
+    (IPv4, IPv6, General-address-literal), the whole at most 254 octets.
+    A bare local name (cron's "root") is qualified later by cleanup.
+    """
+    shown = _shown((whole if whole is not None else addr).strip())
     if not addr:
-        raise AddressError(f"{shown!r} is not an address")
+        raise AddressError(f"{shown} is not an address")
     if any(c in addr for c in "\r\n\0"):
-        raise AddressError(f"{shown!r} holds a line break or NUL")
+        raise AddressError(f"{shown} holds a line break or NUL")
     if any("\udc80" <= c <= "\udcff" for c in addr):  # surrogateescape'd bytes
-        raise AddressError(f"{shown!r} is not valid UTF-8")
+        raise AddressError(f"{shown} is not valid UTF-8")
+    if not addr.isprintable():
+        # C0/C1 controls (a C1 CSI drives terminals showing mailq), zero-width
+        # and bidi format characters: RFC 5321 has no room for the first,
+        # and the others only disguise an address.
+        raise AddressError(f"{shown} holds a control or invisible character")
     if addr.startswith('"'):
-        end = addr.rfind('"')
+        end = _quoted_end(addr)
+        if end < 0:
+            raise AddressError(f"{shown} has an invalid quoted local part")
         local, rest = addr[: end + 1], addr[end + 1 :]
-        if len(local) < 2 or (rest and not rest.startswith("@")):
-            raise AddressError(f"{shown!r} is not an address")
+        if rest and not rest.startswith("@"):
+            raise AddressError(f"{shown} is not an address")
         domain = rest[1:] if rest else None
     else:
         local, at, domain_part = addr.rpartition("@")
@@ -191,14 +298,107 @@ def check_addr_spec(addr: str, whole: str | None = None) -> None:
         else:
             domain = domain_part
         if not _is_dot_atom(local):
-            raise AddressError(f"{shown!r} is not an address")
+            raise AddressError(f"{shown} is not an address")
+    if len(local.encode("utf-8")) > MAX_LOCAL:
+        raise AddressError(f"{shown} has a local part longer than {MAX_LOCAL} octets (RFC 5321 4.5.3.1.1)")
     if domain is not None:
-        if domain.startswith("[") and domain.endswith("]") and len(domain) > 2:
-            return
-        if not _is_dot_atom(domain) or any(c in domain for c in "!#$%&'*+/=?^`{|}~"):
-            raise AddressError(f"{shown!r} has an invalid domain")
-    if len(addr.encode("utf-8", "surrogateescape")) > 254:
-        raise AddressError(f"{shown[:60]!r}... is longer than an address may be")
+        why = domain_error(domain)
+        if why:
+            raise AddressError(f"{shown} has an invalid domain: {why}")
+    if len(addr.encode("utf-8")) > MAX_ADDRESS:
+        raise AddressError(f"{shown} is longer than an address may be ({MAX_ADDRESS} octets, RFC 5321 4.5.3.1.3)")
+
+
+def _quoted_end(addr: str) -> int:
+    """Index of the closing quote of the Quoted-string ``addr`` starts with; -1 if invalid.
+
+    RFC 5321 4.1.2: qtextSMTP is %d32-33 / %d35-91 / %d93-126, a
+    quoted-pairSMTP is a backslash and %d32-126; UTF-8 is allowed (RFC 6531).
+    """
+    i, n = 1, len(addr)
+    while i < n:
+        c = addr[i]
+        if c == '"':
+            return i
+        if c == "\\":
+            if i + 1 >= n or not (" " <= addr[i + 1] <= "~"):
+                return -1
+            i += 2
+            continue
+        if c < " " or c == "\x7f":
+            return -1
+        i += 1
+    return -1
+
+
+def domain_error(domain: str) -> str | None:
+    """Why ``domain`` is not an RFC 5321 Domain or address-literal; None when it is."""
+    if not domain:
+        return "it is empty"
+    if len(domain.encode("utf-8")) > MAX_DOMAIN:
+        return f"longer than {MAX_DOMAIN} octets"
+    if domain.startswith("["):
+        if not domain.endswith("]"):
+            return "an unterminated address literal"
+        return _literal_error(domain[1:-1])
+    for label in domain.split("."):
+        if not label:
+            return "an empty label"
+        if len(label.encode("utf-8")) > 63:
+            return "a label longer than 63 octets"
+        if label[0] == "-" or label[-1] == "-":
+            return f"label {label!r} starts or ends with a hyphen"
+        if any(c not in _LDH and c <= "\x7f" for c in label):
+            return f"label {label!r} holds a character other than a letter, digit or hyphen"
+    return None
+
+
+def _literal_error(inner: str) -> str | None:
+    """RFC 5321 4.1.3: IPv4, "IPv6:" IPv6, or Standardized-tag ":" dcontent."""
+    if _is_ipv4(inner):
+        return None
+    tag, colon, rest = inner.partition(":")
+    if colon and tag.lower() == "ipv6":
+        return None if _is_ipv6(rest) else f"[{inner}] is not an IPv6 address"
+    if colon and tag and rest and all(c in _LDH for c in tag) and tag[-1] != "-" \
+            and all("!" <= c <= "Z" or "^" <= c <= "~" for c in rest):
+        return None  # General-address-literal: dcontent is %d33-90 / %d94-126
+    return f"[{inner}] is not an address literal"
+
+
+def _is_ipv4(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) == 4 and all(0 < len(p) <= 3 and p.isascii() and p.isdigit() and int(p) <= 255 for p in parts)
+
+
+def _is_ipv6(text: str) -> bool:
+    """IPv6-full, IPv6-comp, IPv6v4-full or IPv6v4-comp of RFC 5321 4.1.3."""
+    groups = 8
+    if "." in text:  # the last 32 bits written as IPv4
+        head, sep, v4 = text.rpartition(":")
+        if not sep or not _is_ipv4(v4):
+            return False
+        text = head + ":" if head.endswith(":") else head  # "1::" + "1.2.3.4" keeps its "::"
+        groups = 6
+    if text.count("::") > 1:
+        return False
+
+    def hexes(part: str) -> list[str] | None:
+        if not part:
+            return []
+        items = part.split(":")
+        if all(0 < len(h) <= 4 and all(c in _HEX for c in h) for h in items):
+            return items
+        return None
+
+    if "::" in text:
+        left, right = text.split("::")
+        a, b = hexes(left), hexes(right)
+        # RFC 5321: "::" stands for at least 2 groups of zeros, so at most
+        # groups-2 are written.
+        return a is not None and b is not None and len(a) + len(b) <= groups - 2
+    full = hexes(text)
+    return full is not None and len(full) == groups
 
 
 def _is_dot_atom(text: str) -> bool:
@@ -227,9 +427,12 @@ def qualify_address_list(value: str, domain: str) -> str | None:
     found = [(addr, end) for addr, end in _parse_list(value) if "@" not in addr.rsplit('"', 1)[-1]]
     if not found:
         return None
-    for _, end in reversed(found):
-        value = value[:end] + "@" + domain + value[end:]
-    return value
+    pieces, prev = [], 0
+    for _, end in found:  # in order; one join keeps this linear in the value's length
+        pieces += [value[prev:end], "@", domain]
+        prev = end
+    pieces.append(value[prev:])
+    return "".join(pieces)
 
 
 def _parse_list(value: str) -> list[tuple[str, int]]:
@@ -248,10 +451,10 @@ def _parse_list(value: str) -> list[tuple[str, int]]:
             close = i + 1
             while close < n and tokens[close] != ("special", ">"):
                 if tokens[close] == ("special", "<"):
-                    raise AddressError(f"nested angle brackets in {value!r}")
+                    raise AddressError(f"nested angle brackets in {_shown(value)}")
                 close += 1
             if close >= n:
-                raise AddressError(f"missing '>' in {value!r}")
+                raise AddressError(f"missing '>' in {_shown(value)}")
             inner = tokens[i + 1 : close]
             # obs-route (RFC 5322 4.4): "<@relay1,@relay2:user@host>"
             for j, tok in enumerate(inner):
@@ -270,10 +473,10 @@ def _parse_list(value: str) -> list[tuple[str, int]]:
             current = []
         elif kind == "special" and text in ",;":
             if text == ";" and not in_group:
-                raise AddressError(f"';' outside a group in {value!r}")
+                raise AddressError(f"';' outside a group in {_shown(value)}")
             if any(k != "space" for k, _ in current):
                 if angle_done:
-                    raise AddressError(f"text after '>' in {value!r}")
+                    raise AddressError(f"text after '>' in {_shown(value)}")
                 result.append((_addr_spec(current, "".join(v for _, v in current)), current_end))
             if text == ";":
                 in_group = False
@@ -281,14 +484,14 @@ def _parse_list(value: str) -> list[tuple[str, int]]:
             angle_done = False
         elif angle_done:
             if kind != "space":
-                raise AddressError(f"text after '>' in {value!r}")
+                raise AddressError(f"text after '>' in {_shown(value)}")
         else:
             current.append((kind, text))
             if kind != "space":
                 current_end = ends[i]
         i += 1
     if in_group:
-        raise AddressError(f"group without its closing ';' in {value!r}")
+        raise AddressError(f"group without its closing ';' in {_shown(value)}")
     if any(k != "space" for k, _ in current):
         result.append((_addr_spec(current, "".join(v for _, v in current)), current_end))
     return result
@@ -297,23 +500,23 @@ def _parse_list(value: str) -> list[tuple[str, int]]:
 def parse_sender(value: str) -> str:
     """A -f/-r value: one address, ``<addr>`` allowed; '' and '<>' are the null sender."""
     if any(c in value for c in "\r\n\0"):
-        raise AddressError(f"sender {value!r} holds a line break or NUL")
+        raise AddressError(f"sender {_shown(value)} holds a line break or NUL")
     text = value.strip()
     if text in ("", "<>"):
         return ""
     found = parse_address_list(text)
     if len(found) != 1:
-        raise AddressError(f"sender {value!r} is not one address")
+        raise AddressError(f"sender {_shown(value)} is not one address")
     return found[0]
 
 
 def parse_recipient_arg(value: str) -> list[str]:
     """A recipient on the command line: one address, or a comma list (as sendmail allows)."""
     if any(c in value for c in "\r\n\0"):
-        raise AddressError(f"recipient {value!r} holds a line break or NUL")
+        raise AddressError(f"recipient {_shown(value)} holds a line break or NUL")
     found = parse_address_list(value)
     if not found:
-        raise AddressError(f"recipient {value!r} is not an address")
+        raise AddressError(f"recipient {_shown(value)} is not an address")
     return found
 
 

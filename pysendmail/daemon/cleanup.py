@@ -18,18 +18,21 @@ Contract:   ``clean(env, message, qid, ctx)`` returns the (envelope,
 Security:   the message and envelope come from any local user.  The uid
             used in Received is the file owner's, which pickup supplies:
             the envelope's own claim is never believed.
+            A bare CR stays inside its line (intake.normalise_newlines):
+            it never starts a field.  Linear in the message size.
 See also:   Postfix cleanup(8); RFC 5322 3.6 (required fields), 3.6.3
-            (Bcc), 3.6.7 (trace fields); RFC 2047 (encoded display names).
+            (Bcc), 3.6.7 (trace fields); RFC 2047 (encoded display names,
+            through wire.encoded_words, the one encoder).
 """
 
 from __future__ import annotations
 
-import base64
 import email.utils
 import time
 
 from pysendmail.core import log, rfc5322, spoolfile
 from pysendmail.core.aliases import Aliases
+from pysendmail.daemon.wire import encoded_words
 from pysendmail.submit.intake import normalise_newlines
 
 _DROP = frozenset({"bcc", "resent-bcc", "return-path"})
@@ -50,17 +53,7 @@ class Context:
 def display_name(name: str) -> str:
     """A From display name: plain, quoted (RFC 5322 3.2.4) or encoded (RFC 2047)."""
     if not name.isascii():
-        # RFC 2047 2: an encoded-word is at most 75 characters; split on
-        # character boundaries into pieces of at most 45 octets.
-        words, piece = [], b""
-        for ch in name:
-            raw = ch.encode("utf-8")
-            if len(piece) + len(raw) > 45:
-                words.append(piece)
-                piece = b""
-            piece += raw
-        words.append(piece)
-        return " ".join("=?utf-8?b?" + base64.b64encode(w).decode("ascii") + "?=" for w in words)
+        return " ".join(encoded_words(name))  # the one RFC 2047 encoder (wire.py)
     if any(c in _SPECIALS for c in name):
         return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return name
@@ -159,5 +152,5 @@ def log_refused(qid: str, env: spoolfile.Envelope, refused: dict[int, str], now:
     """One Postfix-shaped line per refused recipient (local(8) logs relay=local, status=bounced)."""
     for i, why in sorted(refused.items()):
         dsn, _, text = why.partition(" ")
-        log.event(qid, f"to=<{env.recipients[i]}>", relay="local", delay=f"{now - env.time:.2f}", dsn=dsn,
-                  status=f"bounced ({text})")
+        log.event(qid, f"to=<{log.safe(env.recipients[i])}>", relay="local", delay=f"{now - env.time:.2f}",
+                  dsn=dsn, status=f"bounced ({log.safe(text)})")

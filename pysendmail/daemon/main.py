@@ -443,9 +443,9 @@ class Daemon:
         resume = getattr(self.manager.transport, "resume", None)
         for _, name in taken:
             if resume is not None and resume(name):
-                log.log(f"daemon: route {name} resumed by the administrator")
+                log.log(f"daemon: route {log.safe(name)} resumed by the administrator")
             else:
-                log.log(f"daemon: route resume {name}: no such route in the configuration")
+                log.log(f"daemon: route resume {log.safe(name)}: no such route in the configuration")
         self.manager.save_route_state()
         _acknowledge([path for path, _ in taken])
         # What waited for the route goes now (other routes' blocks still hold theirs back).

@@ -17,6 +17,11 @@ Contract:   ``pickup_all(spool, ctx, max_size, limit, scanner)`` takes
             that are new or changed, not one lstat per entry ever planted;
             the daemon feeds it the names inotify reports
             (daemon/watch.py), so that it need not list incoming/ at all.
+            ``refusal(env, message)`` re-checks what sendmail checks
+            (RFC 5321 address syntax, the header limits of core/rfc5322.py,
+            NUL in headers): a file that fails is quarantined, since it need
+            not come from sendmail.  Log lines escape the file's name and
+            sender (log.safe).
 Security:   incoming/ is writable by every local user.  Each check below
             names the attack it stops.  Files are opened with
             O_NOFOLLOW|O_NONBLOCK after an lstat, and the open file is
@@ -42,10 +47,11 @@ import stat
 import threading
 import time
 
-from pysendmail.core import config, layout, log, queue, spoolfile
+from pysendmail.core import config, layout, log, queue, rfc5322, spoolfile
 from pysendmail.core.qid import QID_LEN, is_qid
 from pysendmail.daemon import cleanup
 from pysendmail.daemon.quarantine import Bounds, Quarantine
+from pysendmail.submit.intake import normalise_newlines
 
 STALE_SECONDS = 3600  # default spool.unready_lifetime: an unready file older than this belongs to a dead submitter
 ENVELOPE_ALLOWANCE = 1 << 20  # room for the envelope above max_message_size
@@ -223,7 +229,7 @@ def _quarantine(spool: layout.Spool, name: str, why: str, scan: Scanner | None =
             except OSError:
                 pass
             else:
-                log.log(f"pickup: incoming/{name!r} removed: {why}")
+                log.log(f"pickup: incoming/{log.safe(name)} removed: {log.safe(why)}")
                 return
         if scan is not None:
             try:
@@ -231,11 +237,11 @@ def _quarantine(spool: layout.Spool, name: str, why: str, scan: Scanner | None =
             except OSError:
                 pass
         log.log(
-            f"pickup: cannot quarantine incoming/{name!r} ({why}): {exc.strerror}; "
+            f"pickup: cannot quarantine incoming/{log.safe(name)} ({log.safe(why)}): {exc.strerror}; "
             "left in place and skipped: remove it as root"
         )
         return
-    log.log(f"pickup: incoming/{name!r} quarantined: {why}")
+    log.log(f"pickup: incoming/{log.safe(name)} quarantined: {log.safe(why)}")
 
 
 def _lmode(path: str) -> int:
@@ -252,6 +258,23 @@ def _owner_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+
+
+def refusal(env: spoolfile.Envelope, message: bytes) -> str | None:
+    """Why sendmail would have refused this envelope and message (exit 65); None if it would not."""
+    try:
+        if env.sender:
+            rfc5322.check_addr_spec(env.sender)
+        if not env.recipients:
+            return "no recipients"
+        for rcpt in env.recipients:
+            rfc5322.check_addr_spec(rcpt)
+    except rfc5322.AddressError as exc:
+        return f"bad address: {exc}"
+    head, _ = rfc5322.split_message(normalise_newlines(message))
+    if b"\0" in head:
+        return "the message headers hold a NUL byte"
+    return rfc5322.header_limit_error(head)
 
 
 def pickup_all(
@@ -328,7 +351,7 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
             # with it, for a hard link to someone's submission, the
             # submission: its real name would then have a link outside
             # incoming/ and be refused too).
-            _unlink(path, f"pickup: incoming/{name!r} removed: not a queue file name, and a second name "
+            _unlink(path, f"pickup: incoming/{log.safe(name)} removed: not a queue file name, and a second name "
                     f"(hard link) for a file of uid {lst.st_uid}")
             return None
         # A name we never create: a user's planted file or a leftover.
@@ -394,6 +417,13 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
         # The envelope claims another uid than the file's owner: forged.
         _quarantine(spool, name, f"envelope uid {env.uid} is not the file owner's uid {st.st_uid}", scan)
         return None
+    why = refusal(env, message)
+    if why:
+        # The file need not come from sendmail: what sendmail refuses with
+        # exit 65 (a bad address, a header section over the limits that
+        # would cost every later stage time) is refused here as well.
+        _quarantine(spool, name, why, scan)
+        return None
     names = [name]
     qid = name
     if st.st_nlink != 1:
@@ -433,13 +463,13 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
     for other in names:
         if other != qid:
             _unlink(os.path.join(spool.incoming, other),
-                    f"pickup: incoming/{other!r} removed: another name (hard link) for {qid}, "
+                    f"pickup: incoming/{log.safe(other)} removed: another name (hard link) for {qid}, "
                     f"uid {st.st_uid}'s submission, queued once as {qid}")
     os.unlink(os.path.join(spool.incoming, qid))
     log.event(
         qid,
         f"uid={owner[0]} ({owner[1]})",
-        f"from=<{new_env.sender}>",
+        f"from=<{log.safe(new_env.sender)}>",
         size=len(new_message),
         nrcpt=len(new_env.recipients),
     )

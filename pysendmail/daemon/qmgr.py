@@ -326,7 +326,7 @@ class QueueManager:
         if made is None:
             sender = msg.envelope.sender
             log.event(msg.qid, "no bounce: the sender is the null sender" if not sender else
-                      f"no bounce: the sender <{sender}> is this host's own address, and no alias, "
+                      f"no bounce: the sender <{log.safe(sender)}> is this host's own address, and no alias, "
                       "queue.postmaster or root alias says where its mail goes")
             return
         env, text, _ = made
@@ -485,7 +485,7 @@ class QueueManager:
                 deferred.append(r)
                 counts.deferred += 1
             shown = "bounced" if r.status == FAILED else r.status
-            log.event(msg.qid, f"to=<{rcpt}>", status=f"{shown} ({r.text})", **fields)
+            log.event(msg.qid, f"to=<{log.safe(rcpt)}>", status=f"{shown} ({log.safe(r.text)})", **fields)
         if deferred:
             due = now + next_delay(msg.tries + 1, self.schedule)
             reason = deferred[0].text

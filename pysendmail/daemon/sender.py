@@ -14,6 +14,9 @@ Contract:   ``align(sender, message, route)`` returns (MAIL FROM, message
             Applied to the exact bytes before wire transformations and
             DKIM signing, so the signature covers the rewritten headers.
             ``check(route)`` raises ConfigError when rewrite has no account.
+            The "what changed" text is for the log: the addresses in it
+            are escaped with log.safe.  Display names are encoded by the
+            one RFC 2047 encoder (wire.encoded_words).
 Security:   headers come from any local user; they are parsed by the one
             RFC 5322 scanner (core/rfc5322.py) and rewritten as whole
             fields, never by string substitution inside a value.
@@ -24,11 +27,11 @@ See also:   providers.py (which providers refuse foreign senders); RFC 5322
 from __future__ import annotations
 
 import email.utils
-from email.header import Header
 
-from pysendmail.core import rfc5322
+from pysendmail.core import log, rfc5322
 from pysendmail.core.errors import ConfigError
 from pysendmail.daemon.routes import RelaySettings, address_matches
+from pysendmail.daemon.wire import encoded_words
 
 
 def check(route: RelaySettings) -> None:
@@ -63,7 +66,7 @@ def _mailbox(name: str, address: str) -> bytes:
         return f"{name} <{address}>".encode()  # already RFC 2047: keep it as written
     if name.isascii():
         return email.utils.formataddr((name, address)).encode()
-    return f"{Header(name, 'utf-8').encode()} <{address}>".encode()
+    return f"{' '.join(encoded_words(name))} <{address}>".encode()  # the one RFC 2047 encoder
 
 
 def align(sender: str, message: bytes, route: RelaySettings) -> tuple[str, bytes, str]:
@@ -77,7 +80,7 @@ def align(sender: str, message: bytes, route: RelaySettings) -> tuple[str, bytes
     # account's mailbox, not us, so no loop can start.
     mail_from = sender if owned(route, sender) else account
     if mail_from != sender:
-        changes.append(f"sender <{sender}> -> <{account}>")
+        changes.append(f"sender <{log.safe(sender)}> -> <{account}>")
     head, body = rfc5322.split_message(message)
     fields = rfc5322.header_fields(head)
     names = {n.lower() for n, _ in fields}
@@ -94,7 +97,7 @@ def align(sender: str, message: bytes, route: RelaySettings) -> tuple[str, bytes
                 out.append(name.encode("ascii") + b":" + value)
                 continue
             out.append(name.encode("ascii") + b": " + _mailbox(_display(text) if low == "from" else "", account))
-            changes.append(f"{low} {', '.join(addrs) or text!r} -> {account}")
+            changes.append(f"{low} {log.safe(', '.join(addrs) or repr(text))} -> {account}")
             if low == "from" and "reply-to" not in names:
                 out.append(b"Reply-To:" + value)
             continue

@@ -18,15 +18,22 @@ Contract:   ``prepare(message, eightbit=, utf8=)`` takes the queued CRLF
               legacy charset; mail readers then use their own default, which
               is what the sender's readers saw), and a transfer encoding;
             - header lines over 998 octets are folded at white space (RFC
-              5322 2.2.3); an unstructured field (Subject...) that cannot
-              be folded, or that holds raw UTF-8 while the session is not
-              SMTPUTF8, becomes RFC 2047 encoded-words; non-ASCII display
-              names in address fields likewise.
+              5322 2.2.3); an unstructured field (every field not in
+              _STRUCTURED: Subject, Comments, X-...) that cannot be folded,
+              or that holds raw UTF-8 while the session is not SMTPUTF8,
+              becomes RFC 2047 encoded-words (Keywords phrase by phrase);
+              non-ASCII display names in address fields likewise;
+            - a bare CR in a header becomes a space inside its line: it
+              never starts a field.
+            ``encoded_words`` is the one RFC 2047 encoder (cleanup and
+            sender alignment use it too).
             With ``utf8`` (an SMTPUTF8 session, RFC 6531/6532) raw UTF-8
             headers are left as written.
 Security:   the message came from any local user; the parser works on
             bytes, never raises on malformed MIME (it leaves what it cannot
-            understand as it is), and recursion is bounded.
+            understand as it is), and recursion is bounded.  Every step is
+            linear in the message size (folding cuts by offset, values are
+            joined once): bench/headers shows it.
 See also:   RFC 2045 6.7 (quoted-printable), RFC 2046 5.1 (multipart),
             RFC 2047, RFC 6152 (8BITMIME), RFC 6532; Postfix's
             8bit-to-7bit conversion (smtp_never_send_ehlo / disable_mime_
@@ -52,9 +59,23 @@ QP_LINE = 76  # RFC 2045 6.7 rule 5
 FOLD_AT = 78
 MAX_DEPTH = 20
 FALLBACK_CHARSET = "unknown-8bit"
-_UNSTRUCTURED = frozenset({"subject", "comments", "content-description", "thread-topic"})
 _ADDRESS = frozenset({"from", "sender", "reply-to", "to", "cc", "resent-from", "resent-sender", "resent-to",
-                      "resent-cc"})
+                      "resent-cc", "disposition-notification-to"})
+# Fields with a syntax of their own (RFC 5322 3.6, RFC 2045, RFC 6376, list
+# and trace fields...): an encoded-word is not allowed in them, so raw UTF-8
+# there is left for the relay to judge.  Every other field, X- fields
+# included, is unstructured (RFC 5322 3.6.8 optional-field) and is
+# encoded like Subject (RFC 2047 5(1)); Keywords is a phrase list, encoded
+# phrase by phrase (RFC 2047 5(3)).
+_STRUCTURED = _ADDRESS | frozenset({
+    "bcc", "resent-bcc", "date", "resent-date", "message-id", "resent-message-id", "in-reply-to", "references",
+    "received", "return-path", "mime-version", "content-type", "content-transfer-encoding", "content-id",
+    "content-disposition", "content-language", "content-location", "content-md5", "content-base",
+    "dkim-signature", "arc-seal", "arc-message-signature", "arc-authentication-results",
+    "authentication-results", "received-spf", "list-id", "list-unsubscribe", "list-unsubscribe-post",
+    "list-post", "list-help", "list-subscribe", "list-owner", "list-archive", "auto-submitted", "autocrypt",
+    "feedback-id", "original-recipient", "return-receipt-to", "errors-to", "keywords",
+})
 
 Fields = list[tuple[str, bytes]]
 
@@ -103,16 +124,25 @@ def b64_encode(data: bytes) -> bytes:
 
 
 def encoded_words(text: str) -> list[str]:
-    """RFC 2047 B encoded-words of at most 75 characters, split on character boundaries."""
-    words, piece = [], b""
+    """RFC 2047 B encoded-words of at most 75 characters, split on character boundaries.
+
+    The one RFC 2047 encoder: unstructured fields here, display names in
+    cleanup (-F) and sender alignment.  ``text`` must encode as UTF-8
+    (surrogateescape'd bytes are written back as the bytes they were).
+    Linear in the length of ``text``.
+    """
+    words: list[str] = []
+    piece: list[bytes] = []
+    size = 0
     for ch in text:
         raw = ch.encode("utf-8", "surrogateescape")
-        if len(piece) + len(raw) > 45:
-            words.append(piece)
-            piece = b""
-        piece += raw
-    words.append(piece)
-    return ["=?utf-8?b?" + base64.b64encode(w).decode("ascii") + "?=" for w in words]
+        if size + len(raw) > 45:  # 45 octets: 60 base64 characters + 12 = 72 <= 75 (RFC 2047 2)
+            words.append("=?utf-8?b?" + base64.b64encode(b"".join(piece)).decode("ascii") + "?=")
+            piece, size = [], 0
+        piece.append(raw)
+        size += len(raw)
+    words.append("=?utf-8?b?" + base64.b64encode(b"".join(piece)).decode("ascii") + "?=")
+    return words
 
 
 # ---------------------------------------------------------------- headers
@@ -161,23 +191,27 @@ def content_type(fields: Fields, default: str) -> tuple[str, dict[str, str]]:
 
 def _split_params(text: str) -> list[str]:
     """Split on ';' outside quoted strings."""
-    out, cur, quoted, escape = [], "", False, False
+    return _split_outside_quotes(text, ";")
+
+
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside quoted strings; linear (pieces collected, joined once)."""
+    out: list[str] = []
+    cur: list[str] = []
+    quoted = escape = False
     for ch in text:
         if escape:
-            cur += ch
             escape = False
         elif ch == "\\" and quoted:
-            cur += ch
             escape = True
         elif ch == '"':
             quoted = not quoted
-            cur += ch
-        elif ch == ";" and not quoted:
-            out.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    out.append(cur)
+        elif ch == sep and not quoted:
+            out.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    out.append("".join(cur))
     return out
 
 
@@ -187,27 +221,53 @@ def _cte(fields: Fields) -> str:
 
 
 def fold_line(line: bytes) -> bytes | None:
-    """One over-long header line folded at white space, or None if it has none to fold at."""
+    """One over-long header line folded at white space, or None if it has none to fold at.
+
+    A fold goes before the last white space at or before column 78, else
+    before the first one after it; never where the piece before it would be
+    only white space, nor where only white space would follow (RFC 5322
+    2.2.3 allows no line of only white space).  Linear in the line's
+    length: the search before column 78 looks at 78 octets at most, the one
+    after it uses cached next positions, and the pieces are cut by offset
+    (slicing the rest again at each fold was quadratic: issue 10's 12 MB
+    line).
+    """
+    n = len(line)
+    if n <= MAX_LINE:
+        return line
+    last = len(line.rstrip(b" \t")) - 1  # the last octet that is not white space
+    cached = {32: -2, 9: -2}  # next position of space / tab; -2 unknown, -1 none
+
+    def next_wsp(pos: int) -> int:
+        best = n
+        for ch in (32, 9):
+            q = cached[ch]
+            if q != -1 and q < pos:
+                q = cached[ch] = line.find(bytes((ch,)), pos)
+            if q != -1 and q < best:
+                best = q
+        return best
+
     out: list[bytes] = []
-    rest = line
-    while len(rest) > MAX_LINE:
+    start = 0
+    while n - start > MAX_LINE:
+        first = start  # the first octet of this piece that is not white space
+        while first < n and line[first] in (9, 32):
+            first += 1
         cut = -1
-        # Prefer a fold before column 78; else the first white space after
-        # it; never at position 0 (a line of only white space is not allowed).
-        for i in range(min(FOLD_AT, len(rest) - 1), 0, -1):
-            if rest[i] in (9, 32) and rest[:i].strip(b" \t"):
+        for i in range(min(start + FOLD_AT, n - 1), first, -1):
+            if line[i] in (9, 32) and i < last:
                 cut = i
                 break
         if cut < 0:
-            for i in range(FOLD_AT, len(rest)):
-                if rest[i] in (9, 32) and rest[i:].strip(b" \t"):
-                    cut = i
-                    break
-        if cut < 0 or cut > MAX_LINE:
+            i = next_wsp(max(start + FOLD_AT, first + 1))
+            if i < last:
+                cut = i
+        if cut < 0 or cut - start > MAX_LINE:
             return None
-        out.append(rest[:cut])
-        rest = rest[cut:]
-    out.append(rest)
+        out.append(line[start:cut])
+        start = cut
+    out.append(line[start:])
     return b"\r\n".join(out)
 
 
@@ -218,6 +278,24 @@ def _encode_unstructured(value: bytes) -> bytes | None:
     except UnicodeEncodeError:
         return None  # not UTF-8: we cannot name its charset
     return b" " + "\r\n ".join(encoded_words(text)).encode("ascii")
+
+
+def _encode_keywords(value: bytes) -> bytes | None:
+    """Keywords (RFC 5322 3.6.5): each non-ASCII phrase of the list encoded on its own."""
+    text = rfc5322.unfold(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    out = []
+    for phrase in _split_outside_quotes(text, ","):
+        phrase = phrase.strip(" \t")
+        if not phrase.isascii():
+            if len(phrase) >= 2 and phrase[0] == phrase[-1] == '"':
+                phrase = phrase[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+            phrase = "\r\n ".join(encoded_words(phrase))
+        out.append(phrase)
+    return b" " + ",\r\n ".join(out).encode("ascii")
 
 
 def _encode_addresses(value: bytes) -> bytes | None:
@@ -241,14 +319,18 @@ def fix_headers(fields: Fields, ctx: _Ctx) -> Fields:
     for name, value in fields:
         low = name.lower()
         if b"\r" in value.replace(b"\r\n", b""):
-            value = value.replace(b"\r\n", b"\0").replace(b"\r", b" ").replace(b"\0", b"\r\n")
+            # A bare CR stays inside its line (it never starts a field) and
+            # becomes a space: RFC 5321 2.3.8 allows no bare CR on the wire.
+            value = b"\r\n".join(line.replace(b"\r", b" ") for line in value.split(b"\r\n"))
             ctx.note("bare CR in header")
         if not value.isascii() and not ctx.utf8:
             new = None
-            if low in _UNSTRUCTURED:
-                new = _encode_unstructured(value)
-            elif low in _ADDRESS:
+            if low in _ADDRESS:
                 new = _encode_addresses(value)
+            elif low == "keywords":
+                new = _encode_keywords(value)
+            elif low not in _STRUCTURED:
+                new = _encode_unstructured(value)
             if new is not None:
                 value = new
                 ctx.note("8-bit header encoded")
@@ -265,7 +347,7 @@ def fix_headers(fields: Fields, ctx: _Ctx) -> Fields:
             if ok:
                 value = b"\r\n".join(folded)[len(name) + 1 :]
                 ctx.note("long header folded")
-            elif low in _UNSTRUCTURED and (enc := _encode_unstructured(value)) is not None:
+            elif low not in _STRUCTURED and (enc := _encode_unstructured(value)) is not None:
                 value = enc
                 ctx.note("long header encoded")
             # XXX: a structured field with a 999-octet token cannot be

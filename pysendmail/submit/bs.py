@@ -11,6 +11,9 @@ Contract:   ``serve(spool, max_size, opts, rfile, wfile)`` speaks RFC 5321
             complete line (command or DATA line) within ``idle_timeout``
             seconds, or the session outlives ``session_limit`` (as
             Postfix's sendmail -bs: 421, then exit 0).
+            A header section over the limits of core/rfc5322.py is
+            answered 552 5.3.4 (one sentence) and the session goes on; a
+            MAIL or RCPT address that is not RFC 5321 syntax, 553.
 Security:   the caller is a local process that could write to incoming/
             anyway; no AUTH is offered or needed.  Lines are capped in
             length, addresses are parsed by the one shared parser; a
@@ -335,6 +338,10 @@ def _data(s: _Session, rfile: _Input, host: str) -> None:
     head, _ = rfc5322.split_message(message)
     if b"\0" in head:
         s.reply("554 5.6.0 Message headers hold a NUL byte")
+        return
+    why = rfc5322.header_limit_error(head)
+    if why:
+        s.reply(f"552 5.3.4 {why}; nothing was queued")
         return
     assert s.sender is not None  # DATA is refused before MAIL
     env = spoolfile.Envelope(

@@ -1,13 +1,16 @@
 """Reading the message from the caller: dot rule, size cap, line endings.
 
 Contract:   ``read_message(stream, ignore_dots, max_size)`` returns the
-            message with every line ending CRLF (LF, CRLF, bare CR and any
-            mix are accepted; a missing final newline is added), or raises
+            message with every line ending CRLF (LF, CRLF and any mix are
+            accepted; a bare CR ends no line; a missing final newline is
+            added), or raises
             DataError naming the limit when it is larger than ``max_size``
             (counted in CRLF form, as it is stored).
-            ``recipients_from_headers`` implements -t.
+            ``check_header_section`` refuses NUL and the header limits of
+            core/rfc5322.py; ``recipients_from_headers`` implements -t.
 Security:   the input is the caller's own; the checks here protect the
-            envelope (header injection, NUL) and the spool (size).
+            envelope (header injection, NUL, a bare CR that would start a
+            field) and the spool (size, header limits).
 See also:   sendmail(8) -i and -t; Postfix sendmail(1); RFC 5321 2.3.8
             (no bare CR or LF on the wire).
 """
@@ -25,8 +28,14 @@ _CHUNK = 1 << 16
 
 
 def normalise_newlines(data: bytes) -> bytes:
-    """Every line ending CRLF: LF, CRLF and bare CR each end one line."""
-    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    """Every line ending CRLF: LF and CRLF each end one line; a bare CR stays inside its line.
+
+    A bare CR never ends a line (as in Postfix and sendmail): an
+    application that strips only LF from a user's Subject would otherwise
+    let ``"hi\\rBcc: evil@example.net"`` become a Bcc field.  The wire
+    stage makes the CR safe for SMTP (RFC 5321 2.3.8) later.
+    """
+    data = data.replace(b"\r\n", b"\n")
     if data and not data.endswith(b"\n"):
         data += b"\n"
     return data.replace(b"\n", b"\r\n")
@@ -85,8 +94,12 @@ PLAIN_FIELDS = ("to", "cc", "bcc")
 
 
 def check_header_section(head: bytes) -> None:
+    """Refuse a header section with a NUL or over one of rfc5322's header limits (exit 65)."""
     if b"\0" in head:
         raise DataError("the message headers hold a NUL byte; nothing was queued")
+    why = rfc5322.header_limit_error(head)
+    if why:
+        raise DataError(f"{why}; nothing was queued")
 
 
 def recipients_from_headers(fields: list[tuple[str, bytes]]) -> list[str]:

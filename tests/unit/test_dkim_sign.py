@@ -106,3 +106,26 @@ def test_dual_signing_canonicalises_the_body_once_and_caches_nothing_afterwards(
     policy.canonicalize_body(b"a  b \r\n")
     policy.canonicalize_body(b"a  b \r\n")
     assert len(runs) == 3
+
+
+# ------------------------------------------------------------ linear header parse for dkimpy (issue 10)
+@pytest.mark.parametrize(
+    "message",
+    [
+        MESSAGE,
+        b"From: a@example.org\r\nSubject: start\r\n" + b" x\r\n" * 2000 + b"\r\nbody\r\n",
+        b"From: a@example.org\r\nX-Tab:\r\n\tv\r\n\r\n\r\nbody\r\n\r\n",
+        b"From x@y Mon Jan  1\r\nFrom: a@example.org\r\n\r\nb\r\n",
+        b"From: a@example.org\r\nX: y",  # no body, no final CRLF
+        b"From: a@example.org\r\nA:b:c\r\n\r\n",
+        b"",
+    ],
+)
+def test_parse_for_dkimpy_gives_dkimpys_result_when_the_message_is_crlf(message: bytes) -> None:
+    assert dkim.parse_for_dkimpy(message) == tuple(dkimpy.rfc822_parse(message))
+
+
+@pytest.mark.parametrize("message", [b" lead: x\r\n\r\n", b"From: a\nSubject: lf\n\nb\n", b"Bad line\r\n\r\n",
+                                     b"Subject :x\r\n\r\n"])
+def test_parse_for_dkimpy_leaves_it_to_dkimpy_when_the_message_is_unusual(message: bytes) -> None:
+    assert dkim.parse_for_dkimpy(message) is None

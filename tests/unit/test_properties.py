@@ -34,7 +34,9 @@ _QTEXT = "".join(chr(c) for c in range(33, 127) if chr(c) not in '"\\') + " "
 qpiece = st.one_of(st.text(alphabet=_QTEXT, min_size=1, max_size=4), st.sampled_from(['\\"', "\\\\", " ", ",", "@", ";"]))
 quoted_local = st.lists(qpiece, min_size=1, max_size=5).map(lambda parts: '"' + "".join(parts) + '"')
 
-label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=10)
+# RFC 5321 4.1.2 Domain: a label neither starts nor ends with a hyphen.
+label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=10).filter(
+    lambda s: s[0] != "-" and s[-1] != "-")
 uni_label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz" + UNICODE, min_size=1, max_size=6)
 domain = st.one_of(
     st.lists(st.one_of(label, uni_label), min_size=1, max_size=3).map(".".join),

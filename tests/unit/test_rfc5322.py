@@ -8,6 +8,8 @@ value they refuse, because that sentence is all a PHP developer sees.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pysendmail.core.rfc5322 import (
@@ -339,3 +341,83 @@ def test_split_message_returns_nothing_when_the_message_is_empty() -> None:
 ])
 def test_ascii_address_uses_a_labels_for_domains_only(addr: str, expected: str | None) -> None:
     assert ascii_address(addr) == expected
+
+
+# ------------------------------------------------------------ issue 10: linear scanning, header limits
+def test_header_fields_keeps_every_continuation_line_when_a_field_has_400000() -> None:
+    head = b"Subject: start\r\n" + b" x\r\n" * 400_000 + b"To: a@example.org\r\n"
+    fields = header_fields(head)
+    assert [n for n, _ in fields] == ["Subject", "To"]
+    assert fields[0][1] == b" start" + b"\r\n x" * 400_000
+
+
+def test_header_limit_error_is_none_when_every_limit_is_just_met() -> None:
+    from pysendmail.core import rfc5322
+
+    at_lines = b"S: s\r\n" + b" x\r\n" * (rfc5322.MAX_FIELD_LINES - 1)
+    at_fields = b"".join(b"X%d: v\r\n" % i for i in range(rfc5322.MAX_FIELDS - 1))
+    assert rfc5322.header_limit_error(at_lines + at_fields) is None
+    field = b"B: " + b"y" * (rfc5322.MAX_FIELD_BYTES - 5) + b"\r\n"  # exactly MAX_FIELD_BYTES with its CRLF
+    assert rfc5322.header_limit_error(field) is None
+    assert "over the limit" in (rfc5322.header_limit_error(field.replace(b"B: ", b"B: y")) or "")
+
+
+@pytest.mark.parametrize(
+    ("head", "fragment"),
+    [
+        (b"S: s\r\n" + b" x\r\n" * 4096, "header field S has more than 4096 lines"),
+        (b"".join(b"X%d: v\r\n" % i for i in range(1001)), "more than 1000 header fields"),
+        (b"B: " + b"y" * 102400 + b"\r\n", "header field B is over the limit of 102400 bytes"),
+        (b"".join(b"X%d: " % i + b"y" * 100_000 + b"\r\n" for i in range(11)), "over the limit of 1048576"),
+    ],
+)
+def test_header_limit_error_names_the_limit_when_a_header_section_is_over_it(head: bytes, fragment: str) -> None:
+    from pysendmail.core import rfc5322
+
+    assert fragment in (rfc5322.header_limit_error(head) or "")
+
+
+def test_qualify_address_list_qualifies_every_name_when_a_field_holds_thousands() -> None:
+    value = ", ".join(f"u{i}" for i in range(20_000))
+    assert qualify_address_list(value, "example.org") == ", ".join(f"u{i}@example.org" for i in range(20_000))
+
+
+# ------------------------------------------------------------ issue 10: RFC 5321 4.1.2 syntax
+@pytest.mark.parametrize(
+    "value",
+    ["a@[192.0.2.1]", "a@[IPv6:2001:db8::1]", "a@[IPv6:::1]", "a@[IPv6:1:2:3:4:5:6:7:8]", "a@[IPv6:::ffff:1.2.3.4]",
+     "a@[IPv6:1:2:3:4:5:6:1.2.3.4]", "a@[x-tag:abc]", '"a b"@x.org', '"a\\"b"@x.org', '""@x.org', "a@пример.рф",
+     "l" * 64 + "@x.org", "a@" + "d" * 63 + ".org", "a@a-b.example"],
+)
+def test_check_addr_spec_accepts_rfc5321_mailboxes_when_syntax_is_right(value: str) -> None:
+    check_addr_spec(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("user@[1.2.3.4 junk]", "is not an address literal"),
+        ("a@[256.1.1.1]", "is not an address literal"),
+        ("a@[1.2.3]", "is not an address literal"),
+        ("a@[IPv6:1:2:3:4:5:6:7::]", "is not an IPv6 address"),  # RFC 5321: "::" stands for 2 groups or more
+        ("a@[IPv6:1::2::3]", "is not an IPv6 address"),
+        ("a@[IPv6:12345::]", "is not an IPv6 address"),
+        ("a@[tag:a b]", "is not an address literal"),
+        ("a@-x.org", "starts or ends with a hyphen"),
+        ("a@x-.org", "starts or ends with a hyphen"),
+        ("a@x_y.org", "other than a letter, digit or hyphen"),
+        ("a@x.org.", "an empty label"),
+        ("a@" + "d" * 64 + ".org", "longer than 63"),
+        ("a@" + ".".join(["d" * 60] * 5), "longer than 255"),
+        ("l" * 65 + "@x.org", "longer than 64"),
+        ("l" * 64 + "@" + ".".join(["d" * 60] * 3) + ".example.org", "longer than an address may be"),
+        ('"a\x01b"@x.org', "control or invisible character"),
+        ('"ab@x.org', "invalid quoted local part"),
+        ("a\u009b31m@x.org", "control or invisible character"),
+        ("a@x\u200b.org", "control or invisible character"),
+        ("a@x\u202e.org", "control or invisible character"),
+    ],
+)
+def test_check_addr_spec_refuses_what_a_relay_would_when_syntax_is_wrong(value: str, fragment: str) -> None:
+    with pytest.raises(AddressError, match=re.escape(fragment)):
+        check_addr_spec(value)

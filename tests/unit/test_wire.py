@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.header
 import email.policy
 
 import pytest
@@ -155,3 +156,92 @@ def test_any_part_content_survives_exactly(content: bytes, eightbit: bool, ctype
         assert base64.b64decode(raw) == content
     else:
         assert raw == content
+
+
+# ------------------------------------------------------------ pathological headers (issue 10), by construction
+def assert_folded_exactly(line: bytes, folded: bytes) -> None:
+    """Folding only inserted CRLF before white space: every line fits, none is only white space."""
+    out = folded.split(b"\r\n")
+    assert all(len(x) <= wire.MAX_LINE for x in out)
+    assert all(x.strip(b" \t") for x in out), "a line of only white space"
+    assert all(x[:1] in (b" ", b"\t") for x in out[1:])
+    assert folded.replace(b"\r\n", b"") == line
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"X-Long: " + b"a " * 1_000_000,  # issue 10's space-separated line, 2 MB here
+        b"X-Long: " + b"abc\t" * 300_000,
+        b"X-Runs: " + b"x" * 10 + b" " * 900 + b"y" + b" z" * 2000,  # a long run of spaces kept on one line
+        b"X-Wide: " + (b"w" * 900 + b" ") * 500,  # no white space before column 78: the first one after it
+        b"X-Tail: " + b"t " * 1000 + b" " * 3000,  # trailing white space is never a line of its own
+    ],
+    ids=["spaces", "tabs", "space-run", "wide-words", "trailing-space"],
+)
+def test_fold_line_folds_exactly_when_the_line_is_pathological(line: bytes) -> None:
+    folded = wire.fold_line(line)
+    if line.startswith(b"X-Tail"):
+        assert folded is None or folded.replace(b"\r\n", b"") == line
+        return
+    assert folded is not None
+    assert_folded_exactly(line, folded)
+
+
+def test_fold_line_gives_up_when_a_word_is_longer_than_a_line() -> None:
+    assert wire.fold_line(b"X-Word: " + b"w" * 2000 + b" tail") is None
+
+
+def test_prepare_folds_a_huge_header_and_keeps_its_text_when_it_has_400000_continuation_lines() -> None:
+    msg = b"From: a@example.org\r\nSubject: start\r\n" + b" x\r\n" * 400_000 + b"\r\nbody\r\n"
+    out = wire.prepare(msg, eightbit=True, utf8=False)
+    assert out.data == msg  # every line fits already: nothing to change, nothing copied per line
+
+
+def test_bare_cr_in_a_header_becomes_a_space_and_never_starts_a_field() -> None:
+    msg = b"From: a@example.org\r\nSubject: hi\rBcc: evil@example.com\r\n\r\nx\r\n"
+    out = wire.prepare(msg, eightbit=True, utf8=False)
+    assert b"\r\nSubject: hi Bcc: evil@example.com\r\n" in out.data
+    assert out.data.count(b"\r") == out.data.count(b"\r\n")
+
+
+@pytest.mark.parametrize("name", ["X-Note", "Comments", "Keywords", "Thread-Topic", "Organization", "X-Mailer"])
+def test_unstructured_field_in_utf8_is_encoded_without_smtputf8(name: str) -> None:
+    msg = f"From: a@example.org\r\n{name}: значение\r\n\r\nx\r\n".encode()
+    out = wire.prepare(msg, eightbit=True, utf8=False)
+    head = out.data.split(b"\r\n\r\n")[0]
+    assert head.isascii()
+    parsed = email.message_from_bytes(out.data, policy=email.policy.default)
+    assert str(parsed[name]) == "значение"
+    assert wire.prepare(msg, eightbit=True, utf8=True).data == msg  # SMTPUTF8: left as written
+
+
+def test_keywords_are_encoded_phrase_by_phrase_when_some_are_utf8() -> None:
+    msg = 'From: a@example.org\r\nKeywords: alpha, бета, "гамма, дельта"\r\n\r\nx\r\n'.encode()
+    out = wire.prepare(msg, eightbit=True, utf8=False)
+    value = out.data.split(b"Keywords:", 1)[1].split(b"\r\n\r\n")[0].replace(b"\r\n", b"")
+    words = [str(email.header.make_header(email.header.decode_header(p.strip().decode())))
+             for p in value.split(b",")]
+    assert words == ["alpha", "бета", "гамма, дельта"]
+
+
+def test_structured_field_in_utf8_is_left_for_the_relay_when_encoded_words_are_not_allowed() -> None:
+    msg = "From: a@example.org\r\nMessage-ID: <ид@example.org>\r\n\r\nx\r\n".encode()
+    out = wire.prepare(msg, eightbit=True, utf8=False)
+    assert "Message-ID: <ид@example.org>\r\n".encode() in out.data
+
+
+def test_one_rfc2047_encoder_serves_cleanup_display_names_too() -> None:
+    from pysendmail.daemon import cleanup
+
+    name = "Jürgen " * 20
+    assert cleanup.display_name(name) == " ".join(wire.encoded_words(name))
+    assert all(len(w) <= 75 for w in wire.encoded_words(name))
+    decoded = email.header.make_header(email.header.decode_header(cleanup.display_name(name)))
+    assert str(decoded) == name
+
+
+
+def test_fold_line_gives_up_when_a_run_of_white_space_cannot_fit_a_line() -> None:
+    # 5000 spaces cannot be split into lines of at most 998 octets that each hold a non-space.
+    assert wire.fold_line(b"X-Runs: x" + b" " * 5000 + b"y") is None
