@@ -11,6 +11,8 @@ Contract:   ``run(cfg, interval)`` runs until SIGTERM/SIGINT and returns
             then write state/flushed), R (carry out the 'route resume'
             requests in state/resume.*, see _take_resumes), I (read the
             due times in queue/ again: 'queue hold|release|retry').
+            After pickups and attempts it republishes the queue summary
+            that other users' mailq reads (daemon/summary.py, coalesced).
 Crashes:    all state is in the spool; a SIGKILL at any instant is
             recovered by the next start (see core/queue.py).
 See also:   sd_notify(3) (the protocol, spoken without libsystemd);
@@ -29,6 +31,7 @@ import time
 
 from pysendmail.core import config, errors, layout, log, queue
 from pysendmail.daemon.qmgr import Counts, QueueManager
+from pysendmail.daemon.summary import Publisher
 
 
 def sd_notify(state: str) -> None:
@@ -114,6 +117,7 @@ class Daemon:
         self.reindex_requested = False
         self.inflight: set[str] = set()
         self.blocked_until = 0.0
+        self.summary = Publisher(self.spool)  # every user's mailq reads what it publishes
 
     def _read_index(self, skip: frozenset[str] = frozenset()) -> list[tuple[float, str]]:
         """(due time, qid) of every queued message that is not held, as a heap."""
@@ -166,6 +170,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._on_signal, sig)
         self.due = self._read_index()
         self._take_resumes()  # asked for while no daemon ran, and not yet handled
+        self.summary.start()
         log.log(f"daemon: started, pid {os.getpid()}, spool {self.spool.path}, {len(self.due)} messages queued")
         sd_notify(f"READY=1\nSTATUS=queue: {len(self.due)} messages")
         last_full = time.monotonic()
@@ -205,6 +210,7 @@ class Daemon:
             sd_notify("STOPPING=1")
             loop.remove_reader(fifo)
             os.close(fifo)
+            await self.summary.stop()
             await self.manager.transport.close()
             log.log("daemon: stopped")
 
@@ -241,6 +247,7 @@ class Daemon:
             msg = await self.manager.attempt(qid, Counts())
         finally:
             self.inflight.discard(qid)
+            self.summary.changed()
         if msg is not None and msg.pending() and not msg.held and os.path.exists(msg.path):
             heapq.heappush(self.due, (msg.due, qid))
         while self.manager.new_ids:
@@ -252,8 +259,11 @@ class Daemon:
         # thread: each pickup costs two fsyncs, which would otherwise stall
         # the dialogues of the connections already delivering.  Only this
         # coroutine runs pickup, so pickup never runs twice at once.
-        for qid in await asyncio.to_thread(self.manager.pickup, PICKUP_BATCH):
+        queued = await asyncio.to_thread(self.manager.pickup, PICKUP_BATCH)
+        for qid in queued:
             heapq.heappush(self.due, (time.time(), qid))
+        if queued:
+            self.summary.changed()
         if self.manager.more_incoming:
             self.wake.set()
 
