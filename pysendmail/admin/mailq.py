@@ -346,6 +346,25 @@ def _stub_entries(spool: layout.Spool) -> Iterator[QueueEntry]:
             yield entry
 
 
+def _check_publisher(spool: layout.Spool, fd: int) -> None:
+    """Refuse a summary that someone other than the spool's owner (or root) could have written.
+
+    spool init makes public/ 0755 and the summary 0644, both the owner's;
+    a mistaken chmod or chown must not let a user publish a queue of his
+    choosing to everyone else (or hide real entries from monitoring).
+    """
+    owner = os.lstat(spool.path).st_uid
+    directory = os.lstat(spool.public)
+    summary = os.fstat(fd)
+    trusted = (owner, 0)
+    if (not stat.S_ISDIR(directory.st_mode) or directory.st_uid not in trusted or directory.st_mode & 0o022
+            or not stat.S_ISREG(summary.st_mode) or summary.st_uid not in trusted or summary.st_mode & 0o022):
+        raise errors.ConfigError(
+            f"{spool.public} or its mailq may be written by others than the spool's owner (uid {owner}), "
+            "so the queue summary is not shown: run 'pysendmail spool init' as root to repair it"
+        )
+
+
 def read_public(spool: layout.Spool) -> tuple[Published, Iterator[QueueEntry]]:
     """The summary and the stubs, merged in queue-id order (the summary wins an id both list)."""
     path = os.path.join(spool.public, "mailq")
@@ -363,6 +382,11 @@ def read_public(spool: layout.Spool) -> tuple[Published, Iterator[QueueEntry]]:
         ) from None
     except OSError as exc:
         raise errors.NoPermission(f"cannot read the queue summary {path}: {exc.strerror}") from None
+    try:
+        _check_publisher(spool, fh.fileno())
+    except BaseException:
+        fh.close()
+        raise
     words = fh.readline().split()
     try:
         if " ".join(words[:2]) != SUMMARY_MAGIC:
