@@ -112,18 +112,47 @@ def _queued(spool: layout.Spool) -> Iterator[QueueEntry]:
         )
 
 
+def _submission(path: str) -> tuple[spoolfile.Envelope, int] | None:
+    """(envelope, message size) of a ready, complete file in incoming/, else None.
+
+    incoming/ is every user's to write, and the daemon lists it to publish
+    the summary: opened as pickup opens it (O_NOFOLLOW, O_NONBLOCK, then
+    fstat), so a FIFO or a symlink swapped in after a check can neither
+    hang the daemon's publisher nor show another file.  Only the envelope
+    is read; the size on disk proves the end record's place.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != layout.READY_MODE:
+            return None  # not a submission, or not ready: unlisted, as pickup leaves it
+        head = os.read(fd, 65536)
+        try:
+            env, pos, size = spoolfile.decode_envelope(head)
+        except spoolfile.SpoolFormatError:
+            if len(head) < 65536:
+                return None
+            head += os.read(fd, 1 << 20)  # a long recipient list: pickup allows a 1 MiB envelope
+            env, pos, size = spoolfile.decode_envelope(head)
+        if st.st_size != pos + size + len(spoolfile.end_record(size)):
+            return None  # incomplete or with trailing bytes: pickup will quarantine it
+        return env, size
+    except (OSError, spoolfile.SpoolFormatError):
+        return None
+    finally:
+        os.close(fd)
+
+
 def _incoming(spool: layout.Spool) -> Iterator[QueueEntry]:
     for qid in _read_dir(spool.incoming):
-        path = os.path.join(spool.incoming, qid)
-        try:
-            st = os.lstat(path)
-            if (st.st_mode & 0o777) != layout.READY_MODE:
-                continue
-            state = queue.read_state(path)
-        except (OSError, spoolfile.SpoolFormatError):
+        found = _submission(os.path.join(spool.incoming, qid))
+        if found is None:
             continue
-        env = state.envelope
-        yield QueueEntry(qid, "incoming", state.size, env.time, env.sender, list(env.recipients))
+        env, size = found
+        yield QueueEntry(qid, "incoming", size, env.time, env.sender, list(env.recipients))
 
 
 def entries(spool: layout.Spool) -> Iterator[QueueEntry]:

@@ -413,3 +413,22 @@ def test_mailq_by_other_user_refuses_a_summary_others_could_have_written_and_con
     assert check.returncode == 78 and f"{public}: mode 0777".encode() in check.stdout + check.stderr
     shared_env.run("pysendmail", "spool", "init", check=True)
     assert mailq_as(shared_env, "psm-bob").returncode == 0
+
+
+def test_mailq_and_publish_do_not_hang_when_a_user_plants_a_fifo_in_incoming(shared_env: Env) -> None:
+    """Regression: the listing opened incoming/ files without O_NONBLOCK after an lstat that
+    checked the mode only, so a FIFO with mode 0640 hung root's mailq (and would hang the
+    daemon's publisher, then its stop)."""
+    qid = submit_as(shared_env, "psm-alice")
+    fifo = shared_env.spool / "incoming" / ("A" * 18)
+    proc = subprocess.run(["runuser", "-u", "psm-bob", "--", "mkfifo", "-m", "0640", str(fifo)], capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+    root = shared_env.run("mailq", timeout=20)
+    published = shared_env.run("pysendmail", "spool", "init", timeout=20)
+    bob = mailq_as(shared_env, "psm-bob")
+
+    assert root.returncode == 0 and published.returncode == 0, published.stderr
+    assert bob.stdout == root.stdout
+    assert f"{qid} ".encode() in root.stdout and b"A" * 18 not in root.stdout
