@@ -7,8 +7,10 @@ Contract:   ``Publisher(spool)``; ``start()`` inside the daemon's event loop
             took T seconds the next waits max(MIN_INTERVAL, T*(1/SHARE-1)).
             With nothing changed it still republishes every REFRESH
             seconds when public/incoming/ changed (new or forged stubs).
-            ``await stop()`` publishes a last time, so the summary a user
-            reads while the daemon is down is the queue it left.  A spool
+            ``await stop()`` publishes a last time if a change is still
+            unpublished, so the summary a user reads while the daemon is
+            down is the queue it left (readers tell a dead daemon by its
+            pid and start time in the summary).  A spool
             without public/ (user mode) publishes nothing.
 Security:   writes as the daemon's user into public/ (admin/mailq.py
             ``publish``: envelopes and states only, never message bytes).
@@ -61,12 +63,14 @@ class Publisher:
             return
         # The flag as well as cancel(): wait_for() in Python < 3.12 may
         # swallow a cancellation that meets its inner wait's completion.
+        pending = self.dirty.is_set()  # a change not yet published (e.g. during the pause between two)
         self.closing = True
         self.dirty.set()
         self.task.cancel()
         await asyncio.wait({self.task})
         self.task = None
-        await asyncio.to_thread(self.publish_once)
+        if pending:
+            await asyncio.to_thread(self.publish_once)
 
     def _stubs_mtime(self) -> int:
         try:
