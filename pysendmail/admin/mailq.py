@@ -165,6 +165,14 @@ def collect(spool: layout.Spool) -> list[QueueEntry]:
 
 
 _FLAGS = {"active": "*", "held": "!", "deferred": " ", "incoming": " "}
+# C0, DEL and C1 controls shown as "?": a sender or recipient in a file that
+# a user wrote into incoming/ (or a stub) must not send escape sequences to
+# the terminal of whoever runs mailq.  (JSON escapes them by itself.)
+_CONTROLS = {c: "?" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _shown(text: str) -> str:
+    return text if text.isprintable() else text.translate(_CONTROLS)
 
 
 def write_text(listed: Iterable[QueueEntry], out: TextIO) -> None:
@@ -178,10 +186,11 @@ def write_text(listed: Iterable[QueueEntry], out: TextIO) -> None:
         count += 1
         total += e.size
         arrival = time.strftime("%a %b %e %H:%M:%S", time.localtime(e.arrival_time))
-        lines.append(f"{e.queue_id + _FLAGS[e.state]:<{width}}{e.size:>8} {arrival}  {e.sender or 'MAILER-DAEMON'}")
+        sender = _shown(e.sender) or "MAILER-DAEMON"
+        lines.append(f"{e.queue_id + _FLAGS[e.state]:<{width}}{e.size:>8} {arrival}  {sender}")
         if e.reason:
-            lines.append(f"{indent[:-2]}({e.reason})")
-        lines.extend(indent + rcpt for rcpt in e.recipients)
+            lines.append(f"{indent[:-2]}({_shown(e.reason)})")
+        lines.extend(indent + _shown(rcpt) for rcpt in e.recipients)
         lines.append("")
         if len(lines) >= 4096:  # written in blocks: flat memory, few write calls
             out.write("\n".join(lines) + "\n")

@@ -432,3 +432,20 @@ def test_mailq_and_publish_do_not_hang_when_a_user_plants_a_fifo_in_incoming(sha
     assert root.returncode == 0 and published.returncode == 0, published.stderr
     assert bob.stdout == root.stdout
     assert f"{qid} ".encode() in root.stdout and b"A" * 18 not in root.stdout
+
+
+def test_mailq_shows_control_characters_as_question_marks_when_a_stub_carries_escape_sequences(
+        shared_env: Env) -> None:
+    """A user's stub (or incoming file) must not drive the terminal of whoever runs mailq."""
+    stubs = shared_env.spool / "public" / "incoming"
+    env = spoolfile.Envelope("x\x1b]0;owned\x07@example.org", ["y\x9b2Jz@example.net"],
+                             uid=pwd.getpwnam("psm-bob").pw_uid, time=time.time())
+    proc = subprocess.run(["runuser", "-u", "psm-bob", "--", "sh", "-c", f"cat > {stubs}/{'C' * 18}"],
+                          input=spoolfile.encode_head(env, 10), capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+
+    alice = mailq_as(shared_env, "psm-alice")
+
+    assert alice.returncode == 0
+    assert b"x?]0;owned?@example.org" in alice.stdout and "y?2Jz@example.net".encode() in alice.stdout
+    assert b"\x1b" not in alice.stdout and b"\x07" not in alice.stdout and "\x9b".encode() not in alice.stdout
