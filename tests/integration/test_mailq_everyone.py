@@ -449,3 +449,35 @@ def test_mailq_shows_control_characters_as_question_marks_when_a_stub_carries_es
     assert alice.returncode == 0
     assert b"x?]0;owned?@example.org" in alice.stdout and "y?2Jz@example.net".encode() in alice.stdout
     assert b"\x1b" not in alice.stdout and b"\x07" not in alice.stdout and "\x9b".encode() not in alice.stdout
+
+
+def test_daemon_publisher_removes_a_forged_stub_when_only_the_stub_directory_changed(shared_env: Env,
+                                                                                     monkeypatch) -> None:
+    """No pickup, no attempt: the periodic check of public/incoming/ alone must clean it up."""
+    import asyncio
+
+    from pysendmail.core import layout
+    from pysendmail.daemon import summary
+
+    monkeypatch.setattr(summary, "REFRESH", 0.05)
+    monkeypatch.setattr(summary, "MIN_INTERVAL", 0.01)
+    spool = layout.Spool(str(shared_env.spool))
+    forged = shared_env.spool / "public" / "incoming" / ("B" * 18)
+
+    async def scenario() -> None:
+        publisher = summary.Publisher(spool)
+        publisher.start()
+        deadline = time.monotonic() + 20
+        while publisher.stubs_seen == 0:  # the first publish, at start
+            assert time.monotonic() < deadline, "no publish at start"
+            await asyncio.sleep(0.01)
+        forged.write_bytes(spoolfile.encode_head(spoolfile.Envelope("f@example.org", ["v@example.net"], uid=0,
+                                                                    time=time.time()), 5))
+        while forged.exists():
+            assert time.monotonic() < deadline, "the forged stub was never removed"
+            await asyncio.sleep(0.01)
+        await publisher.stop()
+        assert publisher.task is None
+
+    asyncio.run(scenario())
+    assert b"f@example.org" not in (shared_env.spool / "public" / "mailq").read_bytes()
