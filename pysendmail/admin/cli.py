@@ -464,9 +464,9 @@ def cmd_queue(cfg: config.Config, action: str, ids: list[str], all_: bool) -> in
         # a state older than what the daemon is told to act on.
         sys.stdout.flush()
         publish_summary(spool)
-    if action in ("hold", "release", "retry"):
-        # A running daemon keeps due times in memory: ask it to read them again.
-        layout.poke(spool, b"I")
+    # A running daemon keeps due times in memory: ask it to read them again
+    # (after a delete too: it then forgets the ids, and republishes).
+    layout.poke(spool, b"I")
     return 0
 
 

@@ -248,7 +248,7 @@ def poke(spool: Spool, what: bytes = b"W") -> None:
     ``W`` means "look at incoming/"; ``F`` (pysendmail flush) means "try
     the whole queue now"; ``R`` (pysendmail route resume) means "read the
     resume requests in state/"; ``I`` (pysendmail queue hold, release,
-    retry) means "read the due times in queue/ again".
+    retry, delete) means "read the due times in queue/ again".
     """
     try:
         fd = os.open(spool.pickup, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)

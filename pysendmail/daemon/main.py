@@ -10,7 +10,7 @@ Contract:   ``run(cfg, interval)`` runs until SIGTERM/SIGINT and returns
             FIFO bytes: W (look at incoming/), F (run the whole queue,
             then write state/flushed), R (carry out the 'route resume'
             requests in state/resume.*, see _take_resumes), I (read the
-            due times in queue/ again: 'queue hold|release|retry').
+            due times in queue/ again: 'queue hold|release|retry|delete').
             After pickups and attempts it republishes the queue summary
             that other users' mailq reads (daemon/summary.py, coalesced).
 Crashes:    all state is in the spool; a SIGKILL at any instant is
@@ -190,6 +190,7 @@ class Daemon:
                     # queue release / retry changed due times on disk.
                     self.reindex_requested = False
                     self.due = await asyncio.to_thread(self._read_index, frozenset(self.inflight))
+                    self.summary.changed()  # the command published too, but may have raced an attempt
                 await self._pickup()
                 flushing = self.flush_requested
                 if flushing or (self.interval and time.monotonic() - last_full >= self.interval):
