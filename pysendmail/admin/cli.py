@@ -439,9 +439,10 @@ def cmd_queue(cfg: config.Config, action: str, ids: list[str], all_: bool) -> in
                 from pysendmail.daemon.qmgr import make_context
 
                 ctx = ctx or make_context(cfg)
-                if pickup.pickup_one(spool, qid, ctx, cfg.max_message_size) is None:
-                    raise errors.DataError(f"queue id {qid} could not be queued: pickup refused it (see the line "
-                                           "above); it is in quarantine/")
+                pickup.pickup_one(spool, qid, ctx, cfg.max_message_size)
+                if not os.path.exists(path):
+                    raise errors.DataError(f"queue id {qid} could not be queued for the hold: pickup refused it "
+                                           "(see the line above: quarantined, or changed by its submitter)")
             if not os.path.exists(path):
                 if action in ("release", "retry") and _in_incoming(spool, qid):
                     sys.stdout.write(f"{qid}: due now (not yet picked up from incoming/)\n")

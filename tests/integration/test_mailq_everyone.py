@@ -481,3 +481,22 @@ def test_daemon_publisher_removes_a_forged_stub_when_only_the_stub_directory_cha
 
     asyncio.run(scenario())
     assert b"f@example.org" not in (shared_env.spool / "public" / "mailq").read_bytes()
+
+
+def test_queue_hold_of_a_forged_incoming_file_exits_65_and_leaves_it_in_quarantine(shared_env: Env) -> None:
+    """hold queues an incoming id through pickup's own checks: a file claiming root's uid is refused."""
+    qid = "0" * 17 + "1"
+    forged = spoolfile.encode(spoolfile.Envelope("root@example.org", ["x@example.net"], uid=0, time=time.time()),
+                              b"Subject: forged\r\n\r\nforged\r\n")
+    path = shared_env.spool / "incoming" / qid
+    proc = subprocess.run(["runuser", "-u", "psm-alice", "--", "sh", "-c", f"cat > {path} && chmod 640 {path}"],
+                          input=forged, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{qid} ".encode() in mailq_as(shared_env, None).stdout  # listed, so commands must take it
+
+    hold = shared_env.run("pysendmail", "queue", "hold", qid)
+
+    assert hold.returncode == 65
+    assert f"queue id {qid} could not be queued for the hold" in hold.stderr.decode()
+    assert shared_env.incoming() == [] and shared_env.queued() == []
+    assert [n.split(".")[0] for n in os.listdir(shared_env.spool / "quarantine")] == [qid]
