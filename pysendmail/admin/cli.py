@@ -8,11 +8,17 @@ Contract:   ``main(argv)`` runs one subcommand and returns a sysexits.h
             (admin/dkimcmd.py), route list|resume (admin/routecmd.py).
 Security:   run as root, commands that touch the queue first drop to the
             spool's owner, so every file they create belongs to the daemon
-            user; other users get NoPermission for the queue.  Requests to
-            a running daemon (flush, queue hold|release|retry) are files in
-            state/ (daemon.main.leave_request), never bare FIFO bytes.
-            flush exits 75 (one sentence) when the spool's disk refused a
-            write; nothing is lost.
+            user; other users get NoPermission for the queue, except mailq,
+            which shows them the owner's published summary (admin/mailq.py
+            says what it holds and why it is safe).  Every command that
+            changes the queue (flush, queue, spool init) republishes it.
+            queue hold|delete of an id still in incoming/ never races a
+            pickup: without a daemon they hold the spool's lock, with one
+            they ask it to pick the id up first (_claim_incoming).
+            Requests to a running daemon (flush, queue hold|release|retry|
+            delete) are files in state/ (daemon.main.leave_request), never
+            bare FIFO bytes.  flush exits 75 (one sentence) when the
+            spool's disk refused a write; nothing is lost.
 See also:   pysendmail(8), mailq(1), newaliases(1).
 """
 
@@ -31,6 +37,10 @@ from collections.abc import Iterable
 from pysendmail import __version__
 from pysendmail.core import aliases, config, errors, layout, queue, spoolfile
 from pysendmail.core.qid import is_qid
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pysendmail.daemon.main import SpoolLock
 
 
 def _load(path: str | None) -> config.Config:
@@ -88,7 +98,22 @@ def cmd_spool_init(cfg: config.Config) -> int:
     uid, gid, name = spool_owner(cfg)
     shared = os.geteuid() == 0
     layout.ensure_layout(spool, shared=shared, owner=(uid, gid))
+    if shared:
+        st = os.stat(spool.path)
+        publish_summary(spool, (st.st_uid, st.st_gid))  # every user's mailq works from now on
     return 0
+
+
+def publish_summary(spool: layout.Spool, owner: tuple[int, int] | None = None) -> None:
+    """Refresh public/mailq after a change made here; a failure is a warning, not the command's failure."""
+    from pysendmail.admin import mailq
+    from pysendmail.daemon.main import lock_holder
+
+    try:
+        mailq.publish(spool, lock_holder(spool) or 0, owner)
+    except (OSError, errors.PysendmailError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        sys.stderr.write(f"pysendmail: warning: cannot publish the queue summary for other users' mailq: {why}\n")
 
 
 def cmd_mailq(cfg: config.Config, as_json: bool) -> int:
@@ -99,12 +124,33 @@ def cmd_mailq(cfg: config.Config, as_json: bool) -> int:
         listed: Iterable[mailq.QueueEntry] = []
     else:
         drop_privileges(cfg)
-        listed = mailq.entries(spool)
+        if mailq.can_read_queue(spool):
+            listed = mailq.entries(spool)
+        else:
+            # Any other user: the owner's published summary and the submitters' stubs.
+            published, listed = mailq.read_public(spool)
+            if not published.daemon_alive:
+                when = time.strftime("%a %b %e %H:%M:%S", time.localtime(published.time))
+                sys.stderr.write(
+                    f"mailq: the daemon is not running: this is the queue as of {when} "
+                    f"({_age(time.time() - published.time)} ago) plus messages submitted since\n"
+                )
     if as_json:
         sys.stdout.write(mailq.render_json(list(listed)))
     else:
         mailq.write_text(listed, sys.stdout)  # streamed: one entry in memory at a time
     return 0
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} days"
 
 
 def cmd_newaliases(cfg: config.Config) -> int:
@@ -234,6 +280,9 @@ def cmd_flush(cfg: config.Config) -> int:
             err = errors.TempFailure(f"{err}; {unsaved} messages were sent but their outcome could not be "
                                      "recorded, so they may be sent again")
         raise err
+    # On a full disk the summary could not be written either: it is
+    # republished by the next flush or the daemon, once writes work.
+    publish_summary(spool)
     if sys.stderr.isatty():
         sys.stderr.write(
             f"flush: {counts.messages} messages tried: {counts.sent} recipients sent, "
@@ -287,50 +336,172 @@ def cmd_status(cfg: config.Config, as_json: bool) -> int:
     return 0
 
 
+INCOMING_WAIT = 30.0  # how long queue hold/delete wait for a running daemon to pick an id up
+
+
+def _in_incoming(spool: layout.Spool, qid: str) -> bool:
+    """A ready submission (what mailq lists as incoming), not yet picked up."""
+    try:
+        st = os.lstat(os.path.join(spool.incoming, qid))
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == layout.READY_MODE
+
+
+def _claim_incoming(spool: layout.Spool, qids: list[str]) -> SpoolLock | None:
+    """Make sure nobody picks ``qids`` up while we act on them; the lock we hold, or None.
+
+    No daemon: take the spool's lock (as flush does; a flush running
+    already is waited for), so no pickup can start until we are done and
+    incoming/ may be changed directly.  A daemon: it holds the lock and
+    would race us, so ask it to pick the ids up (a W poke) and wait until
+    they have left incoming/; the caller then acts on queue/ as usual.
+    """
+    from pysendmail.daemon.main import SpoolLock, lock_holder
+
+    lock = SpoolLock(spool)
+    deadline = time.monotonic() + INCOMING_WAIT
+    next_poke = 0.0
+    while True:
+        if lock.acquire("queue"):
+            return lock
+        pid = lock_holder(spool, "daemon")
+        if pid is None:
+            lock.acquire("queue", wait=True)  # a flush: it picks up at its start only
+            return lock
+        left = [q for q in qids if os.path.lexists(os.path.join(spool.incoming, q))]
+        if not left:
+            return None
+        if time.monotonic() > deadline:
+            raise errors.TempFailure(
+                f"the daemon (pid {pid}) has not picked up {left[0]} from {spool.incoming} within "
+                f"{INCOMING_WAIT:.0f} s; see its log, then try again"
+            )
+        if time.monotonic() >= next_poke:
+            layout.poke(spool, b"W")
+            next_poke = time.monotonic() + 1.0
+        time.sleep(0.05)
+
+
+def _show(spool: layout.Spool, qid: str, max_size: int) -> None:
+    path = os.path.join(spool.queue, qid)
+    if os.path.exists(path):
+        msg = queue.QueuedMessage.load(path)
+        env, state, message = msg.envelope, msg.state, msg.message
+        statuses = ["sent" if i in msg.done else "failed" if i in msg.failed else "pending"
+                    for i in range(len(env.recipients))]
+    else:
+        # Still in incoming/: the submission as the user wrote it (pickup has
+        # not added Received: or rewritten anything yet).  Opened as pickup
+        # opens it: the file is the submitter's, so no symlink, no FIFO.
+        try:
+            fd = os.open(os.path.join(spool.incoming, qid), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise errors.DataError(f"queue id {qid} left the queue meanwhile") from None
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise errors.DataError(f"incoming/{qid} is not a regular file; the daemon will quarantine it")
+            data = fh.read(max_size + (1 << 20) + 1)
+        try:
+            env, message, _records = spoolfile.decode(data)
+        except spoolfile.SpoolFormatError as exc:
+            raise errors.DataError(f"incoming/{qid} is malformed ({exc}); the daemon will quarantine it") from None
+        state, statuses = "incoming", ["pending"] * len(env.recipients)
+    sys.stdout.write(f"queue id: {qid}\nstate: {state}\nsender: <{env.sender}>\n")
+    for rcpt, status in zip(env.recipients, statuses):
+        sys.stdout.write(f"recipient: <{rcpt}> {status}\n")
+    sys.stdout.write("\n")
+    sys.stdout.flush()  # the text above before the bytes below
+    sys.stdout.buffer.write(message.replace(b"\r\n", b"\n"))
+    sys.stdout.buffer.flush()
+
+
 def cmd_queue(cfg: config.Config, action: str, ids: list[str], all_: bool) -> int:
     spool = _ready_spool(cfg)
     if action == "list":
         return cmd_mailq(cfg, False)
+    if all_ and ids:
+        raise errors.UsageError(f"queue {action}: give queue ids or --all, not both")
     if all_:
-        ids = queue.list_ids(spool.queue)
-    if not ids:
+        # What mailq lists: queue/ and the ready submissions in incoming/.
+        ids = sorted(set(queue.list_ids(spool.queue)) | {q for q in queue.list_ids(spool.incoming)
+                                                          if _in_incoming(spool, q)})
+        if not ids:
+            sys.stderr.write(f"pysendmail: the queue is empty: nothing to {action}\n")
+            return 0
+    elif not ids:
         raise errors.UsageError(f"queue {action} needs queue ids (or --all)")
     for qid in ids:
         if not is_qid(qid):
             raise errors.UsageError(f"{qid!r} is not a queue id; mailq lists them")
-        path = os.path.join(spool.queue, qid)
-        if not os.path.exists(path):
+        if not os.path.exists(os.path.join(spool.queue, qid)) and not _in_incoming(spool, qid):
             raise errors.DataError(f"queue id {qid} is not in the queue")
-        now = f"{time.time():.3f}"
-        if action == "show":
-            msg = queue.QueuedMessage.load(path)
-            env = msg.envelope
-            sys.stdout.write(f"queue id: {qid}\nstate: {msg.state}\nsender: <{env.sender}>\n")
-            for i, rcpt in enumerate(env.recipients):
-                status = "sent" if i in msg.done else "failed" if i in msg.failed else "pending"
-                sys.stdout.write(f"recipient: <{rcpt}> {status}\n")
-            sys.stdout.write("\n")
-            sys.stdout.buffer.write(msg.message.replace(b"\r\n", b"\n"))
-        elif action == "delete":
-            queue.remove(path)
-            sys.stdout.write(f"{qid}: deleted\n")
-        elif action == "hold":
-            queue.append(path, spoolfile.encode_record("hold", now, "held by the administrator"))
-            sys.stdout.write(f"{qid}: held\n")
-        elif action in ("release", "retry"):
-            queue.append(path, spoolfile.encode_record("release", now))
-            sys.stdout.write(f"{qid}: {'released' if action == 'release' else 'due now'}\n")
-    if action in ("hold", "release", "retry"):
-        # A running daemon keeps due times in memory: ask it to read them
-        # again (a request file, see daemon/main.py: the 'I' byte alone is
-        # anyone's and does nothing).
-        from pysendmail.daemon.main import leave_request
+    if action == "show":
+        for qid in ids:
+            _show(spool, qid, cfg.max_message_size)
+        return 0
+    waiting = [q for q in ids if not os.path.exists(os.path.join(spool.queue, q))]
+    # hold needs a queue file to record the hold in, delete must not race a
+    # pickup; release and retry of a submission not yet picked up are true
+    # already (it is due the moment it is queued).
+    lock = _claim_incoming(spool, waiting) if waiting and action in ("hold", "delete") else None
+    try:
+        ctx = None
+        for qid in ids:
+            path = os.path.join(spool.queue, qid)
+            incoming = os.path.join(spool.incoming, qid)
+            now = f"{time.time():.3f}"
+            if not os.path.exists(path) and lock is not None and os.path.lexists(incoming):
+                # We hold the lock: nobody else picks up or delivers now.
+                if action == "delete":
+                    queue.remove(incoming)  # one unlink, then the directory fsynced
+                    sys.stdout.write(f"{qid}: deleted\n")
+                    continue
+                # hold: queue it exactly as the daemon's pickup would (the same
+                # checks, cleanup, durable write, then unlink), then record the
+                # hold.  A crash between the two leaves it queued, not held,
+                # and this command reported nothing: run it again.
+                from pysendmail.daemon import pickup
+                from pysendmail.daemon.qmgr import make_context
 
-        try:
-            leave_request(spool, "reindex")
-        except OSError:
-            pass  # no daemon would read it either: it reads queue/ at start
-        layout.poke(spool, b"I")
+                ctx = ctx or make_context(cfg)
+                pickup.pickup_one(spool, qid, ctx, cfg.max_message_size)
+                if not os.path.exists(path):
+                    raise errors.DataError(f"queue id {qid} could not be queued for the hold: pickup refused it "
+                                           "(see the line above: quarantined, or changed by its submitter)")
+            if not os.path.exists(path):
+                if action in ("release", "retry") and _in_incoming(spool, qid):
+                    sys.stdout.write(f"{qid}: due now (not yet picked up from incoming/)\n")
+                    continue
+                raise errors.DataError(f"queue id {qid} left the queue meanwhile (sent, or refused by pickup: "
+                                       "see the daemon's log)")
+            if action == "delete":
+                queue.remove(path)
+                sys.stdout.write(f"{qid}: deleted\n")
+            elif action == "hold":
+                queue.append(path, spoolfile.encode_record("hold", now, "held by the administrator"))
+                sys.stdout.write(f"{qid}: held\n")
+            elif action in ("release", "retry"):
+                queue.append(path, spoolfile.encode_record("release", now))
+                sys.stdout.write(f"{qid}: {'released' if action == 'release' else 'due now'}\n")
+    finally:
+        if lock is not None:
+            lock.release()
+        # The summary first, then the poke: a user's mailq never shows
+        # a state older than what the daemon is told to act on.
+        sys.stdout.flush()
+        publish_summary(spool)
+    # A running daemon keeps due times in memory: ask it to read them again
+    # (after a delete too: it then forgets the ids, and republishes).
+    # (a request file, see daemon/main.py: the 'I' byte alone is anyone's
+    # and does nothing).
+    from pysendmail.daemon.main import leave_request
+
+    try:
+        leave_request(spool, "reindex")
+    except OSError:
+        pass  # no daemon would read it either: it reads queue/ at start
+    layout.poke(spool, b"I")
     return 0
 
 

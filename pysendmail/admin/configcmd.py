@@ -141,6 +141,8 @@ def _check_spool(cfg: config.Config, daemon: tuple[int, int, list[int], str]) ->
         spool.incoming) else False
     wanted = [(spool.incoming, layout.SHARED_INCOMING_MODE if shared else layout.PRIVATE_MODE)]
     wanted += [(d, layout.PRIVATE_MODE) for d in spool.private_dirs()]
+    if shared:  # other users' mailq trusts public/mailq only when nobody else can write public/
+        wanted += [(spool.public, layout.PUBLIC_MODE), (spool.stubs, layout.STUBS_MODE)]
     bad = 0
     for path, mode in wanted:
         try:

@@ -4,7 +4,8 @@ Contract:   ``Spool(path)`` names every path under the spool (the only
             module that builds them).  ``ensure_layout`` creates or checks
             the layout; ``enqueue`` is the submitter's durable commit:
             create 0600 under the final name, write envelope + message +
-            end record, fchmod 0640 ("ready"), fsync, poke the daemon.
+            end record, leave a display-only stub in public/incoming/
+            (shared spools), fchmod 0640 ("ready"), fsync, poke the daemon.
 Security:   incoming/ is 3733 in a shared (system) spool: anyone may create
             a file, nobody but the owner may list, read or remove others'
             files; the setgid bit gives each file the daemon's group, so
@@ -13,6 +14,9 @@ Security:   incoming/ is 3733 in a shared (system) spool: anyone may create
             Root's set-up (ensure_layout) works on descriptors opened
             with O_NOFOLLOW|O_DIRECTORY, never following a link that the
             spool's owner (or any user but root) could have planted.
+            A shared spool also has public/ (0755, the owner's queue
+            summary for every user's mailq) and public/incoming/ (1777,
+            sticky: each submitter's stub, only ever displayed).
 Crashes:    before fchmod the file is 0600 and the daemon ignores it (and
             removes it once stale); after fchmod and fsync it is complete.
             A failed enqueue removes its own file before reporting.
@@ -29,6 +33,10 @@ from pysendmail.core import errors, qid, spoolfile
 from pysendmail.core.errors import ConfigError
 
 SHARED_INCOMING_MODE = 0o3733
+PUBLIC_MODE = 0o755
+STUBS_MODE = 0o1777
+STUB_MODE = 0o644
+STUB_MAX = 65536  # a larger envelope gets no stub (mailq shows it once the daemon has published it)
 PRIVATE_MODE = 0o700
 NOT_READY_MODE = 0o600
 READY_MODE = 0o640
@@ -38,7 +46,8 @@ PICKUP_FIFO = "pickup"
 class Spool:
     """Paths under one spool directory."""
 
-    __slots__ = ("path", "incoming", "queue", "failed", "quarantine", "pickup", "lock", "state", "route_state")
+    __slots__ = ("path", "incoming", "queue", "failed", "quarantine", "pickup", "lock", "state", "route_state",
+                 "public", "stubs")
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -50,6 +59,9 @@ class Spool:
         self.lock = os.path.join(path, "lock")
         self.state = os.path.join(path, "state")
         self.route_state = os.path.join(self.state, "routes.json")  # routes' pauses, budgets, last outcomes
+        # Shared spools only: what every user's mailq may read (admin/mailq.py).
+        self.public = os.path.join(path, "public")  # 0755: the queue summary, written by the owner
+        self.stubs = os.path.join(self.public, "incoming")  # 1777: submitters' display-only stubs
 
     def private_dirs(self) -> tuple[str, ...]:
         return (self.queue, self.failed, self.quarantine, self.state)
@@ -223,6 +235,8 @@ def ensure_layout(spool: Spool, *, shared: bool | None = None, owner: tuple[int,
         uid, gid = st.st_uid, st.st_gid
         wanted = [(spool.incoming, SHARED_INCOMING_MODE if shared else PRIVATE_MODE)]
         wanted += [(d, PRIVATE_MODE) for d in spool.private_dirs()]
+        if shared:
+            wanted += [(spool.public, PUBLIC_MODE), (spool.stubs, STUBS_MODE)]
         for path, mode in wanted:
             name = os.path.basename(path)
             try:
@@ -301,6 +315,10 @@ def enqueue(spool: Spool, env: spoolfile.Envelope, message: bytes) -> str:
             _write_all(fd, head)
             _write_all(fd, message)
             _write_all(fd, tail)
+            # The stub before "ready": the daemon cannot pick the message up
+            # (and publish its summary, which removes the stub) before the
+            # stub exists, so a stub never outlives its message unseen.
+            _drop_stub(spool, name, env, len(message))
             os.fchmod(fd, READY_MODE)
             os.fsync(fd)
         finally:
@@ -308,15 +326,47 @@ def enqueue(spool: Spool, env: spoolfile.Envelope, message: bytes) -> str:
     except BaseException as exc:
         # Leave no debris: the caller will retry, and a half-written file
         # must not linger (the daemon would only delete it later).
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        for leftover in (path, os.path.join(spool.stubs, name)):
+            try:
+                os.unlink(leftover)
+            except OSError:
+                pass
         if isinstance(exc, OSError):
             raise _enqueue_error(exc, spool) from None
         raise
     poke(spool)
     return name
+
+
+def _drop_stub(spool: Spool, name: str, env: spoolfile.Envelope, size: int) -> None:
+    """Leave public/incoming/<qid>: what mailq shows others until the daemon publishes it.
+
+    The submitter may not write the daemon's summary, and other users
+    cannot read incoming/.  The stub holds only what mailq shows (sender,
+    recipients, time, size, uid), belongs to the submitter, and is
+    display-only: nothing reads it but mailq run by a user who cannot read
+    the queue (admin/mailq.py says why a forged one cannot matter).  Best
+    effort: no stub directory (user mode, an old spool), a full disk or an
+    envelope over STUB_MAX cost the stub only, never the message.
+    """
+    data = spoolfile.encode_head(spoolfile.Envelope(env.sender, env.recipients, uid=env.uid, time=env.time), size)
+    if len(data) > STUB_MAX:
+        return
+    path = os.path.join(spool.stubs, name)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, STUB_MODE)
+    except OSError:
+        return
+    try:
+        os.fchmod(fd, STUB_MODE)  # whatever the caller's umask: others read it
+        _write_all(fd, data)
+    except OSError:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    finally:
+        os.close(fd)
 
 
 def _enqueue_error(exc: OSError, spool: Spool) -> errors.PysendmailError:
@@ -336,7 +386,7 @@ def poke(spool: Spool, what: bytes = b"W") -> None:
     ``W`` means "look at incoming/"; ``F`` (pysendmail flush) means "try
     the whole queue now"; ``R`` (pysendmail route resume) means "read the
     resume requests in state/"; ``I`` (pysendmail queue hold, release,
-    retry) means "read the due times in queue/ again".
+    retry, delete) means "read the due times in queue/ again".
     """
     try:
         fd = os.open(spool.pickup, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -12,7 +12,9 @@ Contract:   ``run(cfg, interval)`` runs until SIGTERM/SIGINT and returns
             them), R (carry out the 'route resume' requests in
             state/resume.*, see _take_resumes), I (carry out the requests
             in state/reindex.*: read the due times in queue/ again, after
-            'queue hold|release|retry').
+            'queue hold|release|retry|delete').
+            After pickups and attempts it republishes the queue summary
+            that other users' mailq reads (daemon/summary.py, coalesced).
             Each wake-up drains the FIFO (drain_fifo), so a flood of
             bytes from any local user is one pass, and a pass costs what
             pickup's Scanner finds new or changed, not the whole of
@@ -58,6 +60,7 @@ import time
 from pysendmail.core import config, errors, layout, log, queue
 from pysendmail.daemon.qmgr import Counts, QueueManager
 from pysendmail.daemon.watch import Watch
+from pysendmail.daemon.summary import Publisher
 
 
 def sd_notify(state: str) -> None:
@@ -176,6 +179,7 @@ class Daemon:
         self.disk_retry_at = 0.0
         self.disk_delay = DISK_RETRY_FIRST
         self.disk_free = 0
+        self.summary = Publisher(self.spool)  # every user's mailq reads what it publishes
 
     def _read_index(self, skip: frozenset[str] = frozenset()) -> list[tuple[float, str]]:
         """(due time, qid) of every queued message that is not held, as a heap."""
@@ -250,6 +254,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._on_signal, sig)
         self.due = self._read_index()
         self._take_resumes()  # asked for while no daemon ran, and not yet handled
+        self.summary.start()
         log.log(f"daemon: started, pid {os.getpid()}, spool {self.spool.path}, {len(self.due)} messages queued")
         sd_notify(f"READY=1\nSTATUS=queue: {len(self.due)} messages")
         last_full = time.monotonic()
@@ -272,6 +277,7 @@ class Daemon:
                     if reindex:
                         self.due = await asyncio.to_thread(self._read_index, frozenset(self.inflight))
                         _acknowledge(reindex)
+                        self.summary.changed()  # the command published too, but may have raced an attempt
                 if self.flush_requested:
                     self.flush_requested = False
                     self.flush_acks += pending_requests(self.spool, "flush")
@@ -303,6 +309,7 @@ class Daemon:
             if watch is not None:
                 loop.remove_reader(watch.fd)
                 watch.close()
+            await self.summary.stop()
             await self.manager.transport.close()
             log.log("daemon: stopped")
 
@@ -340,6 +347,7 @@ class Daemon:
             msg = await self.manager.attempt(qid, Counts())
         finally:
             self.inflight.discard(qid)
+            self.summary.changed()
         if msg is not None and not msg.held and os.path.exists(msg.path):
             if qid in self.manager.unrecorded or not msg.pending():
                 # The disk refused its records, its bounce or its move:
@@ -356,8 +364,11 @@ class Daemon:
         # thread: each pickup costs two fsyncs, which would otherwise stall
         # the dialogues of the connections already delivering.  Only this
         # coroutine runs pickup, so pickup never runs twice at once.
-        for qid in await asyncio.to_thread(self.manager.pickup, PICKUP_BATCH):
+        queued = await asyncio.to_thread(self.manager.pickup, PICKUP_BATCH)
+        for qid in queued:
             heapq.heappush(self.due, (time.time(), qid))
+        if queued:
+            self.summary.changed()
         if self.manager.more_incoming:
             self.wake.set()
 
