@@ -30,7 +30,7 @@ SYSTEM_CONFIG = "/etc/pysendmail/pysendmail.toml"
 SYSTEM_SPOOL = "/var/spool/pysendmail"
 DEFAULT_MAX_MESSAGE_SIZE = 35 * 1024 * 1024
 AUTH_CHOICES = ("auto", "plain", "login", "oauthbearer", "xoauth2")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def user_dir(kind: str) -> str:
@@ -82,6 +82,9 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "path": (_STR, None),
         "user": (_STR, None),
         "max_message_size": (_INT, DEFAULT_MAX_MESSAGE_SIZE),
+        # No daemon holding the spool: sendmail, run by someone who may
+        # deliver (the spool's owner, root), starts a detached delivery run.
+        "deliver_without_daemon": (_BOOL, True),
     },
     "host": {
         "name": (_STR, None),
@@ -190,6 +193,10 @@ class Config:
         size = self.values["spool"]["max_message_size"]
         assert isinstance(size, int)
         return size
+
+    @property
+    def deliver_without_daemon(self) -> bool:
+        return bool(self.values["spool"]["deliver_without_daemon"])
 
     @property
     def relay_configured(self) -> bool:
@@ -456,12 +463,14 @@ def _routes(raw: object, where: str, relays: dict[str, dict[str, object]], plain
 class SubmitSettings:
     """What the submission path needs; nothing more."""
 
-    __slots__ = ("config_path", "spool_path", "max_message_size")
+    __slots__ = ("config_path", "spool_path", "max_message_size", "deliver_without_daemon")
 
-    def __init__(self, config_path: str | None, spool_path: str, max_message_size: int) -> None:
+    def __init__(self, config_path: str | None, spool_path: str, max_message_size: int,
+                 deliver_without_daemon: bool = True) -> None:
         self.config_path = config_path
         self.spool_path = spool_path
         self.max_message_size = max_message_size
+        self.deliver_without_daemon = deliver_without_daemon
 
 
 def cache_path(config_path: str) -> str:
@@ -477,13 +486,13 @@ def submit_settings(cli_path: str | None = None) -> SubmitSettings:
     path, source = find_config(cli_path)
     if path is None:
         cfg = build({}, None, source)
-        return SubmitSettings(None, cfg.spool_path, cfg.max_message_size)
+        return SubmitSettings(None, cfg.spool_path, cfg.max_message_size, cfg.deliver_without_daemon)
     cached = _read_cache(path)
     if cached is not None:
         return cached
     cfg = build(_read_toml(path), path, source)
     write_cache(cfg)
-    return SubmitSettings(path, cfg.spool_path, cfg.max_message_size)
+    return SubmitSettings(path, cfg.spool_path, cfg.max_message_size, cfg.deliver_without_daemon)
 
 
 def _read_cache(path: str) -> SubmitSettings | None:
@@ -508,9 +517,10 @@ def _read_cache(path: str) -> SubmitSettings | None:
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or data.get("stamp") != _stamp(st):
         return None
     spool, size = data.get("spool_path"), data.get("max_message_size")
-    if not isinstance(spool, str) or not isinstance(size, int):
+    spawn = data.get("deliver_without_daemon")
+    if not isinstance(spool, str) or not isinstance(size, int) or not isinstance(spawn, bool):
         return None
-    return SubmitSettings(path, spool, size)
+    return SubmitSettings(path, spool, size, spawn)
 
 
 def write_cache(cfg: Config) -> bool:
@@ -528,6 +538,7 @@ def write_cache(cfg: Config) -> bool:
             "stamp": _stamp(st),
             "spool_path": cfg.spool_path,
             "max_message_size": cfg.max_message_size,
+            "deliver_without_daemon": cfg.deliver_without_daemon,
         }
         target = cache_path(cfg.path)
         tmp = f"{target}.{os.getpid()}.tmp"
