@@ -3,14 +3,15 @@
 Contract:   ``main()`` returns a sysexits.h code: 0 only when everything
             the caller gave is queued durably.  Errors print one sentence
             on stderr, prefixed with the program name.
-Security:   runs as the calling user, without privilege; trusts nothing
-            but the configuration file.
             After queueing, when nothing holds the spool's lock (no
             daemon, flush or delivery run) and the caller may deliver
             (root or the spool's owner) and spool.deliver_without_daemon
             is on, ``start_run`` forks a detached ``pysendmail run`` and
             does not wait for it: the exit code and the caller's wait
             stay those of the submission alone.
+Security:   runs as the calling user, without privilege; trusts nothing
+            but the configuration file.  A run started by root becomes
+            the spool's owner before it touches the queue (admin/cli.py).
 Crashes:    an unexpected exception exits 75 (temporary) after enqueue()
             removed its partial file, so the caller retries and no mail
             is lost or half-written.  A run that cannot start changes
@@ -62,7 +63,8 @@ def ready_waiting(spool: layout.Spool) -> bool:
         with os.scandir(spool.incoming) as entries:
             for entry in entries:
                 try:
-                    if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mode & 0o777 == layout.READY_MODE:
+                    ready = entry.stat(follow_symlinks=False).st_mode & 0o777 == layout.READY_MODE
+                    if ready and entry.is_file(follow_symlinks=False):
                         return True
                 except OSError:
                     continue
@@ -118,6 +120,7 @@ def start_run(spool: layout.Spool, config_path: str | None) -> int:
     try:  # the child: only os calls, then exec; never back into the caller's code
         os.setsid()
         os.chdir("/")
+        os.umask(0o022)  # the systemd unit's, not the caller's (PHP-FPM's may be 0)
         null = os.open(os.devnull, os.O_RDWR)
         for target in (0, 1, 2):
             os.dup2(null, target)
