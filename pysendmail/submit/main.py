@@ -121,6 +121,10 @@ def start_run(spool: layout.Spool, config_path: str | None) -> int:
         os.setsid()
         os.chdir("/")
         os.umask(0o022)  # the systemd unit's, not the caller's (PHP-FPM's may be 0)
+        try:
+            os.nice(10)  # background work: on a busy host the caller and its siblings go first
+        except OSError:
+            pass
         null = os.open(os.devnull, os.O_RDWR)
         for target in (0, 1, 2):
             os.dup2(null, target)
