@@ -261,3 +261,26 @@ def test_root_submitting_to_a_shared_spool_starts_a_run_as_the_spools_owner(shar
     owner = pwd.getpwnam("psm-daemon").pw_uid
     for path in [e.spool / "state" / "run.log", *(e.maildir / "new").iterdir()]:
         assert os.stat(path).st_uid == owner, path
+
+
+def test_message_queued_during_a_flush_is_delivered_after_it(tmp_path: Path, relay_factory, reap) -> None:  # type: ignore[no-untyped-def]
+    """A flush picks up once, at its start; a submitter that finds it holding
+    the lock starts nothing; so the flush starts a run when it is done."""
+    relay = relay_factory("implicit")
+    e = relay_env(tmp_path, relay)
+    e.sendmail("-t", "-i", input=message("a@example.net", "first"), check=True)  # key still off: queued only
+    spawn_on(e)
+    reap.append(e)
+    relay.stall_data = 2.0
+    flush = subprocess.Popen([program("sendmail"), "-q"], env=e.environ, stderr=subprocess.PIPE)
+    try:
+        assert relay.stalling.wait(20), "the flush never reached DATA"
+        relay.stall_data = 0.0
+        late = e.sendmail("-t", "-i", "-v", input=message("late@example.net", "late"))
+        assert late.returncode == 0 and b"started a delivery run" not in late.stderr, late.stderr
+    finally:
+        assert flush.wait(60) == 0, flush.stderr.read() if flush.stderr else ""
+    got = relay.wait_for(2, timeout=15)
+    assert sorted(m.rcpt_tos[0] for m in got) == ["a@example.net", "late@example.net"]
+    wait_until("the run exits", lambda: "run: done" in run_log(e))
+    assert run_log(e).count("run: started") == 1
