@@ -81,8 +81,12 @@ def write_config(root: Path, extra: str = "", spool: Path | None = None) -> Env:
     maildir = root / "Maildir"
     aliases_file = root / "aliases"
     config = root / "pysendmail.toml"
+    # deliver_without_daemon = false: a test's sendmail starts no detached
+    # delivery run, so what a test queues stays where the test looks for
+    # it until the test flushes or starts the daemon (tests/integration/
+    # test_nodaemon.py turns it on).
     config.write_text(
-        f'[spool]\npath = "{spool}"\n\n'
+        f'[spool]\npath = "{spool}"\ndeliver_without_daemon = false\n\n'
         f'[maildir]\npath = "{maildir}"\n\n'
         f'[host]\nname = "host.example.org"\ndefault_domain = "example.org"\naliases_file = "{aliases_file}"\n\n'
         + extra

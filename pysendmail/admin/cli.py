@@ -2,7 +2,8 @@
 
 Contract:   ``main(argv)`` runs one subcommand and returns a sysexits.h
             code; every PysendmailError becomes one sentence on stderr.
-            Subcommands: daemon, flush, status, mailq, newaliases, queue
+            Subcommands: daemon, flush, run (a delivery run that ends when
+            idle: daemon/run.py), status, mailq, newaliases, queue
             (list, show, delete, hold, release, retry), spool init, config
             check|show, setup, test, doctor, dkim keygen|check
             (admin/dkimcmd.py), route list|resume (admin/routecmd.py).
@@ -258,6 +259,9 @@ def cmd_flush(cfg: config.Config) -> int:
     from pysendmail.daemon.main import SpoolLock, lock_holder
     from pysendmail.daemon.qmgr import QueueManager
 
+    from pysendmail.daemon.run import stop_run
+    from pysendmail.submit.main import ready_waiting, start_run
+
     spool = _ready_spool(cfg)
     lock = SpoolLock(spool)
     if not lock.acquire("flush"):
@@ -266,7 +270,8 @@ def cmd_flush(cfg: config.Config) -> int:
         # runners would send the same message twice).
         if pid and _ask_daemon(spool, pid):
             return 0
-        lock.acquire("flush", wait=True)  # another flush: wait for it, then run
+        stop_run(spool)  # a delivery run started by sendmail: this flush does its work
+        lock.acquire("flush", wait=True)  # another flush or a run: wait for it, then run
     try:
         manager = QueueManager(cfg)
         manager.trouble_logged = True  # a full disk is said once, by the sentence below (exit 75)
@@ -283,12 +288,25 @@ def cmd_flush(cfg: config.Config) -> int:
     # On a full disk the summary could not be written either: it is
     # republished by the next flush or the daemon, once writes work.
     publish_summary(spool)
+    if cfg.deliver_without_daemon and ready_waiting(spool):
+        # Queued during this flush, by a submitter that found the lock
+        # taken and so started no run: start one now.
+        start_run(spool, cfg.path)
     if sys.stderr.isatty():
         sys.stderr.write(
             f"flush: {counts.messages} messages tried: {counts.sent} recipients sent, "
             f"{counts.deferred} deferred, {counts.failed} failed\n"
         )
     return 0
+
+
+def cmd_run(cfg: config.Config, linger: float, to_log: bool) -> int:
+    from pysendmail.daemon import run as delivery
+
+    if linger < 0:
+        raise errors.UsageError("run --linger must be 0 or more seconds")
+    _ready_spool(cfg)  # as root: the spool's owner from here on, as the daemon
+    return delivery.run(cfg, linger, to_log)
 
 
 def cmd_daemon(cfg: config.Config, interval: int | None) -> int:
@@ -328,7 +346,7 @@ def cmd_status(cfg: config.Config, as_json: bool) -> int:
         counts = _counts(spool)
     except PermissionError:
         raise errors.NoPermission(f"permission denied reading {spool.path}: run this as root or the spool's owner") from None
-    data = status.collect(cfg, spool, pid, counts)
+    data = status.collect(cfg, spool, pid, counts, lock_holder(spool, "run"))
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
@@ -522,6 +540,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     d = sub.add_parser("daemon", help="run the queue daemon in the foreground until SIGTERM")
     d.add_argument("--interval", type=int, help="also run the whole queue every N seconds")
     sub.add_parser("flush", help="try every queued message now, ignoring backoff, then exit")
+    r = sub.add_parser("run", help="deliver what is due, wait --linger seconds for more, then exit (what sendmail "
+                                   "starts when no daemon runs)")
+    r.add_argument("--linger", type=float, default=5.0, metavar="SECONDS",
+                   help="stop after this long without work (default 5)")
+    r.add_argument("--log", action="store_true", help="append log lines to SPOOL/state/run.log, not stderr")
     s = sub.add_parser("status", help="mode, daemon, queue counts")
     s.add_argument("--json", action="store_true")
     m = sub.add_parser("mailq", help="list the queue (Postfix's layout)")
@@ -665,6 +688,8 @@ def run(args: argparse.Namespace) -> int:
         return cmd_daemon(cfg, args.interval)
     if cmd == "flush":
         return cmd_flush(cfg)
+    if cmd == "run":
+        return cmd_run(cfg, args.linger, args.log)
     if cmd == "status":
         return cmd_status(cfg, args.json)
     if cmd == "mailq":

@@ -90,7 +90,26 @@ def check(cfg: config.Config) -> list[tuple[str, str]]:
     for table in cfg.dkim:
         out.append(_secret_file(str(table["key_file"]), f"DKIM key for {table['domain']}", daemon))
     out += _check_spool(cfg, daemon)
+    out += _check_delivery(cfg)
     return out
+
+
+def _check_delivery(cfg: config.Config) -> list[tuple[str, str]]:
+    """WARN when no daemon runs where one is required (admin/status.py delivery says when)."""
+    from pysendmail.admin.status import delivery
+    from pysendmail.daemon.main import lock_holder
+
+    spool = layout.Spool(cfg.spool_path)
+    if not os.path.isdir(spool.path):
+        return []
+    pid = lock_holder(spool)
+    note = delivery(cfg, spool, pid, lock_holder(spool, "run"))
+    if note is None:
+        return [(OK, f"daemon running, pid {pid}")]
+    required, text = note
+    if required:
+        return [(WARN, f"no daemon is running, but one is required: {text}")]
+    return [(OK, f"no daemon is running: {text}")]
 
 
 def _check_relays(cfg: config.Config, daemon: tuple[int, int, list[int], str]) -> list[tuple[str, str]]:

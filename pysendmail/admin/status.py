@@ -4,14 +4,43 @@ Contract:   ``collect(cfg, spool, pid, counts)`` returns a JSON-ready dict;
             ``render(data, now)`` the text a person reads (golden file:
             tests/data/status-paused.txt).  Route state comes from
             spool/state/routes.json, written by the daemon and by flush.
+            ``delivery(cfg, spool, daemon_pid, run_pid)`` says who
+            delivers when no daemon runs, and when the daemon is required
+            (a shared spool, or spool.deliver_without_daemon = false),
+            how to start it; config check prints the same sentence.
 See also:   pysendmail(8) status; daemon/transport/router.py route_state().
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 
 from pysendmail.core import config, layout
+
+START_DAEMON = ("start it with 'systemctl enable --now pysendmail.service' (the systemd unit), "
+                "or run 'pysendmail daemon' under your supervisor (runit, s6, supervisord)")
+
+
+def delivery(cfg: config.Config, spool: layout.Spool, daemon_pid: int | None,
+             run_pid: int | None) -> tuple[bool, str] | None:
+    """(daemon required, why) when no daemon runs; None when one does."""
+    if daemon_pid:
+        return None
+    if run_pid:
+        return False, f"a delivery run started by sendmail (pid {run_pid}) is delivering"
+    try:
+        shared = stat.S_IMODE(os.lstat(spool.incoming).st_mode) == layout.SHARED_INCOMING_MODE
+    except OSError:
+        shared = cfg.system_mode
+    if not cfg.deliver_without_daemon:
+        return True, ("spool.deliver_without_daemon = false, so mail waits in the queue until the daemon "
+                      f"or 'sendmail -q' runs; {START_DAEMON}")
+    if shared:
+        return True, ("in this shared spool only root and the spool's owner start delivery runs, so mail "
+                      f"from other users waits in the queue; {START_DAEMON}")
+    return False, "not needed: sendmail starts a delivery run after each submission (spool.deliver_without_daemon)"
 
 
 def _routes_from_config(cfg: config.Config) -> dict[str, dict[str, object]]:
@@ -33,13 +62,15 @@ def _routes_from_config(cfg: config.Config) -> dict[str, dict[str, object]]:
     return out
 
 
-def collect(cfg: config.Config, spool: layout.Spool, pid: int | None, counts: dict[str, int]) -> dict[str, object]:
+def collect(cfg: config.Config, spool: layout.Spool, pid: int | None, counts: dict[str, int],
+            run_pid: int | None = None) -> dict[str, object]:
     from pysendmail.daemon.routes import saved_state
 
     routes = _routes_from_config(cfg)
     for name, entry in saved_state(spool.route_state).items():
         if name in routes:
             routes[name].update({k: v for k, v in entry.items() if k != "relay"})
+    note = delivery(cfg, spool, pid, run_pid)
     if cfg.relay_configured:
         mode = "relay"
     else:
@@ -49,6 +80,7 @@ def collect(cfg: config.Config, spool: layout.Spool, pid: int | None, counts: di
         "mode": mode,
         "spool": spool.path,
         "daemon_pid": pid,
+        "delivery": None if note is None else {"daemon_required": note[0], "text": note[1]},
         "counts": counts,
         "quarantine": _quarantine(cfg, spool),
         "routes": routes,
@@ -95,6 +127,12 @@ def when(value: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
 
 
+def _delivery_text(note: object) -> str:
+    if not isinstance(note, dict):
+        return ""
+    return f"{', but required' if note.get('daemon_required') else ''}: {note.get('text')}"
+
+
 def render(data: dict[str, object], now: float | None = None) -> str:
     now = time.time() if now is None else now
     pid = data["daemon_pid"]
@@ -104,7 +142,7 @@ def render(data: dict[str, object], now: float | None = None) -> str:
         f"config:  {data['config']}",
         f"mode:    {data['mode']}",
         f"spool:   {data['spool']}",
-        f"daemon:  {'running, pid %s' % pid if pid else 'not running'}",
+        f"daemon:  {'running, pid %s' % pid if pid else 'not running'}" + _delivery_text(data.get("delivery")),
         "queue:   " + ", ".join(f"{v} {k}" for k, v in counts.items()),
     ]
     q = data.get("quarantine")

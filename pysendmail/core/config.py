@@ -39,7 +39,7 @@ SYSTEM_CONFIG = "/etc/pysendmail/pysendmail.toml"
 SYSTEM_SPOOL = "/var/spool/pysendmail"
 DEFAULT_MAX_MESSAGE_SIZE = 35 * 1024 * 1024
 AUTH_CHOICES = ("auto", "plain", "login", "oauthbearer", "xoauth2")
-CACHE_VERSION = 2  # 2: the inline-password flag
+CACHE_VERSION = 3  # 2: the inline-password flag, the -bs deadlines; 3: deliver_without_daemon
 
 
 def user_dir(kind: str) -> str:
@@ -96,6 +96,9 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "quarantine_max_entries": (_INT, 1000),
         "quarantine_max_size": (_INT, 100 << 20),  # bytes
         "quarantine_lifetime": (_INT, 30 * 86400),  # seconds
+        # No daemon holding the spool: sendmail, run by someone who may
+        # deliver (the spool's owner, root), starts a detached delivery run.
+        "deliver_without_daemon": (_BOOL, True),
     },
     "host": {
         "name": (_STR, None),
@@ -210,6 +213,10 @@ class Config:
         size = self.values["spool"]["max_message_size"]
         assert isinstance(size, int)
         return size
+
+    @property
+    def deliver_without_daemon(self) -> bool:
+        return bool(self.values["spool"]["deliver_without_daemon"])
 
     @property
     def relay_configured(self) -> bool:
@@ -555,21 +562,23 @@ def _routes(raw: object, where: str, relays: dict[str, dict[str, object]], plain
 class SubmitSettings:
     """What the submission path needs; nothing more."""
 
-    __slots__ = ("config_path", "spool_path", "max_message_size", "smtp_timeout", "smtp_session_limit")
+    __slots__ = ("config_path", "spool_path", "max_message_size", "smtp_timeout", "smtp_session_limit",
+                 "deliver_without_daemon")
 
     def __init__(self, config_path: str | None, spool_path: str, max_message_size: int,
-                 smtp_timeout: int = 300, smtp_session_limit: int = 3600) -> None:
+                 smtp_timeout: int = 300, smtp_session_limit: int = 3600, deliver_without_daemon: bool = True) -> None:
         self.config_path = config_path
         self.spool_path = spool_path
         self.max_message_size = max_message_size
         self.smtp_timeout = smtp_timeout  # sendmail -bs only
         self.smtp_session_limit = smtp_session_limit
+        self.deliver_without_daemon = deliver_without_daemon
 
 
 def _settings(cfg: Config) -> SubmitSettings:
     timeout, limit = cfg.values["submit"]["smtp_timeout"], cfg.values["submit"]["smtp_session_limit"]
     assert isinstance(timeout, int) and isinstance(limit, int)
-    return SubmitSettings(cfg.path, cfg.spool_path, cfg.max_message_size, timeout, limit)
+    return SubmitSettings(cfg.path, cfg.spool_path, cfg.max_message_size, timeout, limit, cfg.deliver_without_daemon)
 
 
 def cache_path(config_path: str) -> str:
@@ -621,12 +630,13 @@ def _read_cache(path: str) -> SubmitSettings | None:
         return None
     spool, size = data.get("spool_path"), data.get("max_message_size")
     timeout, limit = data.get("smtp_timeout"), data.get("smtp_session_limit")
+    spawn = data.get("deliver_without_daemon")
     if not isinstance(spool, str) or not isinstance(size, int) or not isinstance(timeout, int) \
-            or not isinstance(limit, int):
+            or not isinstance(limit, int) or not isinstance(spawn, bool):
         return None
     if data.get("inline_password"):
         _check_submitted_inline(path, st, spool)  # the mode now, not when the cache was written
-    return SubmitSettings(path, spool, size, timeout, limit)
+    return SubmitSettings(path, spool, size, timeout, limit, spawn)
 
 
 def _check_submitted_inline(path: str | None, st: os.stat_result, spool_path: str) -> None:
@@ -666,6 +676,7 @@ def write_cache(cfg: Config) -> bool:
             "inline_password": has_inline_password(cfg),
             "smtp_timeout": cfg.values["submit"]["smtp_timeout"],
             "smtp_session_limit": cfg.values["submit"]["smtp_session_limit"],
+            "deliver_without_daemon": cfg.deliver_without_daemon,
         }
         target = cache_path(cfg.path)
         tmp = f"{target}.{os.getpid()}.tmp"

@@ -2,7 +2,9 @@
 
 Contract:   ``run(cfg, interval)`` runs until SIGTERM/SIGINT and returns
             0; another daemon holding the spool's lock makes it raise
-            TempFailure naming that pid (exit 75).  It wakes at once when
+            TempFailure naming that pid (exit 75); a delivery run holding
+            it is asked to stop and waited for (daemon/run.py).
+            It wakes at once when
             a submitter pokes the pickup FIFO, otherwise sleeps until the
             earliest due time in its in-memory index (rebuilt from queue/
             at start), never polling.  SIGHUP reloads the configuration
@@ -574,9 +576,17 @@ def run(cfg: config.Config, interval: int | None) -> int:
     spool = layout.Spool(cfg.spool_path)
     lock = SpoolLock(spool)
     if not lock.acquire("daemon"):
+        from pysendmail.daemon.run import take_over
+
+        if take_over(spool, lock):  # a delivery run started by sendmail: it stops for us
+            return _serve_locked(cfg, interval, lock)
         pid = lock_holder(spool)
         who = f"pid {pid}" if pid else "another pysendmail process (a flush?)"
         raise errors.TempFailure(f"the spool {spool.path} is locked by {who}; only one daemon may run per spool")
+    return _serve_locked(cfg, interval, lock)
+
+
+def _serve_locked(cfg: config.Config, interval: int | None, lock: SpoolLock) -> int:
     try:
         asyncio.run(Daemon(cfg, interval).serve())
     finally:

@@ -3,11 +3,20 @@
 Contract:   ``main()`` returns a sysexits.h code: 0 only when everything
             the caller gave is queued durably.  Errors print one sentence
             on stderr, prefixed with the program name.
+            After queueing, when nothing holds the spool's lock (no
+            daemon, flush or delivery run) and the caller may deliver
+            (root or the spool's owner) and spool.deliver_without_daemon
+            is on, ``start_run`` forks a detached ``pysendmail run`` and
+            does not wait for it: the exit code and the caller's wait
+            stay those of the submission alone.
 Security:   runs as the calling user, without privilege; trusts nothing
-            but the configuration file.
+            but the configuration file.  A run started by root becomes
+            the spool's owner before it touches the queue (admin/cli.py).
 Crashes:    an unexpected exception exits 75 (temporary) after enqueue()
             removed its partial file, so the caller retries and no mail
-            is lost or half-written.
+            is lost or half-written.  A run that cannot start changes
+            nothing: the message waits in incoming/ for the next run,
+            the daemon or 'sendmail -q'.
 See also:   sendmail(8); ../shared/DESIGN.md "Interface contract".
 
 Start-up time is the product: this module and what it imports at the top
@@ -40,6 +49,90 @@ def _open_spool(settings: config.SubmitSettings) -> layout.Spool:
         layout.ensure_layout(spool, shared=False)
     layout.check_incoming(spool)
     return spool
+
+
+RUN_CODE = "import sys; from pysendmail.admin.cli import main; sys.exit(main(sys.argv[1:]))"
+# What a systemd service that calls sendmail hands its children: a run
+# that inherited them would tell that service's manager READY/STOPPING.
+_SERVICE_VARIABLES = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_PID", "WATCHDOG_USEC")
+
+
+def ready_waiting(spool: layout.Spool) -> bool:
+    """Does incoming/ hold a finished submission (mode 0640)?  Unready and planted non-files do not count."""
+    try:
+        with os.scandir(spool.incoming) as entries:
+            for entry in entries:
+                try:
+                    ready = entry.stat(follow_symlinks=False).st_mode & 0o777 == layout.READY_MODE
+                    if ready and entry.is_file(follow_symlinks=False):
+                        return True
+                except OSError:
+                    continue
+    except OSError:
+        return False
+    return False
+
+
+def start_run(spool: layout.Spool, config_path: str | None) -> int:
+    """Start a detached delivery run if nothing holds the spool; return its pid, or 0.
+
+    Only for a caller who may deliver: root (the run drops to the spool's
+    owner) or the spool's owner (user mode).  An unprivileged user of a
+    shared spool cannot read the queue: there the daemon is required.
+    The check is one non-blocking flock on spool/lock, the file every
+    daemon, flush and run holds; a free lock is released at once.  The
+    child detaches (setsid, / as its directory, /dev/null on 0-2, every
+    other descriptor closed) and execs Python: the caller pays one fork,
+    never the run's imports.  A lost race is harmless: of two runs
+    started at once the second finds the lock taken and exits.
+    """
+    euid = os.geteuid()
+    try:
+        if euid != 0 and os.stat(spool.path).st_uid != euid:
+            return 0
+        fd = os.open(spool.lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = -1  # no daemon ever ran here: nothing holds it
+    except OSError:
+        return 0
+    if fd >= 0:
+        import fcntl
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return 0  # a daemon, a flush or a run holds the spool: it sees the poke or rescans
+        finally:
+            os.close(fd)
+    exe = sys.executable
+    if not exe:
+        return 0
+    argv = [exe, "-P", "-c", RUN_CODE]
+    if config_path is not None:
+        argv += ["-C", os.path.abspath(config_path)]  # the child runs in /
+    argv += ["run", "--log"]
+    try:
+        pid = os.fork()
+    except OSError:
+        return 0
+    if pid:
+        return pid  # not waited for: reparented when the caller exits
+    try:  # the child: only os calls, then exec; never back into the caller's code
+        os.setsid()
+        os.chdir("/")
+        os.umask(0o022)  # the systemd unit's, not the caller's (PHP-FPM's may be 0)
+        try:
+            os.nice(10)  # background work: on a busy host the caller and its siblings go first
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(null, target)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the caller's sockets and pipes (PHP-FPM's)
+        env = {k: v for k, v in os.environ.items() if k not in _SERVICE_VARIABLES}
+        os.execve(exe, argv, env)
+    finally:
+        os._exit(127)
 
 
 def make_envelope(opts: flags.Options, message: bytes, extra_recipients: list[str] | None = None) -> spoolfile.Envelope:
@@ -98,6 +191,10 @@ def submit(opts: flags.Options) -> int:
     qid = layout.enqueue(spool, env, message)
     if opts.verbose:
         sys.stderr.write(f"sendmail: queued as {qid} for {', '.join(env.recipients)}\n")
+    if settings.deliver_without_daemon:
+        pid = start_run(spool, settings.config_path)
+        if pid and opts.verbose:
+            sys.stderr.write(f"sendmail: no daemon holds the spool; started a delivery run, pid {pid}\n")
     return 0
 
 
@@ -117,8 +214,12 @@ def dispatch(prog: str, args: list[str]) -> int:
         from pysendmail.submit import bs
 
         settings = config.submit_settings(opts.config)
-        return bs.serve(_open_spool(settings), settings.max_message_size, opts, sys.stdin.buffer, sys.stdout.buffer,
+        spool = _open_spool(settings)
+        code = bs.serve(spool, settings.max_message_size, opts, sys.stdin.buffer, sys.stdout.buffer,
                         settings.smtp_timeout, settings.smtp_session_limit)
+        if settings.deliver_without_daemon and ready_waiting(spool):
+            start_run(spool, settings.config_path)
+        return code
     from pysendmail.admin import cli
 
     # -C is the pysendmail command's global option: it goes before the

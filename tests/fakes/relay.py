@@ -17,7 +17,8 @@ holds the exact texts providers send, for a test to script one.
 accepting only ``oauth_token``; ``fault_after`` = N lets the first N
 transactions through before ``stall_data`` or ``drop_in_data`` applies,
 and ``stalling`` is set when a DATA starts to stall (for a test that
-kills the client then).
+kills the client then).  ``stall_quit`` = seconds holds the reply to QUIT
+(``quitting`` is set when a QUIT arrives): a client that is closing.
 ``smtputf8=False`` / ``eightbitmime=False`` leave SMTPUTF8 / 8BITMIME
 out of the EHLO reply.
 
@@ -179,6 +180,12 @@ class _Handler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
+    async def handle_QUIT(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        self.relay.quitting.set()
+        if self.relay.stall_quit:
+            await asyncio.sleep(self.relay.stall_quit)
+        return "221 2.0.0 Bye"
+
     async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
         relay = self.relay
         faulty = len(relay.messages) >= relay.fault_after
@@ -298,6 +305,8 @@ class Relay:
         self.drop_in_data = False
         self.fault_after = 0
         self.stalling = threading.Event()
+        self.stall_quit = 0.0
+        self.quitting = threading.Event()
         self.greet_421 = False
         self.reply_shapes: dict[str, str] = {}  # command -> shape, see _reshape
         self.saw_plaintext_mail = False

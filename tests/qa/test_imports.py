@@ -39,6 +39,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -223,6 +224,26 @@ def test_submission_with_stale_cache_follows_the_edited_config(env: Env, tmp_pat
     assert "tomllib" in run.modules
     assert len(os.listdir(moved / "incoming")) == 1
     assert env.incoming() == []
+
+
+@pytest.mark.parametrize("how", ["clean_room", "as_installed"])
+def test_submission_that_starts_a_delivery_run_imports_no_heavy_module(env: Env, how: str) -> None:
+    # The fork happens in sendmail; the run imports the daemon only after its exec.
+    env.config.write_text(env.config.read_text().replace("deliver_without_daemon = false",
+                                                         "deliver_without_daemon = true"))
+    warm(env)
+    runner = run_clean_room if how == "clean_room" else run_as_installed
+    run = runner(env, ["-t", "-i", "-v"], MESSAGE)
+    assert run.proc.returncode == 0, run.explain()
+    assert b"started a delivery run" in run.proc.stderr, run.explain()
+    modules = run.modules if how == "clean_room" else run.modules - baseline(env).modules
+    assert forbidden_in(modules, FORBIDDEN) == [], run.explain()
+    assert "pysendmail.daemon.run" not in run.modules, run.explain()
+    deadline = time.monotonic() + 30  # MESSAGE has three recipients: three Maildir files
+    log = env.spool / "state" / "run.log"
+    while len(env.delivered()) != 3 or not log.exists() or "run: done" not in log.read_text():
+        assert time.monotonic() < deadline, "the delivery run did not deliver and end"
+        time.sleep(0.02)
 
 
 # ---------------------------------------------------------------- sendmail -bs

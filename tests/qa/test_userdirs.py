@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,5 +112,14 @@ def test_sendmail_with_relative_xdg_data_home_queues_in_the_default_spool(tmp_pa
     proc = subprocess.run([program("sendmail"), "-t", "-i"], input=SIMPLE, capture_output=True,
                           env=env, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert len(os.listdir(Path(home) / ".local/share/pysendmail/spool/incoming")) == 1
+    # No config: deliver_without_daemon is on, and the caller owns the spool,
+    # so a detached run carries the message on into the default Maildir.
+    data = Path(home) / ".local/share/pysendmail"
+    deadline = time.monotonic() + 30
+    while not (data / "Maildir/new").is_dir() or len(os.listdir(data / "Maildir/new")) != 1:
+        assert time.monotonic() < deadline, f"the message did not reach {data / 'Maildir/new'}"
+        time.sleep(0.02)
+    while b"run: done" not in (data / "spool/state/run.log").read_bytes():  # the run is gone before tmp_path goes
+        assert time.monotonic() < deadline + 30, "the delivery run did not end"
+        time.sleep(0.02)
     assert not (tmp_path / "data").exists()
