@@ -4,7 +4,8 @@ Contract:   ``check(cfg)`` returns findings [(level, text)] with level OK,
             WARN or FAIL: every relay resolved (preset, secrets present and
             readable as the daemon's user but by nobody else, TLS settings
             loadable), every DKIM key, the config file, and the spool's
-            owners and modes.  It never connects anywhere.  ``show(cfg)``
+            owners and modes, and (a WARN) a HELO name that is not a
+            fully qualified domain name.  It never connects anywhere.  ``show(cfg)``
             returns the effective configuration, each value with its
             source (file, preset NAME, default), secrets masked.
 Security:   no secret is printed: ``password`` is shown as ********, and
@@ -75,6 +76,9 @@ def check(cfg: config.Config) -> list[tuple[str, str]]:
         out.append((WARN, "no configuration file: mail goes to the local Maildir; run 'pysendmail setup'"))
     if cfg.relay_configured:
         out += _check_relays(cfg, daemon)
+        from pysendmail.daemon.qmgr import helo_warnings
+
+        out += [(WARN, text.removeprefix("warning: ")) for text in helo_warnings(cfg)]
     for table in cfg.dkim:
         out.append(_secret_file(str(table["key_file"]), f"DKIM key for {table['domain']}", daemon))
     out += _check_spool(cfg, daemon)

@@ -28,7 +28,7 @@ import socket
 import time
 
 from pysendmail.core import config, errors, layout, log, queue
-from pysendmail.daemon.qmgr import Counts, QueueManager
+from pysendmail.daemon.qmgr import Counts, QueueManager, helo_warnings
 
 
 def sd_notify(state: str) -> None:
@@ -167,6 +167,8 @@ class Daemon:
         self.due = self._read_index()
         self._take_resumes()  # asked for while no daemon ran, and not yet handled
         log.log(f"daemon: started, pid {os.getpid()}, spool {self.spool.path}, {len(self.due)} messages queued")
+        for text in helo_warnings(self.cfg):
+            log.log(f"daemon: {text}")
         sd_notify(f"READY=1\nSTATUS=queue: {len(self.due)} messages")
         last_full = time.monotonic()
         try:
@@ -330,6 +332,8 @@ class Daemon:
             old, self.cfg, self.manager = self.manager, cfg, manager
             await old.transport.close()
             log.log("daemon: configuration reloaded")
+            for text in helo_warnings(cfg):
+                log.log(f"daemon: {text}")
         sd_notify("READY=1")
 
 
