@@ -9,7 +9,9 @@ Contract:   ``run(opts, config_path, out)`` writes the config, the password
             nothing; a config, password file or key that differs is never
             overwritten without ``--force`` (a DKIM key never is: its DNS
             record is published), except the Debian package's unedited
-            template (PACKAGE_TEMPLATE), which is nobody's work.  Returns a summary dict (``--json``).
+            template (PACKAGE_TEMPLATE), which is nobody's work.  Returns
+            a summary dict (``--json``), with the HELO warning when the
+            name is not a fully qualified domain name.
 Security:   system mode: config root:root 0644 (it holds no secret; every
             submitter reads it), password root:pysendmail 0640, DKIM key
             0600 owned by the pysendmail user (dkimcmd.make_key, the same
