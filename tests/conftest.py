@@ -3,6 +3,14 @@
 Tests drive pysendmail as users do: the installed ``sendmail``, ``mailq``,
 ``newaliases`` and ``pysendmail`` programs, run as subprocesses, against a
 spool in a temporary directory chosen by a TOML config.
+
+No test depends on the host's /etc/pysendmail (a .deb install or a
+``pysendmail setup`` puts a system config there, which comes before the
+user's own in the search order): in-process, ``private_system_config``
+(autouse) points config.SYSTEM_CONFIG at a private path; a subprocess
+either gets PYSENDMAIL_CONFIG (Env.environ) or, when it tests the search
+for a config, runs through ``hide_system_config``.  tests/qa/test_isolation.py
+runs tests with a hostile /etc/pysendmail to keep it so.
 """
 
 from __future__ import annotations
@@ -18,6 +26,40 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
+SYSTEM_CONFIG_DIR = "/etc/pysendmail"
+
+
+@pytest.fixture(autouse=True)
+def private_system_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The system config path for this test: private, absent unless the test writes it.
+
+    Every in-process config search (config.find_config, load(None),
+    submit_settings(None)) looks at config.SYSTEM_CONFIG after -C and
+    PYSENDMAIL_CONFIG; a test that unsets PYSENDMAIL_CONFIG would otherwise
+    read whatever the host has in /etc/pysendmail.
+    """
+    from pysendmail.core import config
+
+    path = tmp_path_factory.mktemp("etc-pysendmail") / "pysendmail.toml"
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(path))
+    return path
+
+
+def hide_system_config(cmd: list[str]) -> list[str]:
+    """``cmd`` run where /etc/pysendmail is empty, for a program that must find no system config.
+
+    A subprocess does not see private_system_config.  When the host has
+    /etc/pysendmail, the command runs in a private mount namespace with an
+    empty tmpfs over it: the host's /etc is neither read nor changed, and
+    other processes (other test runs, the host's own mail) still see it.
+    Needs root (as unshare and mount do).
+    """
+    if not os.path.lexists(SYSTEM_CONFIG_DIR):
+        return cmd
+    if os.geteuid() != 0:
+        pytest.skip(f"{SYSTEM_CONFIG_DIR} exists on this host: hiding it from a program needs root")
+    script = f'mount -t tmpfs -o mode=0755,size=64k tmpfs {SYSTEM_CONFIG_DIR} && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *cmd]
 
 
 def program(name: str) -> str:

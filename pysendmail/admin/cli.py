@@ -648,12 +648,11 @@ def cmd_test(cfg: config.Config, to: str, route: str | None, sender: str | None,
 
 def cmd_doctor(cfg: config.Config, domain: str | None, nameserver: str | None, as_json: bool) -> int:
     from pysendmail.admin import doctor
-    from pysendmail.admin.dkimcmd import resolver
 
     domain = domain or doctor.default_domain(cfg)
     if not domain:
         raise errors.UsageError("doctor needs a domain: pass --domain (no [[dkim]] or account address names one)")
-    findings = doctor.check(cfg, domain, resolver(nameserver))
+    findings = doctor.check(cfg, domain, doctor.resolver(nameserver))  # TempFailure (75): DNS unreachable
     if as_json:
         sys.stdout.write(json.dumps([{"level": lv, "text": t} for lv, t in findings], indent=2) + "\n")
     else:

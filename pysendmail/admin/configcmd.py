@@ -5,7 +5,9 @@ Contract:   ``check(cfg)`` returns findings [(level, text)] with level OK,
             readable as the daemon's user but by nobody else, TLS settings
             loadable, ca_file and commands trusted), every DKIM key, the
             config file, the aliases file, and the spool's owners and
-            modes; files are judged by core/trust.py as the daemon's user.  It never connects anywhere.  ``show(cfg)``
+            modes, and (a WARN) a HELO name that is not a fully qualified
+            domain name; files are judged by core/trust.py as the daemon's
+            user.  It never connects anywhere.  ``show(cfg)``
             returns the effective configuration, each value with its
             source (file, preset NAME, default), secrets masked.
 Security:   no secret is printed: ``password`` is shown as ********, and
@@ -87,6 +89,9 @@ def check(cfg: config.Config) -> list[tuple[str, str]]:
     out.append((FAIL, problem) if problem else (OK, f"aliases file {aliases_file}: writable by root or {daemon[3]} only"))
     if cfg.relay_configured:
         out += _check_relays(cfg, daemon)
+        from pysendmail.daemon.qmgr import helo_warnings
+
+        out += [(WARN, text.removeprefix("warning: ")) for text in helo_warnings(cfg)]
     for table in cfg.dkim:
         out.append(_secret_file(str(table["key_file"]), f"DKIM key for {table['domain']}", daemon))
     out += _check_spool(cfg, daemon)

@@ -10,9 +10,14 @@ Contract:   ``check(cfg, domain, resolver)`` returns [(level, text)] with
             (``--nameserver IP[:PORT]`` for tests and split-horizon DNS).
             ``pysendmail doctor`` exits 78 (EX_CONFIG)
             when a line is FAIL (a record configures the domain wrongly,
-            as for 'dkim check'), else 0.
+            as for 'dkim check'), else 0.  When no DNS server answers at
+            all (timeouts, refused or unreachable sockets, no server in
+            /etc/resolv.conf), ``check`` raises TempFailure "DNS is
+            unreachable ..." (exit 75) instead of judging records it
+            could not see: a HELO name is not "unresolvable" then.
 Security:   answers come from the network: they are compared, never
-            executed; a DNS failure is a WARN naming the query, not a crash.
+            executed; a server's error for one name (SERVFAIL) is a WARN
+            naming the query, not a crash.
 See also:   RFC 7208 (SPF), RFC 6376 3.6 (DKIM key records), RFC 7489
             (DMARC alignment); pysendmail(8) doctor.
 """
@@ -22,22 +27,69 @@ from __future__ import annotations
 import dns.exception
 import dns.resolver
 
-from pysendmail.admin.dkimcmd import check_one
+from pysendmail.admin import dkimcmd
 from pysendmail.core import config
-from pysendmail.core.errors import ConfigError
+from pysendmail.core.errors import ConfigError, TempFailure
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
+
+
+def resolver(nameserver: str | None) -> dns.resolver.Resolver:
+    """dkimcmd.resolver, with "no server configured" said as doctor says an unreachable DNS."""
+    try:
+        return dkimcmd.resolver(nameserver)
+    except dns.resolver.NoResolverConfiguration:
+        raise TempFailure("DNS is unreachable: /etc/resolv.conf names no server; fix it, or ask a server "
+                          "with --nameserver IP[:PORT]") from None
+
+
+def unreachable(exc: dns.exception.DNSException) -> bool:
+    """True when no server sent any reply (a timeout, a refused or unreachable socket).
+
+    A reply that is an error for one name (SERVFAIL, REFUSED) comes from a
+    reachable server: dnspython lists each server's reply beside its error.
+    """
+    if isinstance(exc, dns.exception.Timeout):
+        return True
+    if isinstance(exc, dns.resolver.NoNameservers):
+        tried = exc.kwargs.get("errors") or []
+        return all(len(entry) < 5 or entry[4] is None for entry in tried)
+    return False
+
+
+def _servers(res: dns.resolver.Resolver) -> str:
+    port = "" if res.port == 53 else f" port {res.port}"
+    return ", ".join(str(n) for n in res.nameservers) + port
+
+
+def _resolve(res: dns.resolver.Resolver, name: str, rdtype: str) -> dns.resolver.Answer:
+    """res.resolve, except that no answer from any server ends the whole check (TempFailure, exit 75)."""
+    try:
+        return res.resolve(name, rdtype)
+    except dns.exception.DNSException as exc:
+        if unreachable(exc):
+            raise TempFailure(f"DNS is unreachable: no answer from {_servers(res)} (asked for {rdtype} {name}); "
+                              "check the network and /etc/resolv.conf, or ask another server with "
+                              "--nameserver IP[:PORT], then run doctor again") from None
+        raise
 
 
 def _txt(res: dns.resolver.Resolver, name: str) -> list[str] | None:
     """TXT strings at ``name`` (each record's character-strings joined); [] for none; None on failure."""
     try:
-        answer = res.resolve(name, "TXT")
+        answer = _resolve(res, name, "TXT")
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
     except dns.exception.DNSException:
         return None
     return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+
+
+def _failure(exc: dns.exception.DNSException) -> str:
+    """What a reachable server's error was, in words (not dnspython's class name)."""
+    if isinstance(exc, dns.resolver.NoNameservers):
+        return "the DNS server answered with an error (SERVFAIL or REFUSED)"
+    return str(exc) or "no usable answer"
 
 
 def _tags(record: str) -> dict[str, str]:
@@ -73,12 +125,12 @@ def check(cfg: config.Config, domain: str, res: dns.resolver.Resolver) -> list[t
 
     # MX: without one, replies and bounces to the domain have nowhere to go.
     try:
-        mx = res.resolve(domain, "MX")
+        mx = _resolve(res, domain, "MX")
         out.append((OK, f"MX {domain}: {', '.join(sorted(str(r.exchange).rstrip('.') for r in mx))}"))
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         out.append((WARN, f"MX {domain}: none; replies and bounces cannot reach {domain}: publish an MX record"))
     except dns.exception.DNSException as exc:
-        out.append((WARN, f"MX {domain}: lookup failed ({type(exc).__name__})"))
+        out.append((WARN, f"MX {domain}: lookup failed ({_failure(exc)}); run doctor again later"))
 
     # SPF: exactly one v=spf1 record (RFC 7208 4.5), including each provider that sends for the domain.
     includes = []
@@ -121,7 +173,7 @@ def check(cfg: config.Config, domain: str, res: dns.resolver.Resolver) -> list[t
             continue
         # The comparison 'pysendmail dkim check' makes (k=, revoked, one
         # record per name, the key's numbers rather than its base64 text).
-        verdict, sentence = check_one(key, res)
+        verdict, sentence = dkimcmd.check_one(key, res)
         if verdict == "dnserror":
             out.append((WARN, f"DKIM {name}: TXT lookup failed"))
         elif verdict == "missing":
@@ -157,14 +209,24 @@ def check(cfg: config.Config, domain: str, res: dns.resolver.Resolver) -> list[t
     from pysendmail.daemon.qmgr import helo_name
 
     helo = helo_name(cfg)
+    if helo == "localhost" or "." not in helo:
+        out.append((FAIL, f"HELO {helo}: not a fully qualified domain name; providers may refuse or score such "
+                          "mail as spam: set relay.helo (or host.name) to this host's public name, one with an "
+                          "A record"))
+        return out
     addresses = []
+    failed: dns.exception.DNSException | None = None
     for rdtype in ("A", "AAAA"):
         try:
-            addresses += [r.to_text() for r in res.resolve(helo, rdtype)]
-        except dns.exception.DNSException:
+            addresses += [r.to_text() for r in _resolve(res, helo, rdtype)]
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             pass
+        except dns.exception.DNSException as exc:
+            failed = exc
     if addresses:
         out.append((OK, f"HELO {helo}: resolves to {', '.join(addresses)}"))
+    elif failed is not None:
+        out.append((WARN, f"HELO {helo}: lookup failed ({_failure(failed)}); run doctor again later"))
     else:
         out.append((FAIL, f"HELO {helo}: does not resolve; set relay.helo (or host.name) to a name with an A record"))
     return out

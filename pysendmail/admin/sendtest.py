@@ -4,7 +4,8 @@ Contract:   ``run(cfg, to, route, sender, out)`` builds a short test
             message, sends it synchronously through the named route (or
             the one the rules choose) with the daemon's own transport,
             sender alignment included, and writes the SMTP dialogue to
-            ``out`` (C: / S: lines) followed by the outcome and, for a
+            ``out`` (C: / S: lines; "*" lines for the connection attempt,
+            its failure and TLS) followed by the outcome and, for a
             reply pysendmail knows, the hint.  Returns (status, text).
             Nothing is queued: a failure is reported, not retried.
 Security:   the AUTH exchange is printed as ******** (mechanism only);
@@ -38,7 +39,18 @@ def tracing_smtp(out: TextIO) -> type[aiosmtplib.SMTP]:
             out.flush()
 
         async def connect(self, *args: Any, **kw: Any) -> aiosmtplib.SMTPResponse:
-            resp = await super().connect(*args, **kw)
+            # Said before trying, so a connection that fails before the
+            # greeting (refused, timeout, TLS handshake) still shows what
+            # was attempted and why it failed.
+            tls = " (implicit TLS)" if self.use_tls else ""
+            self._show("*", f"connecting to {self.hostname} port {self.port}{tls}")
+            try:
+                resp = await super().connect(*args, **kw)
+            except Exception as exc:
+                self._show("*", f"connection failed: {exc}")
+                raise
+            if self.use_tls:
+                self._show("*", "TLS established")
             self._show("S:", f"{resp.code} {resp.message}")
             return resp
 

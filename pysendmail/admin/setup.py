@@ -8,7 +8,10 @@ Contract:   ``run(opts, config_path, out)`` writes the config, the password
             Idempotent: a second run with the same answers changes
             nothing; a config, password file or key that differs is never
             overwritten without ``--force`` (a DKIM key never is: its DNS
-            record is published).  Returns a summary dict (``--json``).
+            record is published), except the Debian package's unedited
+            template (PACKAGE_TEMPLATE), which is nobody's work.  Returns
+            a summary dict (``--json``), with the HELO warning when the
+            name is not a fully qualified domain name.
 Security:   system mode: config root:root 0644 (it holds no secret; every
             submitter reads it), password root:pysendmail 0640, DKIM key
             0600 owned by the pysendmail user (dkimcmd.make_key, the same
@@ -36,6 +39,10 @@ from pysendmail.admin import dkimcmd
 from pysendmail.daemon import dkim, providers
 
 DAEMON_USER = "pysendmail"
+# The Debian package writes the system config from this template at its
+# first install; an untouched copy is no admin's work, so setup replaces
+# it without --force (packaging/deb/debian/postinst).
+PACKAGE_TEMPLATE = "/usr/share/pysendmail/pysendmail.toml"
 
 
 @dataclass
@@ -112,13 +119,24 @@ def dns_records(domain: str, key: dkim.Key | None, spf_include: str) -> list[str
 
 
 # ---------------------------------------------------------------- files
-def _place(path: str, data: bytes, mode: int, owner: tuple[int, int] | None, force: bool, what: str) -> str:
-    """Write unless the same bytes are there; refuse to replace different ones without --force."""
+def _read(path: str) -> bytes | None:
     try:
         with open(path, "rb") as fh:
-            current = fh.read()
+            return fh.read()
     except FileNotFoundError:
-        current = None
+        return None
+
+
+def _place(path: str, data: bytes, mode: int, owner: tuple[int, int] | None, force: bool, what: str,
+           replaceable: bytes | None = None) -> str:
+    """Write unless the same bytes are there; refuse to replace different ones without --force.
+
+    ``replaceable``: content that is nobody's work (the package's template),
+    replaced as if absent.
+    """
+    current = _read(path)
+    if current is not None and current == replaceable and current != data:
+        force = True
     if current == data:
         st = os.stat(path)
         if st.st_mode & 0o7777 == mode and (owner is None or (st.st_uid, st.st_gid) == owner):
@@ -130,16 +148,22 @@ def _place(path: str, data: bytes, mode: int, owner: tuple[int, int] | None, for
     if current is not None and not force:
         raise errors.CantCreateError(f"{what} {path} exists and differs; pass --force to overwrite it")
     queue.publish(f"{path}.{os.getpid()}.tmp", path, data, exclusive=True, mode=mode, owner=owner)
-    return "written" if current is None else "overwritten"
+    if current is None:
+        return "written"
+    return "written over the package's unedited template" if current == replaceable else "overwritten"
 
 
-def _daemon_ids(name: str) -> tuple[int, int]:
+def _daemon_ids(name: str, home: str) -> tuple[int, int]:
     """The daemon user's (uid, gid); created as a system user when missing."""
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        proc = subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
-                               "/usr/sbin/nologin", "--user-group", name], capture_output=True)
+        # The user the Debian package would create (postinst's adduser):
+        # the spool as its home, no login, its own group.  The package,
+        # installed later, finds it and keeps it.
+        proc = subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", home, "--shell",
+                               "/usr/sbin/nologin", "--comment", "pysendmail queue daemon", "--user-group", name],
+                              capture_output=True)
         if proc.returncode != 0:
             raise errors.CantCreateError(f"cannot create the daemon user {name}: "
                                          f"{proc.stderr.decode(errors='replace').strip()}") from None
@@ -198,13 +222,13 @@ def run(opts: Options, config_path: str | None, out: TextIO) -> dict[str, object
     os.makedirs(confdir, 0o755 if system else 0o700, exist_ok=True)
     secret_owner: tuple[int, int] | None = None
     spool_owner: tuple[int, int] | None = None
+    spool = opts.spool or (config.SYSTEM_SPOOL if system else None)
     if system:
-        uid, gid = _daemon_ids(opts.daemon_user)
+        uid, gid = _daemon_ids(opts.daemon_user, spool or config.SYSTEM_SPOOL)
         secret_owner = (0, gid)
         spool_owner = (uid, gid)
 
     lines = ["# Written by 'pysendmail setup'; 'pysendmail config show' prints the effective values.", ""]
-    spool = opts.spool or (config.SYSTEM_SPOOL if system else None)
     if spool or system:
         lines.append("[spool]")
         if spool:
@@ -243,13 +267,17 @@ def run(opts: Options, config_path: str | None, out: TextIO) -> dict[str, object
                                           secret_owner, opts.force, "password file")
     else:
         summary["password_file"] = "kept"
+    template = _read(PACKAGE_TEMPLATE) if system else None
     summary["config_file"] = _place(path, "\n".join(lines).encode(), 0o644 if system else 0o600,
-                                    (0, 0) if system else None, opts.force, "configuration")
+                                    (0, 0) if system else None, opts.force, "configuration", template)
 
     cfg = config.load(path)  # what we wrote must load: the same check every command makes
     config.write_cache(cfg)
     layout.ensure_layout(layout.Spool(cfg.spool_path), shared=system, owner=spool_owner)
     summary["spool"] = cfg.spool_path
+    from pysendmail.daemon.qmgr import helo_warnings
+
+    summary["warnings"] = helo_warnings(cfg)
 
     domain = opts.dkim or (user.rpartition("@")[2] if "@" in user else None)
     records = dns_records(domain, signing_key, p.spf_include) if domain else []
@@ -265,6 +293,9 @@ def render(summary: dict[str, object]) -> str:
     ]
     if "dkim_key" in summary:
         lines.append(f"dkim key: {summary['dkim_key']}")
+    warnings = summary.get("warnings") or []
+    assert isinstance(warnings, list)
+    lines += [str(w) for w in warnings]
     records = summary.get("dns") or []
     assert isinstance(records, list)
     if records:

@@ -60,9 +60,9 @@ import stat
 import time
 
 from pysendmail.core import config, errors, layout, log, queue
-from pysendmail.daemon.qmgr import Counts, QueueManager
-from pysendmail.daemon.watch import Watch
+from pysendmail.daemon.qmgr import Counts, QueueManager, helo_warnings
 from pysendmail.daemon.summary import Publisher
+from pysendmail.daemon.watch import Watch
 
 
 def sd_notify(state: str) -> None:
@@ -258,6 +258,8 @@ class Daemon:
         self._take_resumes()  # asked for while no daemon ran, and not yet handled
         self.summary.start()
         log.log(f"daemon: started, pid {os.getpid()}, spool {self.spool.path}, {len(self.due)} messages queued")
+        for text in helo_warnings(self.cfg):
+            log.log(f"daemon: {text}")
         sd_notify(f"READY=1\nSTATUS=queue: {len(self.due)} messages")
         last_full = time.monotonic()
         try:
@@ -478,6 +480,8 @@ class Daemon:
             old, self.cfg, self.manager = self.manager, cfg, manager
             await old.transport.close()
             log.log("daemon: configuration reloaded")
+            for text in helo_warnings(cfg):
+                log.log(f"daemon: {text}")
         sd_notify("READY=1")
 
 

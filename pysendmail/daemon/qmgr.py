@@ -84,19 +84,31 @@ def make_context(cfg: config.Config) -> cleanup.Context:
     return cleanup.Context(cfg.hostname(), resolver)
 
 
-_warned_helo = False
-
-
 def helo_name(cfg: config.Config) -> str:
-    global _warned_helo
-    name = str(cfg.get("relay", "helo") or cfg.hostname())
-    if not _warned_helo and (name == "localhost" or "." not in name):
-        _warned_helo = True
-        log.log(
-            f"warning: HELO name {name!r} is not a fully qualified domain name; providers may refuse or "
-            "score such mail as spam: set relay.helo (or host.name) to this host's public name"
-        )
-    return name
+    """The name every route greets with unless its own table sets helo: relay.helo, else config.hostname()."""
+    return str(cfg.get("relay", "helo") or cfg.hostname())
+
+
+def helo_warnings(cfg: config.Config) -> list[str]:
+    """One sentence per route whose HELO name is not a fully qualified domain name.
+
+    Said where the name matters and once: the daemon's start, config
+    check, doctor (as its HELO line) and setup, never by mailq, status,
+    sendmail or a flush (cron mails whatever 'sendmail -q' prints).
+    """
+    if not cfg.relay_configured:
+        return []  # the Maildir transport greets nobody
+    from pysendmail.daemon import routes
+
+    out = []
+    default = helo_name(cfg)
+    for name, settings in routes.resolve(cfg).relays.items():
+        helo = str(settings.values.get("helo") or default)
+        if helo == "localhost" or "." not in helo:
+            where = "" if name == "default" else f"route {name}: "
+            out.append(f"warning: {where}HELO name {helo!r} is not a fully qualified domain name; providers may "
+                       "refuse or score such mail as spam: set relay.helo (or host.name) to this host's public name")
+    return out
 
 
 def make_transport(cfg: config.Config) -> Transport:

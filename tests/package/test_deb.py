@@ -11,7 +11,10 @@ the loopback TLS relay of tests/fakes running on the host (the chroot
 shares the host's network), an upgrade with a deferred message in the
 queue that is kept and then delivered, a remove that keeps the queue and
 the configuration, and a purge that leaves nothing behind but the system
-user.
+user.  In a second root, the newcomer's order: ``pysendmail setup`` as
+root before the package (pip's way), then ``apt install`` of the .deb
+without a prompt, and a purge that says how many queued messages it
+deletes.
 
 Speed: the root (apt variant + php-cli + systemd, package lists kept) is
 cached as a tarball under /var/cache/pysendmail-ci, rebuilt when older
@@ -179,9 +182,15 @@ def test_deb_installs_the_launchers_and_man_pages(debs: tuple[Path, Path], tmp_p
     for page in ("man8/sendmail.8.gz", "man8/pysendmail.8.gz", "man5/pysendmail.toml.5.gz",
                  "man8/mailq.8.gz", "man8/newaliases.8.gz"):
         assert (tmp_path / "usr/share/man" / page).exists(), page
-    conffiles = run(["dpkg-deb", "--ctrl-tarfile", str(debs[0])]).stdout  # tar stream; look for the member
-    assert "conffiles" in conffiles
-    config = (tmp_path / "etc/pysendmail/pysendmail.toml").read_text()
+    # The system config is no conffile (postinst writes it from this
+    # template at the first install): 'pysendmail setup' may have written
+    # one first, and dpkg would stop at a conffile prompt over it.
+    assert not (tmp_path / "etc/pysendmail").exists()
+    control = tmp_path / "DEBIAN"
+    run(["dpkg-deb", "-e", str(debs[0]), str(control)])
+    assert not (control / "conffiles").exists() or "pysendmail.toml" not in (control / "conffiles").read_text()
+    config = (tmp_path / "usr/share/pysendmail/pysendmail.toml").read_text()
+    assert config == (DEBIAN / "pysendmail.toml").read_text()
     assert not re.search(r"^\s*password\s*=", config, re.M), "the shipped config must hold no secret"
 
 
@@ -297,7 +306,8 @@ def test_install_creates_user_spool_and_enables_the_service(installed: Chroot) -
     for name in ("queue", "failed", "quarantine", "state"):
         assert mode_owner(spool / name) == (0o700, uid, gid), name
     assert stat.S_ISFIFO(os.lstat(spool / "pickup").st_mode)
-    assert mode_owner(c.path("/etc/pysendmail/pysendmail.toml"))[1:] == (0, 0)
+    assert mode_owner(c.path("/etc/pysendmail/pysendmail.toml")) == (0o644, 0, 0)
+    assert c.path("/etc/pysendmail/pysendmail.toml").read_bytes() == (DEBIAN / "pysendmail.toml").read_bytes()
     assert c.path("/etc/pysendmail/pysendmail.toml.cache").is_file(), "postinst runs pysendmail config check"
     wants = c.path("/etc/systemd/system/multi-user.target.wants/pysendmail.service")
     assert os.readlink(wants) == "/lib/systemd/system/pysendmail.service"
@@ -447,3 +457,86 @@ def test_installing_the_deb_replaces_exim4_in_one_apt_step(debs: tuple[Path, Pat
         assert installed <= auto, (installed, auto)
         assert c.run("/usr/sbin/sendmail", "-bp").stdout == "Mail queue is empty\n"
         assert c.run("dpkg", "-S", "/usr/sbin/sendmail").stdout.startswith("pysendmail:")
+
+
+def test_deb_after_setup_installs_without_a_prompt_keeps_the_config_and_purge_counts_the_queue(
+        debs: tuple[Path, Path], relay_factory) -> None:  # type: ignore[no-untyped-def]
+    """The newcomer's order: pysendmail from pip, 'pysendmail setup' as root
+    (the user, the spool, /etc/pysendmail), then the .deb.  apt used to stop
+    at dpkg's conffile prompt for /etc/pysendmail/pysendmail.toml and exit
+    100; now the package ships no conffile there and keeps what setup wrote.
+    Then purge with undelivered mail says how many messages it deletes, and
+    a fresh install's template is replaced by setup without --force."""
+    from tests.fakes.relay import PASSWORD, USER
+
+    relay = relay_factory("implicit")
+    with make_chroot("setup") as c:
+        # pysendmail as pip would put it (the .deb's own files, outside
+        # dpkg's knowledge) on Debian's python3 and libraries.
+        depends = [d.split()[0].replace(":any", "") for d in deb_field(debs[0], "Depends").split(", ")]
+        with CacheLock("archives.lock"):
+            c.run("apt-get", "install", "-y", "--no-install-recommends", *depends)
+        run(["dpkg-deb", "-x", str(debs[0]), str(c.path("/opt/pip-pysendmail"))])
+        site = "/opt/pip-pysendmail/usr/lib/python3/dist-packages"
+        c.path("/usr/local/share/relay-ca.pem").write_bytes(relay.ca_file.read_bytes())
+        setup_args = ("setup", "--provider", "custom", "--host", "127.0.0.1", "--port", str(relay.port), "--tls",
+                      "implicit", "--ca-file", "/usr/local/share/relay-ca.pem", "--user", USER, "--password-stdin")
+        made = c.run("env", f"PYTHONPATH={site}", "python3", "/opt/pip-pysendmail/usr/bin/pysendmail", *setup_args,
+                     "--dkim", "example.org", input=PASSWORD + "\n")
+        assert "config:   /etc/pysendmail/pysendmail.toml (written)" in made.stdout, made.stdout
+        config = c.path("/etc/pysendmail/pysendmail.toml")
+        written = config.read_bytes()
+        password = c.path("/etc/pysendmail/password").read_bytes()
+        user_line = next(x for x in c.path("/etc/passwd").read_text().splitlines() if x.startswith("pysendmail:"))
+        uid, gid = c.ids("pysendmail")
+        assert user_line.split(":")[5:] == ["/var/spool/pysendmail", "/usr/sbin/nologin"], user_line
+
+        # No prompt (stdin is /dev/null, apt exits 0), nothing replaced.
+        c.apt_install(debs[0])
+        assert config.read_bytes() == written, "installing the package changed the admin's configuration"
+        assert mode_owner(config) == (0o644, 0, 0)
+        assert c.path("/etc/pysendmail/password").read_bytes() == password
+        assert mode_owner(c.path("/etc/pysendmail/password")) == (0o640, 0, gid)
+        assert c.run("dpkg-query", "-W", "-f", "${Conffiles}", "pysendmail").stdout.strip() == ""
+        assert c.path("/usr/share/pysendmail/pysendmail.toml").is_file()
+        # One pysendmail user, the one setup made, with the package's shape.
+        users = [x for x in c.path("/etc/passwd").read_text().splitlines() if x.startswith("pysendmail:")]
+        assert users == [user_line]
+        assert c.run("getent", "group", "pysendmail").stdout.split(":")[2] == str(gid)
+        spool = c.path("/var/spool/pysendmail")
+        assert mode_owner(spool / "incoming") == (0o3733, uid, gid)
+        for name in ("queue", "failed", "quarantine", "state"):
+            assert mode_owner(spool / name) == (0o700, uid, gid), name
+        assert c.path("/etc/pysendmail/pysendmail.toml.cache").is_file()
+        c.run("pysendmail", "config", "check")
+
+        # The packaged sendmail delivers with setup's relay.
+        c.run("sendmail", "-t", "-i", input="To: first@example.net\nSubject: after setup\n\nhello\n")
+        c.run("sendmail", "-q")
+        (got,) = relay.wait_for(1, timeout=60)
+        assert got.rcpt_tos == ["first@example.net"] and b"after setup" in got.data
+
+        # Three messages the relay defers, then purge.
+        relay.data_reply = "451 4.3.0 try again later"
+        for n in range(3):
+            c.run("sendmail", "-t", "-i", input=f"To: later{n}@example.net\nSubject: kept {n}\n\nx\n")
+        c.run("sendmail", "-q")
+        assert c.run("mailq").stdout.splitlines()[-1].endswith(" in 3 Requests."), c.run("mailq").stdout
+        purged = c.run("apt-get", "purge", "-y", "pysendmail")
+        assert "pysendmail: purging 3 queued messages that were never delivered (/var/spool/pysendmail)" in (
+            purged.stdout + purged.stderr), purged.stdout + purged.stderr
+        assert not c.path("/etc/pysendmail").exists() and not spool.exists()
+
+        # A fresh install writes the template; setup replaces it without --force.
+        c.apt_install(debs[0])
+        template = c.path("/usr/share/pysendmail/pysendmail.toml").read_bytes()
+        assert config.read_bytes() == template
+        assert c.run("dpkg-query", "-W", "-f", "${Conffiles}", "pysendmail").stdout.strip() == ""
+        again = c.run("pysendmail", *setup_args, input=PASSWORD + "\n")
+        assert "written over the package's unedited template" in again.stdout, again.stdout
+        assert b"[relay]" in config.read_bytes()
+        # An edited config is the admin's: setup refuses it without --force.
+        config.write_bytes(config.read_bytes() + b"\n# edited by the admin\n")
+        refused = c.run("pysendmail", *setup_args, input=PASSWORD + "\n", check=False)
+        assert refused.returncode == 73 and "exists and differs; pass --force" in refused.stderr, refused.stderr
+        c.run("apt-get", "purge", "-y", "pysendmail")

@@ -103,13 +103,11 @@ def test_relative_xdg_variables_are_ignored(tmp_path: Path, home: str, value: st
 def test_sendmail_with_relative_xdg_data_home_queues_in_the_default_spool(tmp_path: Path, home: str) -> None:
     # Regression: XDG_DATA_HOME=data made the user-mode spool path relative
     # and sendmail exit 78 ("spool.path ... must be an absolute path").
-    from pysendmail.core import config
-    from tests.conftest import SIMPLE, program
+    from tests.conftest import SIMPLE, hide_system_config, program
 
-    if os.path.exists(config.SYSTEM_CONFIG):
-        pytest.skip(f"{config.SYSTEM_CONFIG} exists: sendmail would use the system spool")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home, "XDG_DATA_HOME": "data"}
-    proc = subprocess.run([program("sendmail"), "-t", "-i"], input=SIMPLE, capture_output=True,
+    # A system config (the host's /etc/pysendmail) would send it to the system spool: hidden.
+    proc = subprocess.run(hide_system_config([program("sendmail"), "-t", "-i"]), input=SIMPLE, capture_output=True,
                           env=env, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     # No config: deliver_without_daemon is on, and the caller owns the spool,

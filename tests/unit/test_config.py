@@ -35,11 +35,6 @@ def toml(path: Path, text: str) -> Path:
     return path
 
 
-no_system_config = pytest.mark.skipif(
-    os.path.exists(config.SYSTEM_CONFIG), reason=f"{config.SYSTEM_CONFIG} exists on this host and comes first"
-)
-
-
 # ------------------------------------------------------------ search order
 def test_find_config_uses_the_c_path_when_given_even_if_the_environment_names_another(clean_environ: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cli = toml(clean_environ / "cli.toml", "")
@@ -54,13 +49,11 @@ def test_find_config_uses_pysendmail_config_when_no_c_path_is_given(clean_enviro
     assert config.find_config(None) == (str(env), "PYSENDMAIL_CONFIG")
 
 
-@no_system_config
 def test_find_config_uses_the_xdg_user_config_when_nothing_else_is_given(clean_environ: Path) -> None:
     user = toml(clean_environ / "xdg-config" / "pysendmail" / "pysendmail.toml", "")
     assert config.find_config(None) == (str(user), "user")
 
 
-@no_system_config
 def test_find_config_uses_home_dot_config_when_xdg_config_home_is_unset(clean_environ: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("XDG_CONFIG_HOME")
     monkeypatch.setenv("HOME", str(clean_environ / "home"))
@@ -68,7 +61,6 @@ def test_find_config_uses_home_dot_config_when_xdg_config_home_is_unset(clean_en
     assert config.find_config(None) == (str(user), "user")
 
 
-@no_system_config
 def test_find_config_returns_built_in_defaults_when_no_file_exists(clean_environ: Path) -> None:
     assert config.find_config(None) == (None, "built-in defaults")
 
@@ -99,7 +91,6 @@ def test_user_dir_agrees_with_platformdirs_when_computed_without_it(clean_enviro
 
 
 # ------------------------------------------------------------ defaults
-@no_system_config
 def test_load_fills_defaults_when_there_is_no_file(clean_environ: Path) -> None:
     cfg = config.load(None)
     assert cfg.path is None
