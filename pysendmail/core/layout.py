@@ -238,16 +238,28 @@ def ensure_layout(spool: Spool, *, shared: bool | None = None, owner: tuple[int,
         if shared:
             wanted += [(spool.public, PUBLIC_MODE), (spool.stubs, STUBS_MODE)]
         for path, mode in wanted:
-            name = os.path.basename(path)
+            # Walked one component at a time from the spool's descriptor:
+            # public/incoming/ is under public/, not the spool's incoming/.
+            *parents, name = os.path.relpath(path, spool.path).split(os.sep)
+            at = top
             try:
-                os.mkdir(name, mode, dir_fd=top)
-            except FileExistsError:
-                pass
-            fd = _open_dir(top, name, path)
-            try:
-                _fix(fd, os.fstat(fd), uid, gid, mode)
+                for part in parents:  # made and fixed earlier in this loop
+                    inner = _open_dir(at, part, path)
+                    if at != top:
+                        os.close(at)
+                    at = inner
+                try:
+                    os.mkdir(name, mode, dir_fd=at)
+                except FileExistsError:
+                    pass
+                fd = _open_dir(at, name, path)
+                try:
+                    _fix(fd, os.fstat(fd), uid, gid, mode)
+                finally:
+                    os.close(fd)
             finally:
-                os.close(fd)
+                if at != top:
+                    os.close(at)
         _ensure_fifo(top, spool.pickup, uid, gid, 0o622 if shared else 0o600)
     except OSError as exc:
         raise errors.from_oserror(exc, f"set up spool {spool.path}") from None
