@@ -100,18 +100,33 @@ def cmd_spool_init(cfg: config.Config) -> int:
     shared = os.geteuid() == 0
     layout.ensure_layout(spool, shared=shared, owner=(uid, gid))
     if shared:
-        st = os.stat(spool.path)
-        publish_summary(spool, (st.st_uid, st.st_gid))  # every user's mailq works from now on
+        # Every user's mailq works from now on.  Written with the owner's
+        # rights, in a child: the owner controls public/ and could swap it
+        # for a link, and root must never create, rename or remove files
+        # through a path that user chooses (public/incoming/ linked to /etc
+        # would have root's stub cleaning empty /etc).
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+                publish_summary(spool)
+                code = 0
+            finally:
+                os._exit(code)
+        os.waitpid(pid, 0)
     return 0
 
 
-def publish_summary(spool: layout.Spool, owner: tuple[int, int] | None = None) -> None:
+def publish_summary(spool: layout.Spool) -> None:
     """Refresh public/mailq after a change made here; a failure is a warning, not the command's failure."""
     from pysendmail.admin import mailq
     from pysendmail.daemon.main import lock_holder
 
     try:
-        mailq.publish(spool, lock_holder(spool) or 0, owner)
+        mailq.publish(spool, lock_holder(spool) or 0)
     except (OSError, errors.PysendmailError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         sys.stderr.write(f"pysendmail: warning: cannot publish the queue summary for other users' mailq: {why}\n")

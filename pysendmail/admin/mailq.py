@@ -238,10 +238,11 @@ def _summary_line(e: QueueEntry) -> str:
                        "failed": e.failed}, separators=(",", ":")) + "\n"
 
 
-def publish(spool: layout.Spool, daemon_pid: int, owner: tuple[int, int] | None = None) -> bool:
+def publish(spool: layout.Spool, daemon_pid: int) -> bool:
     """Write public/mailq from the queue, then drop stale stubs; False when the spool has no public/.
 
-    Run with the owner's rights (or root's, with ``owner`` for the file).
+    Run with the owner's rights only, never root's: the owner controls
+    public/, so root would write and remove through paths it chooses.
     ``daemon_pid`` is the running daemon's pid (0: none), so that readers
     can say when the summary is not being kept fresh.  Streams: memory
     stays one entry whatever the queue's length.  Raises OSError or
@@ -258,8 +259,6 @@ def publish(spool: layout.Spool, daemon_pid: int, owner: tuple[int, int] | None 
             out.write(f"{SUMMARY_MAGIC} {scanned:.3f} {daemon_pid} {ticks}\n")
             for e in entries(spool):
                 out.write(_summary_line(e))
-        if owner is not None:
-            os.fchown(fd, *owner)
         os.fchmod(fd, 0o644)
         os.fsync(fd)  # never an empty summary after a crash: a reader would have nothing to show
     except BaseException:

@@ -13,14 +13,13 @@ import os
 import pwd
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from pysendmail.core import errors, layout
-from tests.conftest import Env, needs_root
+from tests.conftest import Env, needs_root, wait_until as _wait
 
 pytestmark = needs_root
 
@@ -142,6 +141,38 @@ def test_spool_init_never_chowns_root_dir_when_daemon_user_swaps_the_spool_itsel
     assert _identity(target) == before, "root changed the directory the planted spool link named"
 
 
+@pytest.mark.parametrize("name", ["public", "public/incoming"])
+def test_spool_init_never_writes_or_removes_through_a_public_link_the_daemon_user_swaps(
+        shared_env: Env, world_dir: Path, name: str) -> None:
+    """Regression: 'spool init' as root published the mailq summary through
+    public/ and cleaned stubs in public/incoming/ by path, so the daemon's
+    user, flipping either for a link to a root-owned directory between
+    root's set-up and its publish, could make root write a file there or
+    remove root's files (public/incoming linked to /etc: every file in it)."""
+    target = world_dir / "root-dir"
+    target.mkdir(mode=0o755)
+    (target / "victim").write_text("root's file\n")
+    os.chown(target, 0, 0)
+    os.chown(target / "victim", 0, 0)
+    directory, base = os.path.split(str(shared_env.spool / name))
+    stop = shared_env.root / "stop-public"
+    flipper = _as("psm-daemon", "/usr/bin/python3", "-c", FLIPPER, directory, base, str(target), str(stop))
+    try:
+        assert flipper.stdout is not None
+        assert flipper.stdout.readline() == b"ready\n", "the flipper did not start"
+        for _ in range(40):
+            proc = shared_env.run("pysendmail", "spool", "init")
+            assert proc.returncode in (0, 73, 78), proc.stderr
+            assert b"Traceback" not in proc.stderr, proc.stderr
+    finally:
+        stop.touch()
+        out, err = flipper.communicate(timeout=90)
+    assert flipper.returncode == 0, err
+    assert int(out) > 10, "the flipper hardly ran"
+    assert sorted(os.listdir(target)) == ["victim"], "root wrote or removed files through the link"
+    assert _identity(target / "victim")[:2] == (0, 0)
+
+
 @pytest.mark.parametrize("name", ["queue", "pickup"])
 def test_spool_init_refuses_planted_symlink_with_one_sentence_and_exit_78(
         shared_env: Env, world_dir: Path, name: str) -> None:
@@ -209,12 +240,6 @@ def _flush(e: Env) -> str:
     return stderr
 
 
-def _wait(predicate, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture
