@@ -19,7 +19,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +118,15 @@ class Env:
 
     def queued(self) -> list[str]:
         return sorted(n for n in os.listdir(self.spool / "queue") if not n.startswith("."))
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Poll ``predicate`` until true; only for states nothing announces (a log line, mailq, a file)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
 
 
 def write_config(root: Path, extra: str = "", spool: Path | None = None) -> Env:

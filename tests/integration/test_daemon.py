@@ -28,20 +28,13 @@ from typing import Callable, Iterator
 import pytest
 
 from pysendmail.core import spoolfile
-from tests.conftest import BIN, Env, program, relay_env
+from tests.conftest import BIN, Env, program, relay_env, wait_until
 from tests.fakes.relay import Received
 
 START_TIMEOUT = 20.0
 
 
 # ------------------------------------------------------------------ helpers
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Poll ``predicate`` until true; only for states nothing announces (a log line, mailq)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Daemon:

@@ -12,7 +12,6 @@ half-written may stay, nothing may be sent twice.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest

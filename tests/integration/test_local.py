@@ -22,7 +22,6 @@ import socket
 import time
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import Env, write_config
 from tests.fakes.relay import PASSWORD, Relay

@@ -26,7 +26,7 @@ import pytest
 
 from pysendmail.core import log, spoolfile
 from pysendmail.core.qid import is_qid
-from tests.conftest import Env, ensure_user, needs_root
+from tests.conftest import Env, ensure_user, needs_root, wait_until
 
 FLUSH_TIMEOUT = 60  # a hung pickup (a FIFO opened blocking) fails the test instead of hanging it
 
@@ -355,12 +355,6 @@ def daemon(env: Env, tmp_path: Path):  # type: ignore[no-untyped-def]
                 proc.wait(10)
 
 
-def wait_until(predicate, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_many_unready_files_sorting_first_do_not_starve_daemon_pickup(env: Env, daemon, tmp_path: Path) -> None:

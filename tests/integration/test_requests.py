@@ -17,13 +17,12 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
-from tests.conftest import Env, needs_root, program
+from tests.conftest import Env, needs_root, program, wait_until
 from tests.fakes.relay import Relay
 
 pytestmark = needs_root
@@ -31,12 +30,6 @@ REFUSED = "535 5.7.8 Authentication credentials invalid"
 MESSAGE = b"To: someone@example.net\nSubject: from alice\n\nbody\n"
 
 
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class SystemDaemon:
