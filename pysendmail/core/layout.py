@@ -364,21 +364,31 @@ def _drop_stub(spool: Spool, name: str, env: spoolfile.Envelope, size: int) -> N
     data = spoolfile.encode_head(spoolfile.Envelope(env.sender, env.recipients, uid=env.uid, time=env.time), size)
     if len(data) > STUB_MAX:
         return
-    path = os.path.join(spool.stubs, name)
+    # public/ and public/incoming/ belong to the spool's owner, who could
+    # swap either for a link: walked without following links, so that a
+    # root submitter (cron) never creates a file where that user points.
+    dirs: list[int] = []
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, STUB_MODE)
+        dirs.append(os.open(spool.public, _DIR_FLAGS))
+        dirs.append(os.open(os.path.basename(spool.stubs), _DIR_FLAGS, dir_fd=dirs[-1]))
+        at = dirs[-1]
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, STUB_MODE, dir_fd=at)
     except OSError:
+        for d in dirs:
+            os.close(d)
         return
     try:
         os.fchmod(fd, STUB_MODE)  # whatever the caller's umask: others read it
         _write_all(fd, data)
     except OSError:
         try:
-            os.unlink(path)
+            os.unlink(name, dir_fd=at)
         except OSError:
             pass
     finally:
         os.close(fd)
+        for d in dirs:
+            os.close(d)
 
 
 def _enqueue_error(exc: OSError, spool: Spool) -> errors.PysendmailError:

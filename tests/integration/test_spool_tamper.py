@@ -173,6 +173,27 @@ def test_spool_init_never_writes_or_removes_through_a_public_link_the_daemon_use
     assert _identity(target / "victim")[:2] == (0, 0)
 
 
+@pytest.mark.parametrize("name", ["public", "public/incoming"])
+def test_root_submission_creates_no_stub_through_a_public_link_the_daemon_user_planted(
+        shared_env: Env, world_dir: Path, name: str) -> None:
+    """cron submits as root: a stub written by path would land wherever the
+    daemon's user pointed public/ or public/incoming/; the message itself
+    is still queued."""
+    target = world_dir / "root-dir"
+    target.mkdir(mode=0o755)
+    os.chown(target, 0, 0)
+    planted = shared_env.spool / name
+    subprocess.run(["runuser", "-u", "psm-daemon", "--", "/usr/bin/python3", "-c",
+                    "import os, sys; os.rename(sys.argv[1], sys.argv[1] + '.aside'); os.symlink(sys.argv[2], sys.argv[1])",
+                    str(planted), str(target)], check=True)
+
+    proc = shared_env.sendmail("-t", input=b"To: someone@example.net\nSubject: cron\n\nbody\n")
+
+    assert proc.returncode == 0, proc.stderr
+    assert os.listdir(target) == [], "root created a stub through the link"
+    assert len(shared_env.incoming()) == 1
+
+
 @pytest.mark.parametrize("name", ["queue", "pickup"])
 def test_spool_init_refuses_planted_symlink_with_one_sentence_and_exit_78(
         shared_env: Env, world_dir: Path, name: str) -> None:
