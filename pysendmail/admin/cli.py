@@ -109,9 +109,7 @@ def cmd_spool_init(cfg: config.Config) -> int:
         if pid == 0:
             code = 1
             try:
-                os.setgroups([])
-                os.setgid(gid)
-                os.setuid(uid)
+                drop_privileges(cfg)  # to whoever owns the spool as set up (lstat: a link is refused)
                 publish_summary(spool)
                 code = 0
             finally:
