@@ -310,11 +310,30 @@ def enqueue(spool: Spool, env: spoolfile.Envelope, message: bytes) -> str:
     """
     head = spoolfile.encode_head(env, len(message))
     tail = spoolfile.end_record(len(message))
+    # incoming/ belongs to the spool's owner's directory, who could swap it
+    # for a link between check_incoming and here: the file is made through
+    # a descriptor on incoming/ opened without following links, so a root
+    # submitter (cron) never creates a file where that user points.
+    # O_PATH: a submitter may search and write incoming/ (3733), not read it.
+    try:
+        at = os.open(spool.incoming, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ConfigError(f"spool {spool.incoming} is not a directory (a symlink is refused)") from None
+        raise _enqueue_error(exc, spool) from None
+    try:
+        return _enqueue_at(spool, at, head, message, tail, env)
+    finally:
+        os.close(at)
+
+
+def _enqueue_at(spool: Spool, at: int, head: bytes, message: bytes, tail: bytes, env: spoolfile.Envelope) -> str:
+    """enqueue's work in the directory ``at`` (incoming/, held open)."""
     for _attempt in range(8):
         name = qid.new_qid()
-        path = os.path.join(spool.incoming, name)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, NOT_READY_MODE)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, NOT_READY_MODE,
+                         dir_fd=at)
         except FileExistsError:
             continue
         except OSError as exc:
@@ -338,11 +357,11 @@ def enqueue(spool: Spool, env: spoolfile.Envelope, message: bytes) -> str:
     except BaseException as exc:
         # Leave no debris: the caller will retry, and a half-written file
         # must not linger (the daemon would only delete it later).
-        for leftover in (path, os.path.join(spool.stubs, name)):
-            try:
-                os.unlink(leftover)
-            except OSError:
-                pass
+        try:
+            os.unlink(name, dir_fd=at)
+        except OSError:
+            pass
+        _remove_stub(spool, name)
         if isinstance(exc, OSError):
             raise _enqueue_error(exc, spool) from None
         raise
@@ -387,6 +406,20 @@ def _drop_stub(spool: Spool, name: str, env: spoolfile.Envelope, size: int) -> N
             pass
     finally:
         os.close(fd)
+        for d in dirs:
+            os.close(d)
+
+
+def _remove_stub(spool: Spool, name: str) -> None:
+    """Remove public/incoming/<name>, walked as _drop_stub walks (no link followed); best effort."""
+    dirs: list[int] = []
+    try:
+        dirs.append(os.open(spool.public, _DIR_FLAGS))
+        dirs.append(os.open(os.path.basename(spool.stubs), _DIR_FLAGS, dir_fd=dirs[-1]))
+        os.unlink(name, dir_fd=dirs[-1])
+    except OSError:
+        pass
+    finally:
         for d in dirs:
             os.close(d)
 

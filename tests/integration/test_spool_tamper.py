@@ -194,6 +194,39 @@ def test_root_submission_creates_no_stub_through_a_public_link_the_daemon_user_p
     assert len(shared_env.incoming()) == 1
 
 
+def test_root_submission_creates_no_file_through_an_incoming_link_the_daemon_user_swaps(
+        shared_env: Env, world_dir: Path) -> None:
+    """cron submits as root: check_incoming saw a directory, but the daemon's
+    user may swap incoming/ for a link before the message file is created;
+    made by path, root's message (owned by root) landed in the directory the
+    link named.  Flipped as psm-daemon while root enqueues again and again."""
+    from pysendmail.core import spoolfile
+
+    target = _root_target(world_dir, "dir")
+    spool = layout.Spool(str(shared_env.spool))
+    env = spoolfile.Envelope("root@localhost", ["someone@example.net"], uid=0, time=time.time())
+    stop = shared_env.root / "stop-incoming"
+    flipper = _as("psm-daemon", "/usr/bin/python3", "-c", FLIPPER, str(shared_env.spool), "incoming", str(target),
+                  str(stop))
+    queued = refused = 0
+    try:
+        assert flipper.stdout is not None
+        assert flipper.stdout.readline() == b"ready\n", "the flipper did not start"
+        for _ in range(3000):
+            try:
+                layout.enqueue(spool, env, b"Subject: cron\r\n\r\nbody\r\n")
+                queued += 1
+            except errors.PysendmailError:
+                refused += 1
+    finally:
+        stop.touch()
+        out, err = flipper.communicate(timeout=90)
+    assert flipper.returncode == 0, err
+    assert int(out) > 10, "the flipper hardly ran"
+    assert os.listdir(target) == [], "root created a message file through the link"
+    assert queued > 0 and refused > 0, (queued, refused)
+
+
 @pytest.mark.parametrize("name", ["queue", "pickup"])
 def test_spool_init_refuses_planted_symlink_with_one_sentence_and_exit_78(
         shared_env: Env, world_dir: Path, name: str) -> None:
