@@ -144,10 +144,14 @@ class SpoolLock:
 def lock_holder(spool: layout.Spool, role: str = "daemon") -> int | None:
     """The pid of the process with ``role`` holding the lock, else None."""
     try:
-        fd = os.open(spool.lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: root asks this before dropping privileges (config
+        # check), and a FIFO planted by the spool's owner must not block it.
+        fd = os.open(spool.lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

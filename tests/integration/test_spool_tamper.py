@@ -227,6 +227,32 @@ def test_root_submission_creates_no_file_through_an_incoming_link_the_daemon_use
     assert queued > 0 and refused > 0, (queued, refused)
 
 
+@pytest.mark.parametrize("command", [("sendmail", "-t"), ("pysendmail", "config", "check")])
+def test_root_command_does_not_hang_on_a_fifo_the_daemon_user_planted_as_the_lock(
+        shared_env: Env, command: tuple[str, ...]) -> None:
+    """Root looks at spool/lock before dropping privileges (sendmail's
+    start_run, lock_holder in config check): opened for reading without
+    O_NONBLOCK, a FIFO planted there by the daemon's user blocked root's cron
+    job forever."""
+    # sendmail looks at the lock only to start a delivery run.
+    shared_env.config.write_text(shared_env.config.read_text().replace("deliver_without_daemon = false",
+                                                                       "deliver_without_daemon = true"))
+    lock = shared_env.spool / "lock"
+    subprocess.run(["runuser", "-u", "psm-daemon", "--", "/usr/bin/python3", "-c",
+                    "import os, sys; p = sys.argv[1]; os.path.lexists(p) and os.unlink(p); os.mkfifo(p, 0o600)",
+                    str(lock)], check=True)
+
+    try:
+        proc = shared_env.run(*command, input=b"To: someone@example.net\nSubject: cron\n\nbody\n", timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{' '.join(command)} as root hung on the FIFO planted as spool/lock")
+
+    assert b"Traceback" not in proc.stderr, proc.stderr
+    if command[0] == "sendmail":
+        assert proc.returncode == 0, proc.stderr
+        assert len(shared_env.incoming()) == 1
+
+
 @pytest.mark.parametrize("name", ["queue", "pickup"])
 def test_spool_init_refuses_planted_symlink_with_one_sentence_and_exit_78(
         shared_env: Env, world_dir: Path, name: str) -> None:
