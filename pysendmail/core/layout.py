@@ -444,11 +444,14 @@ def poke(spool: Spool, what: bytes = b"W") -> None:
     retry, delete) means "read the due times in queue/ again".
     """
     try:
-        fd = os.open(spool.pickup, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(spool.pickup, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return  # ENXIO: no daemon reads the FIFO; it will find the file at start
     try:
-        os.write(fd, what)
+        # Only a FIFO: O_NOFOLLOW stops a symlink, not a hard link the spool's
+        # owner made to a file of root's, which root's poke would overwrite.
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.write(fd, what)
     except OSError:
         pass  # EAGAIN: the FIFO is full of pokes already; the daemon is awake
     finally:

@@ -492,6 +492,26 @@ def hardlinks_allowed():  # type: ignore[no-untyped-def]
         subprocess.run(["sysctl", "-q", f"fs.protected_hardlinks={old}"], check=True)
 
 
+def test_root_submission_writes_nothing_into_a_root_file_the_daemon_user_hard_linked_as_the_fifo(
+        shared_env: Env, world_dir: Path, hardlinks_allowed) -> None:  # type: ignore[no-untyped-def]
+    """After queueing, sendmail pokes spool/pickup.  O_NOFOLLOW stops a
+    symlink, not a hard link: on a host without protected_hardlinks the
+    daemon's user links a root file there, and root's poke wrote its 'W'
+    over the file's first byte."""
+    target = _root_target(world_dir, "file")
+    before = target.read_bytes()
+    pickup = shared_env.spool / "pickup"
+    subprocess.run(["runuser", "-u", "psm-daemon", "--", "/usr/bin/python3", "-c",
+                    "import os, sys; os.unlink(sys.argv[1]); os.link(sys.argv[2], sys.argv[1])",
+                    str(pickup), str(target)], check=True)
+
+    proc = shared_env.sendmail("-t", input=b"To: someone@example.net\nSubject: cron\n\nbody\n")
+
+    assert proc.returncode == 0, proc.stderr
+    assert target.read_bytes() == before, "root wrote through the hard link"
+    assert len(shared_env.incoming()) == 1
+
+
 VICTIM = b"To: friend@example.net\nSubject: alice's own\n\nonly alice's words\n"
 
 
