@@ -512,6 +512,28 @@ def leave_request(spool: layout.Spool, kind: str) -> str:
     return path
 
 
+def await_request(spool: layout.Spool, request: str, pid: int, what: bytes, timeout: float | None = None) -> bool:
+    """Wait until the daemon ``pid`` has removed ``request`` (carried it out); False if it let go of the lock first.
+
+    The daemon is poked with ``what`` now and then, not once: a poke into
+    a full FIFO is dropped.  TimeoutError after ``timeout`` seconds, the
+    request left in place.  Used by flush (admin/cli.py) and route resume
+    (admin/routecmd.py).
+    """
+    last_poke = 0.0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while os.path.exists(request):
+        if lock_holder(spool) != pid:
+            return False
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(request)
+        if time.monotonic() - last_poke >= 1.0:
+            layout.poke(spool, what)
+            last_poke = time.monotonic()
+        time.sleep(0.05)
+    return True
+
+
 def pending_requests(spool: layout.Spool, kind: str) -> list[str]:
     """Paths of the ``kind`` requests (state/<kind>.*) left by root or by the daemon's user.
 
