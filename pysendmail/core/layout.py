@@ -14,6 +14,11 @@ Security:   incoming/ is 3733 in a shared (system) spool: anyone may create
             Root's set-up (ensure_layout) works on descriptors opened
             with O_NOFOLLOW|O_DIRECTORY, never following a link that the
             spool's owner (or any user but root) could have planted.
+            So does enqueue, which root runs too (cron): the message file
+            is made under a descriptor on incoming/ (O_PATH, no link
+            followed), the stub under descriptors on public/ and
+            public/incoming/, and poke writes only into a FIFO (a hard
+            link to root's file would otherwise be written).
             A shared spool also has public/ (0755, the owner's queue
             summary for every user's mailq) and public/incoming/ (1777,
             sticky: each submitter's stub, only ever displayed).
