@@ -232,7 +232,7 @@ def _ask_daemon(spool: layout.Spool, pid: int) -> bool:
     only announces it, as anyone may write that byte.  The daemon removes
     the file after the run: that is the answer we wait for.
     """
-    from pysendmail.daemon.main import FULL_SUFFIX, leave_request, lock_holder
+    from pysendmail.daemon.main import FULL_SUFFIX, await_request, leave_request
 
     try:
         request = leave_request(spool, "flush")
@@ -242,15 +242,9 @@ def _ask_daemon(spool: layout.Spool, pid: int) -> bool:
         raise errors.from_oserror(exc, f"leave a flush request in {spool.state}") from None
     if sys.stderr.isatty():
         sys.stderr.write(f"flush: asked the daemon (pid {pid}) to run the queue now; waiting\n")
-    last_poke = 0.0
     try:
-        while os.path.exists(request):
-            if lock_holder(spool) != pid:
-                return False
-            if time.monotonic() - last_poke >= 1.0:
-                layout.poke(spool, b"F")  # again now and then: a poke into a full FIFO is dropped
-                last_poke = time.monotonic()
-            time.sleep(0.05)
+        if not await_request(spool, request, pid, b"F"):
+            return False
     finally:
         if os.path.exists(request):
             os.unlink(request)  # the daemon died first: we run the queue ourselves

@@ -163,7 +163,7 @@ def _clear_in_file(spool: layout.Spool, name: str) -> None:
 
 def _ask_daemon(spool: layout.Spool, pid: int, name: str) -> bool:
     """Leave a request for the running daemon and wait until it has carried it out; False if it died first."""
-    from pysendmail.daemon.main import lock_holder, resume_request_path
+    from pysendmail.daemon.main import await_request, resume_request_path
 
     request = resume_request_path(spool, name)
     try:
@@ -171,24 +171,16 @@ def _ask_daemon(spool: layout.Spool, pid: int, name: str) -> bool:
             fh.write(f"{time.time():.3f}\n")
     except OSError as exc:
         raise errors.from_oserror(exc, f"write the request {request}") from None
-    last_poke = 0.0
-    deadline = time.monotonic() + ACK_TIMEOUT
-    while os.path.exists(request):
-        if lock_holder(spool) != pid:
-            return False
-        if time.monotonic() > deadline:
-            # An older daemon that does not know 'R', or one stuck in a long
-            # round.  The request stays: the daemon reads it at its next start.
-            raise errors.TempFailure(
-                f"the daemon (pid {pid}) did not carry out the resume of route {name} within {ACK_TIMEOUT:.0f} s; "
-                f"the request stays in {request} and is carried out when the daemon restarts "
-                "(systemctl restart pysendmail)"
-            )
-        if time.monotonic() - last_poke >= 1.0:
-            layout.poke(spool, b"R")  # again now and then: a poke into a full FIFO is dropped
-            last_poke = time.monotonic()
-        time.sleep(0.05)
-    return True
+    try:
+        return await_request(spool, request, pid, b"R", ACK_TIMEOUT)
+    except TimeoutError:
+        # An older daemon that does not know 'R', or one stuck in a long
+        # round.  The request stays: the daemon reads it at its next start.
+        raise errors.TempFailure(
+            f"the daemon (pid {pid}) did not carry out the resume of route {name} within {ACK_TIMEOUT:.0f} s; "
+            f"the request stays in {request} and is carried out when the daemon restarts "
+            "(systemctl restart pysendmail)"
+        ) from None
 
 
 def cmd_resume(cfg: config.Config, name: str) -> int:

@@ -14,6 +14,11 @@ Security:   incoming/ is 3733 in a shared (system) spool: anyone may create
             Root's set-up (ensure_layout) works on descriptors opened
             with O_NOFOLLOW|O_DIRECTORY, never following a link that the
             spool's owner (or any user but root) could have planted.
+            So does enqueue, which root runs too (cron): the message file
+            is made under a descriptor on incoming/ (O_PATH, no link
+            followed), the stub under descriptors on public/ and
+            public/incoming/, and poke writes only into a FIFO (a hard
+            link to root's file would otherwise be written).
             A shared spool also has public/ (0755, the owner's queue
             summary for every user's mailq) and public/incoming/ (1777,
             sticky: each submitter's stub, only ever displayed).
@@ -310,11 +315,30 @@ def enqueue(spool: Spool, env: spoolfile.Envelope, message: bytes) -> str:
     """
     head = spoolfile.encode_head(env, len(message))
     tail = spoolfile.end_record(len(message))
+    # incoming/ belongs to the spool's owner's directory, who could swap it
+    # for a link between check_incoming and here: the file is made through
+    # a descriptor on incoming/ opened without following links, so a root
+    # submitter (cron) never creates a file where that user points.
+    # O_PATH: a submitter may search and write incoming/ (3733), not read it.
+    try:
+        at = os.open(spool.incoming, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ConfigError(f"spool {spool.incoming} is not a directory (a symlink is refused)") from None
+        raise _enqueue_error(exc, spool) from None
+    try:
+        return _enqueue_at(spool, at, head, message, tail, env)
+    finally:
+        os.close(at)
+
+
+def _enqueue_at(spool: Spool, at: int, head: bytes, message: bytes, tail: bytes, env: spoolfile.Envelope) -> str:
+    """enqueue's work in the directory ``at`` (incoming/, held open)."""
     for _attempt in range(8):
         name = qid.new_qid()
-        path = os.path.join(spool.incoming, name)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, NOT_READY_MODE)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, NOT_READY_MODE,
+                         dir_fd=at)
         except FileExistsError:
             continue
         except OSError as exc:
@@ -338,11 +362,11 @@ def enqueue(spool: Spool, env: spoolfile.Envelope, message: bytes) -> str:
     except BaseException as exc:
         # Leave no debris: the caller will retry, and a half-written file
         # must not linger (the daemon would only delete it later).
-        for leftover in (path, os.path.join(spool.stubs, name)):
-            try:
-                os.unlink(leftover)
-            except OSError:
-                pass
+        try:
+            os.unlink(name, dir_fd=at)
+        except OSError:
+            pass
+        _remove_stub(spool, name)
         if isinstance(exc, OSError):
             raise _enqueue_error(exc, spool) from None
         raise
@@ -391,6 +415,20 @@ def _drop_stub(spool: Spool, name: str, env: spoolfile.Envelope, size: int) -> N
             os.close(d)
 
 
+def _remove_stub(spool: Spool, name: str) -> None:
+    """Remove public/incoming/<name>, walked as _drop_stub walks (no link followed); best effort."""
+    dirs: list[int] = []
+    try:
+        dirs.append(os.open(spool.public, _DIR_FLAGS))
+        dirs.append(os.open(os.path.basename(spool.stubs), _DIR_FLAGS, dir_fd=dirs[-1]))
+        os.unlink(name, dir_fd=dirs[-1])
+    except OSError:
+        pass
+    finally:
+        for d in dirs:
+            os.close(d)
+
+
 def _enqueue_error(exc: OSError, spool: Spool) -> errors.PysendmailError:
     return errors.from_oserror(exc, f"write the message into {spool.incoming}")
 
@@ -411,11 +449,14 @@ def poke(spool: Spool, what: bytes = b"W") -> None:
     retry, delete) means "read the due times in queue/ again".
     """
     try:
-        fd = os.open(spool.pickup, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(spool.pickup, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return  # ENXIO: no daemon reads the FIFO; it will find the file at start
     try:
-        os.write(fd, what)
+        # Only a FIFO: O_NOFOLLOW stops a symlink, not a hard link the spool's
+        # owner made to a file of root's, which root's poke would overwrite.
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.write(fd, what)
     except OSError:
         pass  # EAGAIN: the FIFO is full of pokes already; the daemon is awake
     finally:

@@ -144,10 +144,14 @@ class SpoolLock:
 def lock_holder(spool: layout.Spool, role: str = "daemon") -> int | None:
     """The pid of the process with ``role`` holding the lock, else None."""
     try:
-        fd = os.open(spool.lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: root asks this before dropping privileges (config
+        # check), and a FIFO planted by the spool's owner must not block it.
+        fd = os.open(spool.lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -506,6 +510,28 @@ def leave_request(spool: layout.Spool, kind: str) -> str:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     os.close(fd)
     return path
+
+
+def await_request(spool: layout.Spool, request: str, pid: int, what: bytes, timeout: float | None = None) -> bool:
+    """Wait until the daemon ``pid`` has removed ``request`` (carried it out); False if it let go of the lock first.
+
+    The daemon is poked with ``what`` now and then, not once: a poke into
+    a full FIFO is dropped.  TimeoutError after ``timeout`` seconds, the
+    request left in place.  Used by flush (admin/cli.py) and route resume
+    (admin/routecmd.py).
+    """
+    last_poke = 0.0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while os.path.exists(request):
+        if lock_holder(spool) != pid:
+            return False
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(request)
+        if time.monotonic() - last_poke >= 1.0:
+            layout.poke(spool, what)
+            last_poke = time.monotonic()
+        time.sleep(0.05)
+    return True
 
 
 def pending_requests(spool: layout.Spool, kind: str) -> list[str]:

@@ -27,6 +27,7 @@ Everything else is imported inside the branch that needs it.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 
 from pysendmail.core import config, errors, layout, rfc5322, spoolfile
@@ -90,7 +91,9 @@ def start_run(spool: layout.Spool, config_path: str | None) -> int:
     try:
         if euid != 0 and os.stat(spool.path).st_uid != euid:
             return 0
-        fd = os.open(spool.lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: as root (cron) a FIFO the spool's owner planted as
+        # the lock must not block the submitter; only a file counts.
+        fd = os.open(spool.lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         fd = -1  # no daemon ever ran here: nothing holds it
     except OSError:
@@ -99,6 +102,8 @@ def start_run(spool: layout.Spool, config_path: str | None) -> int:
         import fcntl
 
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return 0  # not the lock a run could take either
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return 0  # a daemon, a flush or a run holds the spool: it sees the poke or rescans

@@ -194,6 +194,65 @@ def test_root_submission_creates_no_stub_through_a_public_link_the_daemon_user_p
     assert len(shared_env.incoming()) == 1
 
 
+def test_root_submission_creates_no_file_through_an_incoming_link_the_daemon_user_swaps(
+        shared_env: Env, world_dir: Path) -> None:
+    """cron submits as root: check_incoming saw a directory, but the daemon's
+    user may swap incoming/ for a link before the message file is created;
+    made by path, root's message (owned by root) landed in the directory the
+    link named.  Flipped as psm-daemon while root enqueues again and again."""
+    from pysendmail.core import spoolfile
+
+    target = _root_target(world_dir, "dir")
+    spool = layout.Spool(str(shared_env.spool))
+    env = spoolfile.Envelope("root@localhost", ["someone@example.net"], uid=0, time=time.time())
+    stop = shared_env.root / "stop-incoming"
+    flipper = _as("psm-daemon", "/usr/bin/python3", "-c", FLIPPER, str(shared_env.spool), "incoming", str(target),
+                  str(stop))
+    queued = refused = 0
+    try:
+        assert flipper.stdout is not None
+        assert flipper.stdout.readline() == b"ready\n", "the flipper did not start"
+        for _ in range(3000):
+            try:
+                layout.enqueue(spool, env, b"Subject: cron\r\n\r\nbody\r\n")
+                queued += 1
+            except errors.PysendmailError:
+                refused += 1
+    finally:
+        stop.touch()
+        out, err = flipper.communicate(timeout=90)
+    assert flipper.returncode == 0, err
+    assert int(out) > 10, "the flipper hardly ran"
+    assert os.listdir(target) == [], "root created a message file through the link"
+    assert queued > 0 and refused > 0, (queued, refused)
+
+
+@pytest.mark.parametrize("command", [("sendmail", "-t"), ("pysendmail", "config", "check")])
+def test_root_command_does_not_hang_on_a_fifo_the_daemon_user_planted_as_the_lock(
+        shared_env: Env, command: tuple[str, ...]) -> None:
+    """Root looks at spool/lock before dropping privileges (sendmail's
+    start_run, lock_holder in config check): opened for reading without
+    O_NONBLOCK, a FIFO planted there by the daemon's user blocked root's cron
+    job forever."""
+    # sendmail looks at the lock only to start a delivery run.
+    shared_env.config.write_text(shared_env.config.read_text().replace("deliver_without_daemon = false",
+                                                                       "deliver_without_daemon = true"))
+    lock = shared_env.spool / "lock"
+    subprocess.run(["runuser", "-u", "psm-daemon", "--", "/usr/bin/python3", "-c",
+                    "import os, sys; p = sys.argv[1]; os.path.lexists(p) and os.unlink(p); os.mkfifo(p, 0o600)",
+                    str(lock)], check=True)
+
+    try:
+        proc = shared_env.run(*command, input=b"To: someone@example.net\nSubject: cron\n\nbody\n", timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{' '.join(command)} as root hung on the FIFO planted as spool/lock")
+
+    assert b"Traceback" not in proc.stderr, proc.stderr
+    if command[0] == "sendmail":
+        assert proc.returncode == 0, proc.stderr
+        assert len(shared_env.incoming()) == 1
+
+
 @pytest.mark.parametrize("name", ["queue", "pickup"])
 def test_spool_init_refuses_planted_symlink_with_one_sentence_and_exit_78(
         shared_env: Env, world_dir: Path, name: str) -> None:
@@ -431,6 +490,26 @@ def hardlinks_allowed():  # type: ignore[no-untyped-def]
         yield
     finally:
         subprocess.run(["sysctl", "-q", f"fs.protected_hardlinks={old}"], check=True)
+
+
+def test_root_submission_writes_nothing_into_a_root_file_the_daemon_user_hard_linked_as_the_fifo(
+        shared_env: Env, world_dir: Path, hardlinks_allowed) -> None:  # type: ignore[no-untyped-def]
+    """After queueing, sendmail pokes spool/pickup.  O_NOFOLLOW stops a
+    symlink, not a hard link: on a host without protected_hardlinks the
+    daemon's user links a root file there, and root's poke wrote its 'W'
+    over the file's first byte."""
+    target = _root_target(world_dir, "file")
+    before = target.read_bytes()
+    pickup = shared_env.spool / "pickup"
+    subprocess.run(["runuser", "-u", "psm-daemon", "--", "/usr/bin/python3", "-c",
+                    "import os, sys; os.unlink(sys.argv[1]); os.link(sys.argv[2], sys.argv[1])",
+                    str(pickup), str(target)], check=True)
+
+    proc = shared_env.sendmail("-t", input=b"To: someone@example.net\nSubject: cron\n\nbody\n")
+
+    assert proc.returncode == 0, proc.stderr
+    assert target.read_bytes() == before, "root wrote through the hard link"
+    assert len(shared_env.incoming()) == 1
 
 
 VICTIM = b"To: friend@example.net\nSubject: alice's own\n\nonly alice's words\n"
