@@ -129,6 +129,18 @@ def wait_until(predicate: Callable[[], object], what: str, timeout: float = 30.0
         time.sleep(0.02)
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 20 s: a test's daemon never outlives it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def write_config(root: Path, extra: str = "", spool: Path | None = None) -> Env:
     spool = spool or root / "spool"
     maildir = root / "Maildir"

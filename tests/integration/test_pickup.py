@@ -26,7 +26,7 @@ import pytest
 
 from pysendmail.core import log, spoolfile
 from pysendmail.core.qid import is_qid
-from tests.conftest import Env, ensure_user, needs_root, wait_until
+from tests.conftest import Env, ensure_user, needs_root, stop_process, wait_until
 
 FLUSH_TIMEOUT = 60  # a hung pickup (a FIFO opened blocking) fails the test instead of hanging it
 
@@ -346,13 +346,7 @@ def daemon(env: Env, tmp_path: Path):  # type: ignore[no-untyped-def]
 
     yield start
     for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_process(proc)
 
 
 

@@ -9,17 +9,19 @@ deliver a submission once even when another user hard-links it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pysendmail.core import errors, layout
-from tests.conftest import Env, needs_root, wait_until as _wait
+from tests.conftest import Env, needs_root, stop_process, wait_until as _wait
 
 pytestmark = needs_root
 
@@ -68,14 +70,9 @@ def _identity(path: Path) -> tuple[int, int, int]:
 def _race(e: Env, directory: Path, name: str, target: Path, rounds: int = 4000) -> int:
     """Flip ``directory/name`` as psm-daemon while root sets up the spool again and again."""
     daemon = pwd.getpwnam("psm-daemon")
-    stop = e.root / f"stop-{name}"
-    stop.unlink(missing_ok=True)
-    flipper = _as("psm-daemon", "/usr/bin/python3", "-c", FLIPPER, str(directory), name, str(target), str(stop))
     spool = layout.Spool(str(e.spool))
     refused = 0
-    try:
-        assert flipper.stdout is not None
-        assert flipper.stdout.readline() == b"ready\n", "the flipper did not start"
+    with _flipping(e, directory, name, target):
         for n in range(rounds):
             # The function 'pysendmail spool init' runs, called in-process
             # so that thousands of rounds fit in a second or two ...
@@ -88,12 +85,24 @@ def _race(e: Env, directory: Path, name: str, target: Path, rounds: int = 4000) 
                 proc = e.run("pysendmail", "spool", "init")
                 assert proc.returncode in (0, 73, 78), proc.stderr
                 assert b"Traceback" not in proc.stderr, proc.stderr
+    return refused
+
+
+@contextlib.contextmanager
+def _flipping(e: Env, directory: Path, name: str, target: Path) -> Iterator[None]:
+    """FLIPPER running as psm-daemon on ``directory/name`` for the body of the with; checked that it really ran."""
+    stop = e.root / f"stop-{name.replace('/', '-')}"
+    stop.unlink(missing_ok=True)
+    flipper = _as("psm-daemon", "/usr/bin/python3", "-c", FLIPPER, str(directory), name, str(target), str(stop))
+    try:
+        assert flipper.stdout is not None
+        assert flipper.stdout.readline() == b"ready\n", "the flipper did not start"
+        yield
     finally:
         stop.touch()
         out, err = flipper.communicate(timeout=90)
     assert flipper.returncode == 0, err
     assert int(out) > 10, "the flipper hardly ran"
-    return refused
 
 
 def _root_target(world_dir: Path, kind: str) -> Path:
@@ -154,21 +163,12 @@ def test_spool_init_never_writes_or_removes_through_a_public_link_the_daemon_use
     (target / "victim").write_text("root's file\n")
     os.chown(target, 0, 0)
     os.chown(target / "victim", 0, 0)
-    directory, base = os.path.split(str(shared_env.spool / name))
-    stop = shared_env.root / "stop-public"
-    flipper = _as("psm-daemon", "/usr/bin/python3", "-c", FLIPPER, directory, base, str(target), str(stop))
-    try:
-        assert flipper.stdout is not None
-        assert flipper.stdout.readline() == b"ready\n", "the flipper did not start"
+    planted = shared_env.spool / name
+    with _flipping(shared_env, planted.parent, planted.name, target):
         for _ in range(40):
             proc = shared_env.run("pysendmail", "spool", "init")
             assert proc.returncode in (0, 73, 78), proc.stderr
             assert b"Traceback" not in proc.stderr, proc.stderr
-    finally:
-        stop.touch()
-        out, err = flipper.communicate(timeout=90)
-    assert flipper.returncode == 0, err
-    assert int(out) > 10, "the flipper hardly ran"
     assert sorted(os.listdir(target)) == ["victim"], "root wrote or removed files through the link"
     assert _identity(target / "victim")[:2] == (0, 0)
 
@@ -205,24 +205,14 @@ def test_root_submission_creates_no_file_through_an_incoming_link_the_daemon_use
     target = _root_target(world_dir, "dir")
     spool = layout.Spool(str(shared_env.spool))
     env = spoolfile.Envelope("root@localhost", ["someone@example.net"], uid=0, time=time.time())
-    stop = shared_env.root / "stop-incoming"
-    flipper = _as("psm-daemon", "/usr/bin/python3", "-c", FLIPPER, str(shared_env.spool), "incoming", str(target),
-                  str(stop))
     queued = refused = 0
-    try:
-        assert flipper.stdout is not None
-        assert flipper.stdout.readline() == b"ready\n", "the flipper did not start"
+    with _flipping(shared_env, shared_env.spool, "incoming", target):
         for _ in range(3000):
             try:
                 layout.enqueue(spool, env, b"Subject: cron\r\n\r\nbody\r\n")
                 queued += 1
             except errors.PysendmailError:
                 refused += 1
-    finally:
-        stop.touch()
-        out, err = flipper.communicate(timeout=90)
-    assert flipper.returncode == 0, err
-    assert int(out) > 10, "the flipper hardly ran"
     assert os.listdir(target) == [], "root created a message file through the link"
     assert queued > 0 and refused > 0, (queued, refused)
 
@@ -333,12 +323,7 @@ def daemon(shared_env: Env, tmp_path: Path):  # type: ignore[no-untyped-def]
     log.close()
     _wait(lambda: b"daemon: started" in (tmp_path / "daemon.log").read_bytes(), "the daemon to start")
     yield proc
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    stop_process(proc)
 
 
 UNREADY_IN_THE_FUTURE = r"""
