@@ -271,21 +271,27 @@ def fold_line(line: bytes) -> bytes | None:
     return b"\r\n".join(out)
 
 
-def _encode_unstructured(value: bytes) -> bytes | None:
+def _utf8_unfolded(value: bytes) -> str | None:
+    """The field value unfolded, or None when it is not UTF-8: then we cannot name its charset."""
     text = rfc5322.unfold(value)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return None  # not UTF-8: we cannot name its charset
+        return None
+    return text
+
+
+def _encode_unstructured(value: bytes) -> bytes | None:
+    text = _utf8_unfolded(value)
+    if text is None:
+        return None
     return b" " + "\r\n ".join(encoded_words(text)).encode("ascii")
 
 
 def _encode_keywords(value: bytes) -> bytes | None:
     """Keywords (RFC 5322 3.6.5): each non-ASCII phrase of the list encoded on its own."""
-    text = rfc5322.unfold(value)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    text = _utf8_unfolded(value)
+    if text is None:
         return None
     out = []
     for phrase in _split_outside_quotes(text, ","):
@@ -299,10 +305,8 @@ def _encode_keywords(value: bytes) -> bytes | None:
 
 
 def _encode_addresses(value: bytes) -> bytes | None:
-    text = rfc5322.unfold(value)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    text = _utf8_unfolded(value)
+    if text is None:
         return None
     pairs = email.utils.getaddresses([text])
     # A non-ASCII domain becomes its A-label; a non-ASCII local part has no
