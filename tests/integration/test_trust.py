@@ -82,6 +82,14 @@ def queued(e: Env) -> int:
     return len(e.incoming()) + len(e.queued())
 
 
+def assert_root_and_config_check_refuse(e: Env, relay: Relay, sentence: str) -> None:
+    """Root's 'sendmail -q' and 'config check' both exit 78 with ``sentence``; nothing sent, the message kept."""
+    for proc in (e.run("sendmail", "-q"), e.run("pysendmail", "config", "check")):
+        assert proc.returncode == 78, proc
+        assert sentence in one_sentence(proc)
+    assert relay.logins == 0 and relay.messages == [] and queued(e) == 1
+
+
 # ------------------------------------------------------------------ the password file
 def test_password_file_owned_by_an_ordinary_user_is_refused_and_the_message_kept(world_dir: Path,
                                                                                  relay_factory) -> None:
@@ -276,11 +284,8 @@ def test_ca_file_an_ordinary_user_owns_is_refused(world_dir: Path, relay_factory
     os.chown(ca, alice_uid, alice_gid)  # alice could add her own CA and read the password in transit
     submit_as_alice(e)
 
-    for proc in (e.run("sendmail", "-q"), e.run("pysendmail", "config", "check")):
-        assert proc.returncode == 78, proc
-        err = one_sentence(proc)
-        assert f"relay.ca_file {ca} belongs to psm-alice (uid {alice_uid})" in err
-    assert relay.logins == 0 and queued(e) == 1
+    assert_root_and_config_check_refuse(
+        e, relay, f"relay.ca_file {ca} belongs to psm-alice (uid {alice_uid})")
 
 
 def test_aliases_file_an_ordinary_user_can_write_is_refused(world_dir: Path, relay_factory) -> None:
@@ -292,11 +297,8 @@ def test_aliases_file_an_ordinary_user_can_write_is_refused(world_dir: Path, rel
     assert as_user("psm-alice", "sh", "-c", f"echo 'postmaster: alice@evil.example' >> {e.aliases_file}").returncode == 0
     submit_as_alice(e)
 
-    for proc in (e.run("sendmail", "-q"), e.run("pysendmail", "config", "check")):
-        assert proc.returncode == 78, proc
-        err = one_sentence(proc)
-        assert f"host.aliases_file {e.aliases_file} belongs to psm-alice (uid {alice_uid})" in err
-    assert queued(e) == 1 and relay.messages == []
+    assert_root_and_config_check_refuse(
+        e, relay, f"host.aliases_file {e.aliases_file} belongs to psm-alice (uid {alice_uid})")
 
 
 def test_dkim_key_an_ordinary_user_owns_is_refused(world_dir: Path, relay_factory) -> None:
@@ -312,11 +314,8 @@ def test_dkim_key_an_ordinary_user_owns_is_refused(world_dir: Path, relay_factor
         fh.write(f'[[dkim]]\ndomain = "example.org"\nselector = "m"\nkey_file = "{key}"\n')
     submit_as_alice(e)
 
-    for proc in (e.run("sendmail", "-q"), e.run("pysendmail", "config", "check")):
-        assert proc.returncode == 78, proc
-        err = one_sentence(proc)
-        assert f"DKIM key {key} for example.org belongs to psm-alice (uid {alice_uid})" in err
-    assert queued(e) == 1 and relay.messages == []
+    assert_root_and_config_check_refuse(
+        e, relay, f"DKIM key {key} for example.org belongs to psm-alice (uid {alice_uid})")
 
 
 def test_system_files_as_setup_writes_them_pass(world_dir: Path, relay_factory) -> None:
