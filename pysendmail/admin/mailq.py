@@ -52,6 +52,7 @@ See also:   Postfix mailq(1)/showq(8) output format; layout.py (stubs);
 from __future__ import annotations
 
 import dataclasses
+import errno
 import heapq
 import io
 import json
@@ -383,6 +384,10 @@ def _stub_entries(spool: layout.Spool) -> Iterator[QueueEntry]:
             yield entry
 
 
+_NOT_A_FILE = ("{path} is not a regular file, so the queue summary is not shown: "
+               "run 'pysendmail spool init' as root to repair it")
+
+
 def _check_publisher(spool: layout.Spool, fd: int) -> None:
     """Refuse a summary that someone other than the spool's owner (or root) could have written.
 
@@ -393,6 +398,8 @@ def _check_publisher(spool: layout.Spool, fd: int) -> None:
     owner = os.lstat(spool.path).st_uid
     directory = os.lstat(spool.public)
     summary = os.fstat(fd)
+    if not stat.S_ISREG(summary.st_mode):
+        raise errors.ConfigError(_NOT_A_FILE.format(path=os.path.join(spool.public, "mailq")))
     trusted = (owner, 0)
     if (not stat.S_ISDIR(directory.st_mode) or directory.st_uid not in trusted or directory.st_mode & 0o022
             or not stat.S_ISREG(summary.st_mode) or summary.st_uid not in trusted or summary.st_mode & 0o022):
@@ -406,7 +413,10 @@ def read_public(spool: layout.Spool) -> tuple[Published, Iterator[QueueEntry]]:
     """The summary and the stubs, merged in queue-id order (the summary wins an id both list)."""
     path = os.path.join(spool.public, "mailq")
     try:
-        fh = open(path, encoding="utf-8")
+        # O_NONBLOCK: a FIFO put in its place must not hang every user's
+        # mailq (and monitoring); _check_publisher then refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC)
+        fh = os.fdopen(fd, encoding="utf-8")
     except FileNotFoundError:
         if os.path.isdir(spool.public):
             raise errors.TempFailure(
@@ -418,6 +428,8 @@ def read_public(spool: layout.Spool) -> tuple[Published, Iterator[QueueEntry]]:
             "run 'pysendmail spool init' as root to create it, or run mailq as root or the spool's owner"
         ) from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise errors.ConfigError(_NOT_A_FILE.format(path=path)) from None
         raise errors.NoPermission(f"cannot read the queue summary {path}: {exc.strerror}") from None
     try:
         _check_publisher(spool, fh.fileno())

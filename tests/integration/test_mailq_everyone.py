@@ -500,3 +500,29 @@ def test_queue_hold_of_a_forged_incoming_file_exits_65_and_leaves_it_in_quaranti
     assert f"queue id {qid} could not be queued for the hold" in hold.stderr.decode()
     assert shared_env.incoming() == [] and shared_env.queued() == []
     assert [n.split(".")[0] for n in os.listdir(shared_env.spool / "quarantine")] == [qid]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_mailq_by_other_user_exits_with_one_sentence_instead_of_hanging_when_the_summary_is_not_a_file(
+        shared_env: Env, kind: str) -> None:
+    """Regression: another user's mailq opened public/mailq without O_NONBLOCK, so a FIFO put
+    there (by the spool's owner, or by root by mistake) hung every monitoring check; a symlink
+    was followed to whatever it named."""
+    submit_as(shared_env, "psm-alice")
+    summary = shared_env.spool / "public" / "mailq"
+    owner = summary.stat()
+    summary.unlink()
+    if kind == "fifo":
+        os.mkfifo(summary, 0o644)
+    else:
+        (shared_env.spool / "public" / "elsewhere").write_text("")
+        summary.symlink_to("elsewhere")
+    os.lchown(summary, owner.st_uid, owner.st_gid)
+
+    proc = mailq_as(shared_env, "psm-bob")
+
+    assert proc.returncode == 78 and proc.stdout == b""
+    assert proc.stderr.decode().count("\n") == 1 and "spool init" in proc.stderr.decode()
+    shared_env.run("pysendmail", "spool", "init", check=True)
+    assert stat.S_ISREG(os.lstat(summary).st_mode)
+    assert mailq_as(shared_env, "psm-bob").returncode == 0
