@@ -144,25 +144,6 @@ class Routing:
         return rule.relay, (str(fallback) if fallback and fallback != rule.relay else None)
 
 
-def saved_state(path: str) -> dict[str, dict[str, object]]:
-    """The per-route entries of spool/state/routes.json (qmgr writes it); {} when absent or unreadable.
-
-    Only what is well formed comes back: a dict per route name, so every
-    reader (the daemon's restore, status, route list) can trust the shape.
-    """
-    import json
-
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return {}
-    saved = data.get("routes") if isinstance(data, dict) else None
-    if not isinstance(saved, dict):
-        return {}
-    return {k: v for k, v in saved.items() if isinstance(v, dict)}
-
-
 def resolve(cfg: config.Config) -> Routing:
     relays: dict[str, RelaySettings] = {}
     if any(p.startswith("relay.") and p.count(".") == 1 for p in cfg.present):
