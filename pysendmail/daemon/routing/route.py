@@ -42,11 +42,10 @@ class Route:
         self.settings = settings
         self.name = settings.name
         self.clock = clock
-        values = settings.values
-        self.smtp = SmtpTransport(values, str(values.get("helo") or helo), settings.name, settings.provider,
-                                  health=self, clock=clock)
-        self.rate = RateLimit(_int(values.get("rate_per_minute")), _int(values.get("rate_per_day")),
-                              str(values.get("rate_unit") or "messages"))
+        relay = settings.relay
+        self.smtp = SmtpTransport(settings.values, relay.helo or helo, settings.name, settings.provider,
+                                  health=self, clock=clock, typed=relay)
+        self.rate = RateLimit(relay.rate_per_minute, relay.rate_per_day, relay.rate_unit)
         self.last_success: tuple[float, str] | None = None
         self.last_failure: tuple[float, str] | None = None
         self.hold_until = 0.0
@@ -188,6 +187,3 @@ class Route:
                 self.hold_until, self.hold_reason = float(hold), why
             self.auth_failures = max(0, failures)  # the next hold's backoff goes on growing
 
-
-def _int(value: object) -> int:
-    return int(value) if isinstance(value, (int, float, str)) and value != "" else 0

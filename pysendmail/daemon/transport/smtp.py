@@ -45,6 +45,7 @@ from pysendmail.core.clock import SYSTEM, Clock
 from pysendmail.core.errors import ConfigError
 from pysendmail.core.queue import QueuedMessage
 from pysendmail.daemon import outcome, secrets, wire
+from pysendmail.daemon.routing.settings import Relay
 from pysendmail.daemon.providers import BOUNCE, HOLD_MESSAGE, HOLD_ROUTE, PAUSE
 from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Result, one_line
 
@@ -116,43 +117,44 @@ class SmtpTransport:
     smtp_class: type[aiosmtplib.SMTP] = aiosmtplib.SMTP  # 'pysendmail test' puts a tracing one here
 
     def __init__(self, relay: dict[str, object], helo: str, name: str = "default",
-                 provider: str | None = None, *, health: RouteHealth | None = None, clock: Clock = SYSTEM) -> None:
-        self.settings = relay
+                 provider: str | None = None, *, health: RouteHealth | None = None, clock: Clock = SYSTEM,
+                 typed: Relay | None = None) -> None:
+        self.settings = relay  # for secrets.py, which reads the password and token sources
+        typed = typed or Relay.from_values(relay)
         self.health: RouteHealth = health or _NoHealth()
         self.clock = clock
         self.name = name
         self.where = "relay" if name == "default" else f"relay.{name}"
         self.provider = provider
-        self.tls = str(relay.get("tls") or "implicit")
-        host = relay.get("host")
-        if not host:
+        self.tls = typed.tls
+        if not typed.host:
             raise ConfigError("relay.host is not set: name the relay's host name (or a provider)")
-        self.host = str(host)
-        self.port = int(_number(relay.get("port")) or DEFAULT_PORTS[self.tls])
+        self.host = typed.host
+        self.port = typed.port or DEFAULT_PORTS[self.tls]
         if self.tls == "none" and not is_loopback(self.host):
             raise ConfigError(
                 f"relay.tls = \"none\" is only allowed to a loopback address, not {self.host}: "
                 "use implicit (465) or starttls (587)"
             )
-        self.username = str(relay["username"]) if relay.get("username") else None
+        self.username = typed.username
         self.helo = helo
-        self.timeout = float(_number(relay.get("timeout")) or 60)
-        self.pool_size = max(1, int(_number(relay.get("pool_size")) or 2))
-        self.max_rcpt = int(_number(relay.get("max_recipients_per_message")))
-        self.idle_timeout = float(_number(relay.get("idle_timeout")) or 5)
-        fingerprint = relay.get("tls_fingerprint")
-        self.fingerprint = str(fingerprint).replace(":", "").lower() if fingerprint else None
+        self.timeout = float(typed.timeout)
+        self.pool_size = max(1, typed.pool_size)
+        self.max_rcpt = typed.max_recipients_per_message
+        self.idle_timeout = float(typed.idle_timeout)
+        fingerprint = typed.tls_fingerprint
+        self.fingerprint = fingerprint.replace(":", "").lower() if fingerprint else None
         self.context = ssl.create_default_context()
-        if relay.get("ca_file"):
+        if typed.ca_file:
             # A trust anchor someone else can rewrite lets them stand in
             # for the relay and read the password (core/trust.py).
-            problem = trust.named_file(str(relay["ca_file"]), f"{self.where}.ca_file")
+            problem = trust.named_file(typed.ca_file, f"{self.where}.ca_file")
             if problem:
                 raise ConfigError(problem)
             try:
-                self.context.load_verify_locations(cafile=str(relay["ca_file"]))
+                self.context.load_verify_locations(cafile=typed.ca_file)
             except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"relay.ca_file {relay['ca_file']} cannot be loaded: {exc}") from None
+                raise ConfigError(f"relay.ca_file {typed.ca_file} cannot be loaded: {exc}") from None
         self.relay = f"{self.host}:{self.port}"
         self.tls_version = ""
         self._idle: list[_Conn] = []
@@ -494,11 +496,6 @@ def _idn_to_ascii(msg: QueuedMessage, indices: list[int]) -> QueuedMessage | Non
     if sender is None:
         return None
     return msg.variant(sender=sender, recipients=recipients)
-
-
-def _number(value: object) -> float:
-    """A numeric setting (the config schema checked its type); 0 when unset."""
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
 def _saslname(user: str) -> str:
