@@ -297,7 +297,8 @@ class Daemon:
                     last_full = time.monotonic()
                     self.due = [(0.0, qid) for _, qid in self.due]
                     if flushing:
-                        self.manager.transport.reset_down()  # a connection failure's short mark, never a hold or a pause
+                        # A connection failure's short mark, never a hold or a pause.
+                        self.manager.transport.reset_down()
                 await self._run_due()
                 self.manager.save_route_state()
                 await self._after_round(writes)

@@ -100,9 +100,9 @@ class Router:
 
     def _pick(self, primary: Route, fallback: Route | None, now: float, recipients: int = 1) -> Route:
         """The route to use now: the fallback while only it is available."""
-        if primary.unavailable(now, recipients) and fallback is not None and fallback.unavailable(now, recipients) is None:
-            return fallback
-        return primary
+        if fallback is None or primary.unavailable(now, recipients) is None:
+            return primary
+        return fallback if fallback.unavailable(now, recipients) is None else primary
 
     def unavailable(self) -> tuple[float, str] | None:
         now = self.clock.time()

@@ -99,5 +99,6 @@ def describe(entry: Mapping[str, object], now: float) -> tuple[str, float | None
     if not isinstance(word, str) or word == "ok":  # a file from before 'state' was written
         why = str(entry.get("paused_because") or "")
         word = "paused" if entry.get("pause") else "held" if "on hold" in why else "down"
-    reason = entry.get("pause_reason") if word == "paused" and entry.get("pause_reason") else entry.get("paused_because")
+    paused_reason = entry.get("pause_reason") if word == "paused" else None
+    reason = paused_reason or entry.get("paused_because")
     return word, float(until), str(reason) if reason else None
