@@ -22,8 +22,8 @@ class RateLimit:
     The send times inside the windows are saved with the route state
     (``snapshot``, ``restore``): a restarted daemon, and every
     ``sendmail -q`` from cron, must not start the provider's day afresh.
-    The state file is written after each round without fsync, so a crash
-    forgets at most that round's sends.
+    The route-state store saves after each round, so a crash forgets at
+    most that round's sends.
     """
 
     def __init__(self, per_minute: int, per_day: int, day_unit: str = "messages") -> None:
