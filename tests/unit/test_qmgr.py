@@ -295,3 +295,26 @@ def test_resume_in_the_store_lifts_only_the_named_route(tmp_path: Path) -> None:
     assert describe(saved["a"], T0) == ("ok", None, None) and saved["a"]["auth_failures"] == 0
     assert saved["b"] == held
     assert json.loads(path.read_text())["written"] == T0
+
+
+def test_one_attempt_parses_the_from_header_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pysendmail.core import rfc5322
+
+    cfg = setup(tmp_path, TWO_RELAYS)
+    manager = QueueManager(cfg, clock=ManualClock(T0))
+    assert isinstance(manager.transport, Router)
+    sessions = Sessions(manager.transport, monkeypatch)
+    parsed: list[bytes] = []
+    real_first_from = rfc5322.first_from
+
+    def first_from(message: bytes) -> str | None:
+        parsed.append(message)
+        return real_first_from(message)
+
+    monkeypatch.setattr(rfc5322, "first_from", first_from)
+    qid = enqueue(cfg, ["x@example.net", "y@example.net", "z@example.net"], T0)
+
+    attempt(manager, qid)
+
+    # The last release parsed it in blocked_for, max_recipients and deliver (three times before DKIM).
+    assert len(parsed) == 1 and sessions.calls == [("a", [0, 1, 2])]
