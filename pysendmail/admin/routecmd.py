@@ -47,6 +47,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 from pysendmail.admin.status import when
 from pysendmail.core import config, errors, layout
@@ -59,7 +60,7 @@ YANDEX_SPAM_WARNING = (
 )
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("route", help="list the routes and their pauses (list), or lift a pause or hold (resume)")
     rsub = p.add_subparsers(dest="route_action", metavar="action", required=True, parser_class=type(p))
     ls = rsub.add_parser("list", help="every route: relay, ok/paused/held/down, until when and why")
