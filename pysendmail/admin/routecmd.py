@@ -51,7 +51,7 @@ from typing import Any
 
 from pysendmail.admin.status import when
 from pysendmail.core import config, errors, layout
-from pysendmail.daemon.routing.state import FileRouteStore, describe
+from pysendmail.daemon.routing.state import describe, open_store
 
 ACK_TIMEOUT = 30.0  # seconds the running daemon has to carry out a resume request
 YANDEX_SPAM_WARNING = (
@@ -79,7 +79,7 @@ def collect(cfg: config.Config, spool: layout.Spool, now: float | None = None) -
     from pysendmail.daemon import routes
 
     now = time.time() if now is None else now
-    saved = FileRouteStore(spool.route_state).load()
+    saved = open_store(spool).load()
     out: list[dict[str, object]] = []
     for name, s in routes.resolve(cfg).relays.items():
         entry = saved.get(name, {})
@@ -185,7 +185,7 @@ def cmd_resume(cfg: config.Config, name: str) -> int:
             os.unlink(resume_request_path(spool, name))  # a request the dead daemon left undone
         except FileNotFoundError:
             pass
-        FileRouteStore(spool.route_state).resume(name)
+        open_store(spool).resume(name)
     finally:
         lock.release()
     sys.stdout.write(f"route {name}: resumed ({was}); the daemon is not running: "

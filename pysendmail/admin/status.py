@@ -65,10 +65,10 @@ def _routes_from_config(cfg: config.Config) -> dict[str, dict[str, object]]:
 
 def collect(cfg: config.Config, spool: layout.Spool, pid: int | None, counts: dict[str, int],
             run_pid: int | None = None) -> dict[str, object]:
-    from pysendmail.daemon.routing.state import FileRouteStore
+    from pysendmail.daemon.routing.state import open_store
 
     routes = _routes_from_config(cfg)
-    for name, entry in FileRouteStore(spool.route_state).load().items():
+    for name, entry in open_store(spool).load().items():
         if name in routes:
             routes[name].update({k: v for k, v in entry.items() if k != "relay"})
     note = delivery(cfg, spool, pid, run_pid)

@@ -46,7 +46,7 @@ import traceback
 from pysendmail.core import aliases, config, errors, layout, log, queue, spoolfile, trust
 from pysendmail.core.clock import SYSTEM, Clock
 from pysendmail.daemon import bounce, cleanup, pickup
-from pysendmail.daemon.routing.state import FileRouteStore, RouteStore
+from pysendmail.daemon.routing.state import RouteStore, open_store
 from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Plan, Result, Transport
 from pysendmail.daemon.transport.maildir import MaildirTransport
 
@@ -149,7 +149,7 @@ class QueueManager:
         self.cfg = cfg
         self.clock = clock
         self.spool = layout.Spool(cfg.spool_path)
-        self.store: RouteStore = store or FileRouteStore(self.spool.route_state)
+        self.store: RouteStore = store or open_store(self.spool)
         self.ctx = make_context(cfg)
         self.transport = transport or make_transport(cfg, self.store, clock)
         if cfg.dkim:  # keys are loaded and checked once per (re)load; a bad one is a ConfigError

@@ -12,7 +12,8 @@ Contract:   ``RouteStore`` is what the daemon, a foreground flush,
             ``FileRouteStore`` keeps the last release's format,
             ``{"routes": {NAME: ENTRY}, "written": TIME}``, so pauses
             survive an upgrade; another backend (a fleet's shared store)
-            implements the same three methods.
+            implements the same three methods and is chosen in
+            ``open_store(spool)``, which every caller uses.
 Crashes:    a save writes a temporary file, fsyncs it and renames it over
             routes.json (queue.publish): a reader sees the old state or the
             new one, never half.  A failed save raises OSError and leaves
@@ -30,7 +31,7 @@ import os
 from collections.abc import Mapping
 from typing import Protocol
 
-from pysendmail.core import errors, queue
+from pysendmail.core import errors, layout, queue
 
 # What an entry says once 'pysendmail route resume' has lifted everything.
 RESUMED: dict[str, object] = {
@@ -88,6 +89,11 @@ class FileRouteStore:
             self._write(data)
         except OSError as exc:
             raise errors.from_oserror(exc, f"write {self.path}") from None
+
+
+def open_store(spool: layout.Spool) -> RouteStore:
+    """The route-state store of ``spool``: the one place that picks a backend."""
+    return FileRouteStore(spool.route_state)
 
 
 def describe(entry: Mapping[str, object], now: float) -> tuple[str, float | None, str | None]:
