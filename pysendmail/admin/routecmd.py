@@ -34,8 +34,10 @@ Security:   run as root, the command first becomes the spool's owner
             more login with refused credentials, which only root and the
             daemon's user may ask for.  The daemon obeys a request file only
             when root or it owns it (daemon/main.py pending_requests).
-See also:   pysendmail(8) route; daemon/main.py (the FIFO); router.py
-            (route_state, resume); providers.py (which replies pause).
+            The file is read and rewritten only through the route-state
+            store (daemon/routing/state.py), never parsed here.
+See also:   pysendmail(8) route; daemon/main.py (the FIFO); daemon/routing/
+            (Route.resume, the store); providers.py (which replies pause).
 """
 
 from __future__ import annotations
@@ -45,9 +47,11 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 from pysendmail.admin.status import when
-from pysendmail.core import config, errors, layout, queue
+from pysendmail.core import config, errors, layout
+from pysendmail.daemon.routing.state import describe, open_store
 
 ACK_TIMEOUT = 30.0  # seconds the running daemon has to carry out a resume request
 YANDEX_SPAM_WARNING = (
@@ -56,7 +60,7 @@ YANDEX_SPAM_WARNING = (
 )
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("route", help="list the routes and their pauses (list), or lift a pause or hold (resume)")
     rsub = p.add_subparsers(dest="route_action", metavar="action", required=True, parser_class=type(p))
     ls = rsub.add_parser("list", help="every route: relay, ok/paused/held/down, until when and why")
@@ -71,28 +75,15 @@ def run(cfg: config.Config, args: argparse.Namespace) -> int:
     return cmd_resume(cfg, args.name)
 
 
-def _state_of(entry: dict[str, object], now: float) -> tuple[str, float | None, str | None]:
-    """(ok|paused|held|down|budget, until, why) from one routes.json entry; a window in the past is over."""
-    until = entry.get("paused_until")
-    if not isinstance(until, (int, float)) or until <= now:
-        return "ok", None, None
-    word = entry.get("state")
-    if not isinstance(word, str) or word == "ok":  # a file from before 'state' was written
-        why = str(entry.get("paused_because") or "")
-        word = "paused" if entry.get("pause") else "held" if "on hold" in why else "down"
-    reason = entry.get("pause_reason") if word == "paused" and entry.get("pause_reason") else entry.get("paused_because")
-    return word, float(until), str(reason) if reason else None
-
-
 def collect(cfg: config.Config, spool: layout.Spool, now: float | None = None) -> list[dict[str, object]]:
     from pysendmail.daemon import routes
 
     now = time.time() if now is None else now
-    saved = routes.saved_state(spool.route_state)
+    saved = open_store(spool).load()
     out: list[dict[str, object]] = []
     for name, s in routes.resolve(cfg).relays.items():
         entry = saved.get(name, {})
-        state, until, why = _state_of(entry, now)
+        state, until, why = describe(entry, now)
         out.append({
             "name": name,
             "relay": f"{s.values.get('host')}:{s.values.get('port') or ''}".rstrip(":"),
@@ -137,28 +128,6 @@ def cmd_list(cfg: config.Config, as_json: bool) -> int:
             line += f": {r['why']}"
         sys.stdout.write(line + "\n")
     return 0
-
-
-def _clear_in_file(spool: layout.Spool, name: str) -> None:
-    """Rewrite routes.json without route ``name``'s pause; the caller holds the spool lock."""
-    path = spool.route_state
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError) as exc:
-        raise errors.TempFailure(f"cannot read {path} ({exc}): stop the daemon and remove the file") from None
-    entry = data.get("routes", {}).get(name) if isinstance(data, dict) else None
-    if not isinstance(entry, dict):
-        return
-    entry.update({"pause": False, "pause_reason": None, "pause_kind": None, "paused_until": None,
-                  "paused_because": None, "state": "ok", "hold_until": None, "hold_reason": None,
-                  "auth_failures": 0})
-    try:
-        queue.publish(f"{path}.{os.getpid()}.tmp", path, json.dumps(data).encode())
-    except OSError as exc:
-        raise errors.from_oserror(exc, f"write {path}") from None
 
 
 def _ask_daemon(spool: layout.Spool, pid: int, name: str) -> bool:
@@ -216,7 +185,7 @@ def cmd_resume(cfg: config.Config, name: str) -> int:
             os.unlink(resume_request_path(spool, name))  # a request the dead daemon left undone
         except FileNotFoundError:
             pass
-        _clear_in_file(spool, name)
+        open_store(spool).resume(name)
     finally:
         lock.release()
     sys.stdout.write(f"route {name}: resumed ({was}); the daemon is not running: "

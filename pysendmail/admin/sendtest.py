@@ -23,10 +23,11 @@ from typing import Any, TextIO
 
 import aiosmtplib
 
-from pysendmail.core import config, errors, spoolfile
+from pysendmail.core import config, errors, rfc5322, spoolfile
 from pysendmail.core.queue import QueuedMessage
 from pysendmail.daemon import qmgr
-from pysendmail.daemon.transport.router import Route, RouterTransport
+from pysendmail.daemon.routing.route import Route
+from pysendmail.daemon.routing.router import Router
 
 
 def tracing_smtp(out: TextIO) -> type[aiosmtplib.SMTP]:
@@ -110,9 +111,9 @@ def _message(cfg: config.Config, sender: str, to: str) -> bytes:
     return "\r\n".join(lines).encode()
 
 
-def choose(router: RouterTransport, name: str | None, msg: QueuedMessage) -> Route:
+def choose(router: Router, name: str | None, msg: QueuedMessage) -> Route:
     if name is None:
-        return router._choose(msg)[0]
+        return router.choose(msg.envelope, rfc5322.first_from(msg.message) if msg.message else None)[0]
     if name not in router.routes:
         raise errors.UsageError(f"no route named {name!r}: the routes are {', '.join(router.routes)}")
     return router.routes[name]
@@ -121,7 +122,7 @@ def choose(router: RouterTransport, name: str | None, msg: QueuedMessage) -> Rou
 def run(cfg: config.Config, to: str, route_name: str | None, sender: str | None, out: TextIO) -> tuple[str, str]:
     if not cfg.relay_configured:
         raise errors.ConfigError("no [relay] is configured, so there is nothing to test: run 'pysendmail setup'")
-    router = RouterTransport(cfg, qmgr.helo_name(cfg))
+    router = Router(cfg, qmgr.helo_name(cfg))
     if cfg.dkim:
         from pysendmail.daemon.dkim import Signer
 

@@ -2,13 +2,14 @@
 
 Contract:   ``collect(cfg, spool, pid, counts)`` returns a JSON-ready dict;
             ``render(data, now)`` the text a person reads (golden file:
-            tests/data/status-paused.txt).  Route state comes from
-            spool/state/routes.json, written by the daemon and by flush.
+            tests/data/status-paused.txt).  Route state comes from the
+            route-state store (daemon/routing/state.py: spool/state/routes.json,
+            written by the daemon and by flush).
             ``delivery(cfg, spool, daemon_pid, run_pid)`` says who
             delivers when no daemon runs, and when the daemon is required
             (a shared spool, or spool.deliver_without_daemon = false),
             how to start it; config check prints the same sentence.
-See also:   pysendmail(8) status; daemon/transport/router.py route_state().
+See also:   pysendmail(8) status; daemon/routing/route.py (Route.snapshot).
 """
 
 from __future__ import annotations
@@ -64,10 +65,10 @@ def _routes_from_config(cfg: config.Config) -> dict[str, dict[str, object]]:
 
 def collect(cfg: config.Config, spool: layout.Spool, pid: int | None, counts: dict[str, int],
             run_pid: int | None = None) -> dict[str, object]:
-    from pysendmail.daemon.routes import saved_state
+    from pysendmail.daemon.routing.state import open_store
 
     routes = _routes_from_config(cfg)
-    for name, entry in saved_state(spool.route_state).items():
+    for name, entry in open_store(spool).load().items():
         if name in routes:
             routes[name].update({k: v for k, v in entry.items() if k != "relay"})
     note = delivery(cfg, spool, pid, run_pid)

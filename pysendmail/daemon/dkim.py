@@ -319,9 +319,9 @@ def load_key(table: dict[str, object], where: str, fast: bool = True) -> tuple[K
     return key, warnings
 
 
-def from_domain(message: bytes) -> str | None:
-    """The domain of the (first) From address, lower case, or None."""
-    addr = rfc5322.first_from(message)
+def from_domain(message: bytes, header_from: str | None = None) -> str | None:
+    """The domain of the (first) From address, lower case, or None; ``header_from``: already parsed."""
+    addr = header_from if header_from is not None else rfc5322.first_from(message)
     if addr and "@" in addr:
         return addr.rsplit("@", 1)[1].rstrip(">").strip("[]").lower()
     return None
@@ -379,9 +379,9 @@ class Signer:
                 return keys
         return []
 
-    def sign(self, message: bytes) -> tuple[bytes, list[Key]]:
+    def sign(self, message: bytes, *, header_from: str | None = None) -> tuple[bytes, list[Key]]:
         """(DKIM-Signature fields to prepend, keys used); (b"", []) when no key fits."""
-        keys = self.keys_for(from_domain(message))
+        keys = self.keys_for(from_domain(message, header_from))
         if not keys:
             return b"", []
         return self._sign_with(keys, message), keys

@@ -296,9 +296,9 @@ class Daemon:
                 if flushing or (self.interval and time.monotonic() - last_full >= self.interval):
                     last_full = time.monotonic()
                     self.due = [(0.0, qid) for _, qid in self.due]
-                    reset = getattr(self.manager.transport, "reset_down", None)
-                    if flushing and reset:
-                        reset()  # a connection failure's short mark, never a hold or a pause
+                    if flushing:
+                        # A connection failure's short mark, never a hold or a pause.
+                        self.manager.transport.reset_down()
                 await self._run_due()
                 self.manager.save_route_state()
                 await self._after_round(writes)
@@ -323,7 +323,7 @@ class Daemon:
 
     async def _run_due(self) -> None:
         """Attempt every due message, up to the transport's pool size at once."""
-        limit = int(getattr(self.manager.transport, "pool_size", 1))
+        limit = self.manager.transport.pool_size
         running: set[asyncio.Task[None]] = set()
         self.blocked_until = 0.0
         while not self.stopping:
@@ -433,8 +433,8 @@ class Daemon:
             # sweep that removes stale unready files.
             if at is not None:
                 timeout = max(0.0, at - now) if timeout is None else min(timeout, max(0.0, at - now))
-        idle = float(getattr(transport, "idle_timeout", 0))
-        if getattr(transport, "has_idle", lambda: False)():
+        idle = transport.idle_timeout
+        if transport.has_idle():
             timeout = idle if timeout is None else min(timeout, idle)
         if self.manager.trouble is not None:
             sd_notify(f"STATUS=queue: {len(self.due)} messages, spool disk refuses writes, pickup again in "
@@ -445,9 +445,7 @@ class Daemon:
             await asyncio.wait_for(self.wake.wait(), timeout)
         except asyncio.TimeoutError:
             pass
-        close_idle = getattr(transport, "close_idle", None)
-        if close_idle:
-            await close_idle(idle)
+        await transport.close_idle(idle)
 
     def _take_resumes(self) -> None:
         """Carry out 'pysendmail route resume' requests (resume_requests()); then save the state, then ack.
@@ -459,9 +457,8 @@ class Daemon:
         taken = resume_requests(self.spool)
         if not taken:
             return
-        resume = getattr(self.manager.transport, "resume", None)
         for _, name in taken:
-            if resume is not None and resume(name):
+            if self.manager.transport.resume(name):
                 log.log(f"daemon: route {log.safe(name)} resumed by the administrator")
             else:
                 log.log(f"daemon: route resume {log.safe(name)}: no such route in the configuration")

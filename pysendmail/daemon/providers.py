@@ -32,7 +32,7 @@ BOUNCE = "bounce"  # permanent, with a hint
 DAY = 86400
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Preset:
     name: str
     title: str
@@ -64,9 +64,11 @@ PRESETS: dict[str, Preset] = {
     # the login ("553 5.7.1 Sender address rejected: not owned by auth
     # user"), hence rewrite.  SPF: Yandex 360 "Set up SPF" (include:_spf.yandex.net).
     "yandex": Preset(
-        "yandex", "Yandex Mail", "smtp.yandex.ru", 465, "implicit", "app password", True, "rewrite",
-        35, 0, 500, "_spf.yandex.net", "your full Yandex address",
-        "an app password for Mail (id.yandex.com > Security > App passwords)",
+        name="yandex", title="Yandex Mail", host="smtp.yandex.ru", port=465, tls="implicit", auth="app password",
+        oauth2=True, from_policy="rewrite",
+        max_recipients_per_message=35, rate_per_minute=0, rate_per_day=500, spf_include="_spf.yandex.net",
+        username_hint="your full Yandex address",
+        password_hint="an app password for Mail (id.yandex.com > Security > App passwords)",
         rate_unit="recipients",  # "500 emails per 24 hours counting each recipient"
     ),
     # Gmail: "Check Gmail through other email platforms" (smtp.gmail.com,
@@ -78,9 +80,11 @@ PRESETS: dict[str, Preset] = {
     # a From it does not know with the account, so rewrite says it openly.
     # SPF: "Set up SPF" for Workspace (include:_spf.google.com).
     "gmail": Preset(
-        "gmail", "Gmail / Google Workspace", "smtp.gmail.com", 465, "implicit", "app password", True, "rewrite",
-        100, 0, 500, "_spf.google.com", "your full Gmail or Workspace address",
-        "a 16-letter app password (myaccount.google.com/apppasswords; needs 2-Step Verification)",
+        name="gmail", title="Gmail / Google Workspace", host="smtp.gmail.com", port=465, tls="implicit",
+        auth="app password", oauth2=True, from_policy="rewrite",
+        max_recipients_per_message=100, rate_per_minute=0, rate_per_day=500, spf_include="_spf.google.com",
+        username_hint="your full Gmail or Workspace address",
+        password_hint="a 16-letter app password (myaccount.google.com/apppasswords; needs 2-Step Verification)",
         rate_unit="recipients",  # Gmail's limit is on recipients per day
     ),
     # Mail.ru: help.mail.ru "Настройка почтовой программы" (smtp.mail.ru, 465
@@ -89,9 +93,11 @@ PRESETS: dict[str, Preset] = {
     # is not the mailbox, hence rewrite.  SPF: include:_spf.mail.ru (Mail.ru
     # for business, "SPF record").
     "mailru": Preset(
-        "mailru", "Mail.ru", "smtp.mail.ru", 465, "implicit", "app password", False, "rewrite",
-        0, 0, 0, "_spf.mail.ru", "your full Mail.ru address",
-        "a password for external applications (Mail.ru settings > Security)",
+        name="mailru", title="Mail.ru", host="smtp.mail.ru", port=465, tls="implicit", auth="app password",
+        oauth2=False, from_policy="rewrite",
+        max_recipients_per_message=0, rate_per_minute=0, rate_per_day=0, spf_include="_spf.mail.ru",
+        username_hint="your full Mail.ru address",
+        password_hint="a password for external applications (Mail.ru settings > Security)",
     ),
     # Office 365 / Outlook: "How to set up a multifunction device or
     # application to send email using Microsoft 365" (smtp.office365.com,
@@ -102,9 +108,11 @@ PRESETS: dict[str, Preset] = {
     # one it may send as (554 5.2.252 SendAsDenied), hence rewrite.  SPF:
     # include:spf.protection.outlook.com ("Set up SPF to help prevent spoofing").
     "outlook": Preset(
-        "outlook", "Microsoft 365 / Outlook", "smtp.office365.com", 587, "starttls", "password or OAuth2", True,
-        "rewrite", 500, 30, 10000, "spf.protection.outlook.com", "the mailbox's address",
-        "the mailbox password (SMTP AUTH must be enabled for it) or an OAuth2 token command",
+        name="outlook", title="Microsoft 365 / Outlook", host="smtp.office365.com", port=587, tls="starttls",
+        auth="password or OAuth2", oauth2=True,
+        from_policy="rewrite", max_recipients_per_message=500, rate_per_minute=30, rate_per_day=10000,
+        spf_include="spf.protection.outlook.com", username_hint="the mailbox's address",
+        password_hint="the mailbox password (SMTP AUTH must be enabled for it) or an OAuth2 token command",
         rate_unit="recipients",  # "10,000 recipients per day"
     ),
     # Fastmail: "Server names and ports" (smtp.fastmail.com, 465 SSL/TLS,
@@ -114,9 +122,11 @@ PRESETS: dict[str, Preset] = {
     # SMTP figures usable here, so none are set.  SPF: "Setting up your
     # domain" (include:spf.messagingengine.com).
     "fastmail": Preset(
-        "fastmail", "Fastmail", "smtp.fastmail.com", 465, "implicit", "app password", False, "rewrite",
-        0, 0, 0, "spf.messagingengine.com", "your Fastmail login address",
-        "an app password with SMTP access (Settings > Privacy & Security > App passwords)",
+        name="fastmail", title="Fastmail", host="smtp.fastmail.com", port=465, tls="implicit", auth="app password",
+        oauth2=False, from_policy="rewrite",
+        max_recipients_per_message=0, rate_per_minute=0, rate_per_day=0, spf_include="spf.messagingengine.com",
+        username_hint="your Fastmail login address",
+        password_hint="an app password with SMTP access (Settings > Privacy & Security > App passwords)",
     ),
     # Amazon SES: "Connecting to an Amazon SES SMTP endpoint"
     # (email-smtp.<region>.amazonaws.com, 587 STARTTLS or 465 TLS Wrapper);
@@ -127,10 +137,12 @@ PRESETS: dict[str, Preset] = {
     # MAIL FROM domain passes SPF; a custom MAIL FROM domain includes
     # amazonses.com ("Using a custom MAIL FROM domain").
     "ses": Preset(
-        "ses", "Amazon SES", "email-smtp.{region}.amazonaws.com", 587, "starttls", "SMTP credentials", False,
-        "keep", 50, 60, 200, "amazonses.com", "the SMTP user name from the SES console (not the AWS access key)",
-        "the SMTP password from the SES console",
-        ("the limits are the sandbox's: set rate_per_day and rate_per_minute to your account's quota",),
+        name="ses", title="Amazon SES", host="email-smtp.{region}.amazonaws.com", port=587, tls="starttls",
+        auth="SMTP credentials", oauth2=False,
+        from_policy="keep", max_recipients_per_message=50, rate_per_minute=60, rate_per_day=200,
+        spf_include="amazonses.com", username_hint="the SMTP user name from the SES console (not the AWS access key)",
+        password_hint="the SMTP password from the SES console",
+        notes=("the limits are the sandbox's: set rate_per_day and rate_per_minute to your account's quota",),
         rate_unit="recipients",  # SES's sending quota counts recipients ("Service quotas in Amazon SES")
     ),
     # SendGrid: "Integrating with the SMTP API" (smtp.sendgrid.net, 587
@@ -139,23 +151,28 @@ PRESETS: dict[str, Preset] = {
     # Course"/API limits); the free plan's 100 messages per day.  Any
     # verified Sender Identity may send: keep.  SPF: include:sendgrid.net.
     "sendgrid": Preset(
-        "sendgrid", "Twilio SendGrid", "smtp.sendgrid.net", 587, "starttls", "API key", False, "keep",
-        1000, 0, 100, "sendgrid.net", "the literal word apikey", "an API key with Mail Send permission",
+        name="sendgrid", title="Twilio SendGrid", host="smtp.sendgrid.net", port=587, tls="starttls", auth="API key",
+        oauth2=False, from_policy="keep",
+        max_recipients_per_message=1000, rate_per_minute=0, rate_per_day=100, spf_include="sendgrid.net",
+        username_hint="the literal word apikey", password_hint="an API key with Mail Send permission",
     ),
     # Mailgun: "Sending via SMTP" (smtp.mailgun.org, or smtp.eu.mailgun.org
     # for EU domains; 587 STARTTLS or 465); SMTP credentials per domain;
     # 1,000 recipients per message ("Batch Sending").  Any address on the
     # sending domain: keep.  SPF: include:mailgun.org ("Verifying Your Domain").
     "mailgun": Preset(
-        "mailgun", "Mailgun", "smtp.mailgun.org", 587, "starttls", "SMTP credentials", False, "keep",
-        1000, 0, 0, "mailgun.org", "the SMTP login of your sending domain (postmaster@mg.example.org)",
-        "that login's SMTP password",
+        name="mailgun", title="Mailgun", host="smtp.mailgun.org", port=587, tls="starttls", auth="SMTP credentials",
+        oauth2=False, from_policy="keep",
+        max_recipients_per_message=1000, rate_per_minute=0, rate_per_day=0, spf_include="mailgun.org",
+        username_hint="the SMTP login of your sending domain (postmaster@mg.example.org)",
+        password_hint="that login's SMTP password",
     ),
     # custom: the user's own relay; nothing is assumed, and without a
     # provider the DESIGN.md contract holds: MAIL FROM is never rewritten.
     "custom": Preset(
-        "custom", "your own relay", "", 0, "implicit", "password", False, "keep", 0, 0, 0, "",
-        "the relay's login", "the relay's password",
+        name="custom", title="your own relay", host="", port=0, tls="implicit", auth="password", oauth2=False,
+        from_policy="keep", max_recipients_per_message=0, rate_per_minute=0, rate_per_day=0, spf_include="",
+        username_hint="the relay's login", password_hint="the relay's password",
     ),
 }
 

@@ -26,6 +26,12 @@ Disk:       a write that fails for the disk's sake (ENOSPC, EDQUOT, EIO,
             or a move to failed/ that fails is done again later.  Each
             sets ``trouble`` (logged once per episode); the daemon backs
             off until space returns, a foreground flush exits 75.
+Seams:      the transport is used only through the Transport Protocol
+            (transport/base.py): one ``plan`` per attempt (route, chunks,
+            blocked), one ``deliver`` per chunk.  Time comes from the
+            clock passed in (core/clock.py), route state goes to the
+            route-state store (routing/state.py), so tests move time and
+            use a fake transport.
 See also:   Postfix qmgr(8); ../shared/DESIGN.md "Data flow".
 """
 
@@ -34,13 +40,14 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import time
 import traceback
-import collections
+
 
 from pysendmail.core import aliases, config, errors, layout, log, queue, spoolfile, trust
+from pysendmail.core.clock import SYSTEM, Clock
 from pysendmail.daemon import bounce, cleanup, pickup
-from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Result, Transport
+from pysendmail.daemon.routing.state import RouteStore, open_store
+from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Plan, Result, Transport
 from pysendmail.daemon.transport.maildir import MaildirTransport
 
 DEFAULT_RETRY = (60, 300, 900, 3600, 14400)  # then every 4 h until the lifetime ends
@@ -111,12 +118,13 @@ def helo_warnings(cfg: config.Config) -> list[str]:
     return out
 
 
-def make_transport(cfg: config.Config) -> Transport:
+def make_transport(cfg: config.Config, store: RouteStore | None = None, clock: Clock = SYSTEM) -> Transport:
+    """The relay's Router (its routes restored from ``store``), or the Maildir without a relay."""
     if cfg.relay_configured:
-        from pysendmail.daemon.transport.router import RouterTransport
+        from pysendmail.daemon.routing.router import Router
 
-        return RouterTransport(cfg, helo_name(cfg), layout.Spool(cfg.spool_path).route_state)
-    return MaildirTransport(cfg.maildir_path)
+        return Router(cfg, helo_name(cfg), store, clock)
+    return MaildirTransport(cfg.maildir_path, clock)
 
 
 def _duration(seconds: float) -> str:
@@ -128,69 +136,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g} second{'' if seconds == 1 else 's'}"
 
 
-class RateLimit:
-    """Messages per minute and per day for one route; over budget waits, never fails.
-
-    The send times inside the windows are saved with the route state
-    (``snapshot``, ``restore``): a restarted daemon, and every
-    ``sendmail -q`` from cron, must not start the provider's day afresh.
-    The state file is written after each round without fsync, so a crash
-    forgets at most that round's sends.
-    """
-
-    def __init__(self, per_minute: int, per_day: int, day_unit: str = "messages") -> None:
-        self.per_minute = per_minute  # transactions
-        self.per_day = per_day  # in day_unit: "messages" (transactions) or "recipients"
-        self.day_unit = day_unit
-        self.minute: collections.deque[float] = collections.deque()
-        self.day: collections.deque[float] = collections.deque()  # one entry per unit spent
-
-    def delay(self, now: float, recipients: int = 1) -> float:
-        """Seconds to wait before a transaction with ``recipients`` may go (0: go now).
-
-        Counting recipients, the day must have room for all of them: a
-        35-recipient message with 20 left waits for 15 to expire instead of
-        pushing the account over the provider's limit.  One larger than the
-        whole budget goes once the window is empty, or it would wait forever.
-        """
-        for window, limit, span, need in (
-            (self.minute, self.per_minute, 60.0, 1),
-            (self.day, self.per_day, 86400.0, self._day_units(recipients)),
-        ):
-            while window and window[0] <= now - span:
-                window.popleft()
-            if limit and window and len(window) + need > limit:
-                must_leave = min(len(window), len(window) + need - limit)
-                return window[must_leave - 1] + span - now
-        return 0.0
-
-    def spend(self, now: float, recipients: int = 1) -> None:
-        if self.per_minute:
-            self.minute.append(now)
-        if self.per_day:
-            self.day.extend([now] * self._day_units(recipients))
-
-    def _day_units(self, recipients: int) -> int:
-        """What one transaction with ``recipients`` costs of the daily budget."""
-        return max(1, recipients) if self.day_unit == "recipients" else 1
-
-    def snapshot(self, now: float) -> dict[str, list[float]]:
-        """The send times still inside each window, for the state file."""
-        self.delay(now)  # drops what has left the windows
-        return {"minute": list(self.minute), "day": list(self.day)}
-
-    def restore(self, saved: object, now: float) -> None:
-        """Take back ``snapshot``'s times; anything malformed or outside the windows is ignored."""
-        if not isinstance(saved, dict):
-            return
-        for key, window, span in (("minute", self.minute, 60.0), ("day", self.day, 86400.0)):
-            times = saved.get(key)
-            if isinstance(times, list):
-                kept = sorted(float(t) for t in times if isinstance(t, (int, float)) and now - span < t <= now)
-                window.clear()
-                window.extend(kept)
-
-
 class Counts:
     __slots__ = ("picked", "sent", "deferred", "failed", "messages")
 
@@ -199,20 +144,24 @@ class Counts:
 
 
 class QueueManager:
-    def __init__(self, cfg: config.Config, transport: Transport | None = None) -> None:
+    def __init__(self, cfg: config.Config, transport: Transport | None = None, *, clock: Clock = SYSTEM,
+                 store: RouteStore | None = None) -> None:
         self.cfg = cfg
+        self.clock = clock
         self.spool = layout.Spool(cfg.spool_path)
+        self.store: RouteStore = store or open_store(self.spool)
         self.ctx = make_context(cfg)
-        self.transport = transport or make_transport(cfg)
+        self.transport = transport or make_transport(cfg, self.store, clock)
         if cfg.dkim:  # keys are loaded and checked once per (re)load; a bad one is a ConfigError
             from pysendmail.daemon.dkim import Signer, log_warnings
 
             signer = Signer.from_config(cfg)
             log_warnings(signer)
-            if hasattr(self.transport, "signer"):
-                self.transport.signer = signer
-        self.lifetime = float(cfg.get("queue", "lifetime"))  # type: ignore[arg-type]
-        self.schedule = parse_schedule(cfg.get("queue", "retry_schedule"), cfg.path or "config")  # type: ignore[arg-type]
+            self.transport.signer = signer
+        lifetime, schedule = cfg.get("queue", "lifetime"), cfg.get("queue", "retry_schedule")
+        assert isinstance(lifetime, (int, float)) and (schedule is None or isinstance(schedule, list))  # the schema's
+        self.lifetime = float(lifetime)
+        self.schedule = parse_schedule([str(v) for v in schedule] if schedule else None, cfg.path or "config")
         self.more_incoming = False
         self.trouble: str | None = None  # the last storage failure, until the caller clears it to retry
         self.trouble_logged = False
@@ -260,9 +209,7 @@ class QueueManager:
     async def flush(self) -> Counts:
         counts = Counts()
         counts.picked = len(self.pickup())
-        reset = getattr(self.transport, "reset_down", None)
-        if reset:
-            reset()  # the administrator asked: try now, whatever the backoff (not a hold or a pause)
+        self.transport.reset_down()  # the administrator asked: try now, whatever the backoff (not a hold or a pause)
         for qid in queue.list_ids(self.spool.queue):
             await self.attempt(qid, counts)
         while self.new_ids:  # bounces made during this run go out in it too
@@ -293,8 +240,8 @@ class QueueManager:
             return None
         if msg.held:
             return msg
-        blocked_for = getattr(self.transport, "blocked_for", None)
-        blocked = blocked_for(msg) if blocked_for else None
+        plan = self.transport.plan(msg)  # once per attempt: route, From, chunks
+        blocked = plan.blocked
         if blocked and msg.pending():
             # Its route is paused (quota, block), held, down or over
             # budget: no attempt until then (an attempt inside a
@@ -302,7 +249,7 @@ class QueueManager:
             # deferred record keeps the reason for mailq and the due time
             # for a restart.
             if msg.due < blocked[0]:
-                now = time.time()
+                now = self.clock.time()
                 record = spoolfile.encode_record("deferred", f"{now:.3f}", f"{blocked[0]:.3f}", blocked[1])
                 try:
                     queue.append(msg.path, record)
@@ -313,7 +260,7 @@ class QueueManager:
             return msg
         counts.messages += 1
         try:
-            await self._deliver(msg, counts)
+            await self._deliver(msg, counts, plan)
         except Exception as exc:
             if queue.storage_error(exc):
                 assert isinstance(exc, OSError)
@@ -322,7 +269,7 @@ class QueueManager:
             # The boundary: log, defer with backoff so a poison message
             # cannot spin, keep the message, go on with the next.
             log.log(f"{qid}: internal error, message kept in the queue: " + traceback.format_exc())
-            now = time.time()
+            now = self.clock.time()
             msg.tries += 1
             msg.due = now + next_delay(msg.tries, self.schedule)
             try:
@@ -351,26 +298,22 @@ class QueueManager:
         log.event(msg.qid, f"sender non-delivery notification: {bounce_qid}")
         self.new_ids.append(bounce_qid)
 
-    async def _deliver(self, msg: queue.QueuedMessage, counts: Counts) -> None:
-        pending = msg.pending()
+    async def _deliver(self, msg: queue.QueuedMessage, counts: Counts, plan: Plan) -> None:
         results: list[Result] = []
-        if pending:
+        if plan.chunks:
             # A route that takes few recipients per message (Yandex: 35)
             # gets one transaction per chunk, and each chunk's sent and
             # failed recipients are recorded before the next chunk goes:
             # a crash then resends only the chunk in flight.  Deferrals
             # are carried to the end, so one attempt counts as one try.
-            per_route = getattr(self.transport, "max_recipients", None)
-            size = per_route(msg) if per_route else int(getattr(self.transport, "max_rcpt", 0) or 0)
-            size = size or len(pending)
-            chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
+            chunks = [list(c) for c in plan.chunks]
             for chunk in chunks[:-1]:
-                part = await self.transport.deliver(msg, chunk)
+                part = await self.transport.deliver(msg, chunk, plan)
                 settled = [r for r in part if r.status != DEFERRED]
                 results += [r for r in part if r.status == DEFERRED]
                 if settled:
                     await asyncio.to_thread(self.record, msg, settled, counts)
-            results += await self.transport.deliver(msg, chunks[-1])
+            results += await self.transport.deliver(msg, chunks[-1], plan)
         # fsync and unlink release the GIL: in a thread they overlap with
         # the other pooled connections' network I/O.
         await asyncio.to_thread(self.settle, msg, results, counts)
@@ -395,32 +338,25 @@ class QueueManager:
         return msg
 
     def save_route_state(self) -> None:
-        """Write what ``pysendmail status`` shows about the route: holds, last outcomes."""
-        import json
-
-        blocked = self.unavailable()
-        per_route = getattr(self.transport, "route_state", None)
-        routes = per_route() if per_route else {
-            "local": {
-                "relay": self.transport.relay,
-                "provider": None,
-                "last_success": self.last_success,
-                "last_failure": self.last_failure,
-                "paused_until": blocked[0] if blocked else None,
-                "paused_because": blocked[1] if blocked else None,
+        """Hand the routes' state (holds, pauses, budgets, last outcomes) to the route-state store."""
+        now = self.clock.time()
+        routes = self.transport.route_state()
+        if not routes:  # the Maildir: one pseudo-route, for 'pysendmail status'
+            blocked = self.unavailable()
+            routes = {
+                "local": {
+                    "relay": self.transport.relay,
+                    "provider": None,
+                    "last_success": self.last_success,
+                    "last_failure": self.last_failure,
+                    "paused_until": blocked[0] if blocked else None,
+                    "paused_because": blocked[1] if blocked else None,
+                }
             }
-        }
-        state = {"routes": routes, "written": time.time()}
         path = self.spool.route_state
         try:
-            with open(path + ".tmp", "w") as fh:
-                json.dump(state, fh)
-            os.replace(path + ".tmp", path)
+            self.store.save(routes, now)
         except OSError as exc:
-            try:
-                os.unlink(path + ".tmp")  # a half-written copy must not hold the space
-            except OSError:
-                pass
             if queue.storage_error(exc):
                 self.storage_failed(f"write {path}", exc)  # the last good copy stays
             else:
@@ -428,9 +364,7 @@ class QueueManager:
 
     def unavailable(self) -> tuple[float, str] | None:
         """(until, why) when no route can take mail now (hold, pause, down, rate)."""
-        check = getattr(self.transport, "unavailable", None)
-        blocked: tuple[float, str] | None = check() if check else None
-        return blocked
+        return self.transport.unavailable()
 
     def record(self, msg: queue.QueuedMessage, results: list[Result], counts: Counts) -> None:
         """Log and durably record ``results``: one append and one fdatasync for all of them.
@@ -440,7 +374,7 @@ class QueueManager:
         durable, recipient by recipient, as one write each, at a quarter
         of the syncs for four recipients.
         """
-        now = time.time()
+        now = self.clock.time()
         deferred: list[Result] = []
         records: list[bytes] = []
         # Everything left goes now and nothing failed before: finish()
@@ -457,7 +391,7 @@ class QueueManager:
             fields: dict[str, object] = {"relay": r.relay or self.transport.relay}
             if r.route:
                 fields = {"route": r.route, **fields}
-            tls = r.tls or getattr(self.transport, "tls_version", "")
+            tls = r.tls or self.transport.tls_version
             if tls:
                 fields["tls"] = tls
             fields.update(delay=f"{now - msg.envelope.time:.2f}", tries=msg.tries + 1, dsn=r.dsn)

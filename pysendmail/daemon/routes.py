@@ -31,6 +31,7 @@ from pysendmail.core import config
 from pysendmail.core.errors import ConfigError
 from pysendmail.core.spoolfile import Envelope
 from pysendmail.daemon import providers
+from pysendmail.daemon.routing.settings import Relay
 
 DEFAULT = config.DEFAULT_RELAY
 
@@ -41,12 +42,13 @@ _PRESET_KEYS = ("host", "port", "tls", "from_policy", "max_recipients_per_messag
 SECRET_KEYS = ("password",)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RelaySettings:
     name: str
-    values: dict[str, object]  # every [relay] key, effective
+    values: dict[str, object]  # every [relay] key, effective (config check and doctor print them)
     sources: dict[str, str]  # key -> "file", "preset yandex", "default"
     preset: providers.Preset | None
+    relay: Relay  # the same values, typed and frozen (routing/settings.py): what routes and sessions read
 
     @property
     def provider(self) -> str | None:
@@ -55,8 +57,8 @@ class RelaySettings:
     @property
     def account(self) -> str | None:
         """The account's address: from_address, else the username when it is one."""
-        addr = self.values.get("from_address") or self.values.get("username")
-        return str(addr) if addr and "@" in str(addr) else None
+        addr = self.relay.from_address or self.relay.username
+        return addr if addr and "@" in addr else None
 
     @property
     def where(self) -> str:
@@ -83,7 +85,7 @@ def _settings(cfg: config.Config, name: str, table: dict[str, object]) -> RelayS
             values[key], sources[key] = value, "default"
     if p is not None and p.name == "custom" and not values.get("host"):
         raise ConfigError(f"{where}.provider = \"custom\" needs {where}.host (and port and tls)")
-    return RelaySettings(name, values, sources, p)
+    return RelaySettings(name, values, sources, p, Relay.from_values(values))
 
 
 @dataclass
@@ -140,27 +142,8 @@ class Routing:
                 continue
             rule = r
             break
-        fallback = rule.fallback or self.relays[rule.relay].values.get("fallback")
-        return rule.relay, (str(fallback) if fallback and fallback != rule.relay else None)
-
-
-def saved_state(path: str) -> dict[str, dict[str, object]]:
-    """The per-route entries of spool/state/routes.json (qmgr writes it); {} when absent or unreadable.
-
-    Only what is well formed comes back: a dict per route name, so every
-    reader (the daemon's restore, status, route list) can trust the shape.
-    """
-    import json
-
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return {}
-    saved = data.get("routes") if isinstance(data, dict) else None
-    if not isinstance(saved, dict):
-        return {}
-    return {k: v for k, v in saved.items() if isinstance(v, dict)}
+        fallback = rule.fallback or self.relays[rule.relay].relay.fallback
+        return rule.relay, (fallback if fallback and fallback != rule.relay else None)
 
 
 def resolve(cfg: config.Config) -> Routing:

@@ -35,10 +35,10 @@ from pysendmail.daemon.wire import encoded_words
 
 
 def check(route: RelaySettings) -> None:
-    if route.values.get("from_policy") == "rewrite" and route.account is None:
+    if route.relay.from_policy == "rewrite" and route.account is None:
         raise ConfigError(
             f"{route.where}.from_policy = \"rewrite\" needs the account's address: set {route.where}.from_address "
-            f"(the username {route.values.get('username')!r} is not an address)"
+            f"(the username {route.relay.username!r} is not an address)"
         )
 
 
@@ -49,9 +49,7 @@ def owned(route: RelaySettings, address: str) -> bool:
     account = route.account or ""
     if address.lower() == account.lower():
         return True
-    allowed = route.values.get("allowed_senders") or []
-    assert isinstance(allowed, list)
-    return any(address_matches(p, address) for p in allowed)
+    return any(address_matches(p, address) for p in route.relay.allowed_senders)
 
 
 def _display(value: str) -> str:
@@ -70,7 +68,7 @@ def _mailbox(name: str, address: str) -> bytes:
 
 
 def align(sender: str, message: bytes, route: RelaySettings) -> tuple[str, bytes, str]:
-    if route.values.get("from_policy") != "rewrite":
+    if route.relay.from_policy != "rewrite":
         return sender, message, ""
     account = route.account
     assert account is not None  # check() ran when the route was built

@@ -508,13 +508,20 @@ def prepare(message: bytes, *, eightbit: bool, utf8: bool) -> Prepared:
     return Prepared(data, eightbit and not body2.isascii(), ctx.changes)
 
 
-def for_delivery(msg: QueuedMessage, *, eightbit: bool, utf8: bool, signer: Signer | None) -> Prepared:
-    """The pipeline's last steps: make ``msg`` wire-safe, then DKIM-sign exactly those bytes."""
+def for_delivery(msg: QueuedMessage, *, eightbit: bool, utf8: bool, signer: Signer | None,
+                 header_from: str | None = None) -> Prepared:
+    """The pipeline's last steps: make ``msg`` wire-safe, then DKIM-sign exactly those bytes.
+
+    ``header_from`` is msg's From address as the router parsed it once
+    (routing/router.py Plan); the signer reuses it when preparing left the
+    bytes as they were, and reads the From again only from changed bytes.
+    """
     prepared = prepare(msg.message, eightbit=eightbit, utf8=utf8)
     if prepared.changes:
         log.event(msg.qid, f"converted for the relay ({', '.join(prepared.changes)})")
     if signer is not None and signer.keys:
-        fields, keys = signer.sign(prepared.data)
+        same = prepared.data is msg.message and header_from is not None
+        fields, keys = signer.sign(prepared.data, header_from=header_from if same else None)
         if keys:
             prepared.data = fields + prepared.data
             used = ", ".join(f"d={k.domain} s={k.selector} a={k.algorithm}" for k in keys)

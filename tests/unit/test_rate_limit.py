@@ -1,8 +1,8 @@
-"""A route's sending budget (daemon/qmgr.py RateLimit), on a clock the test sets."""
+"""A route's sending budget (daemon/routing/ratelimit.py RateLimit), on a clock the test sets."""
 
 from __future__ import annotations
 
-from pysendmail.daemon.qmgr import RateLimit
+from pysendmail.daemon.routing.ratelimit import RateLimit
 
 T = 1_800_000_000.0
 

@@ -1,14 +1,24 @@
 """The transport seam: what the queue manager asks of any transport.
 
-Contract:   ``await transport.deliver(msg, indices)`` tries the recipients
-            ``indices`` of one queued message and returns one Result per
+Contract:   ``transport.plan(msg)`` runs once per delivery attempt and
+            returns a Plan: the route and fallback the rules chose, msg's
+            From address (parsed once, handed down to DKIM), the pending
+            recipients in chunks of at most the route's
+            max_recipients_per_message, and ``blocked`` (until, why) when
+            every route msg may take is unavailable now (the queue manager
+            then leaves it untouched, with no bounce).
+            ``await transport.deliver(msg, indices, plan)`` tries one chunk
+            (the recipients ``indices``) of one queued message and returns one Result per
             recipient, in any order.  It never raises for a delivery
             problem: network, TLS, timeouts and replies all become Results
             (partial success is data, as in aiosmtplib).  ``relay`` names
             where it delivers, for the log line.  A Result's ``text`` is
             always one bounded line of printable text (``one_line``), whatever
             the relay sent: it goes into state records, log lines and DSNs.
-See also:   outcome.py (reply codes to states), maildir.py, smtp.py.
+            The Protocol is everything the queue manager and the daemon
+            (daemon/main.py) call: nothing is probed with getattr.
+See also:   outcome.py (reply codes to states), maildir.py, smtp.py,
+            ../routing/router.py (the relay's Transport).
 """
 
 from __future__ import annotations
@@ -18,6 +28,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pysendmail.core.queue import QueuedMessage
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pysendmail.daemon.dkim import Signer
 
 SENT, DEFERRED, FAILED, HELD = "sent", "deferred", "failed", "held"  # held: kept for the admin
 
@@ -55,9 +69,53 @@ class Result:
         object.__setattr__(self, "text", one_line(self.text))
 
 
-class Transport(Protocol):
-    relay: str
+def chunked(indices: list[int], size: int) -> tuple[tuple[int, ...], ...]:
+    """``indices`` in runs of at most ``size`` (0: one run); () when there are none."""
+    size = size or len(indices)
+    return tuple(tuple(indices[i : i + size]) for i in range(0, len(indices), size)) if indices else ()
 
-    async def deliver(self, msg: QueuedMessage, indices: list[int]) -> list[Result]: ...
+
+@dataclass(frozen=True)
+class Plan:
+    """One delivery attempt's decisions, made once (Transport.plan)."""
+
+    route: str | None  # the route the rules chose; None for a transport without routes
+    fallback: str | None
+    header_from: str | None  # the From header's (first) address, as parsed once
+    chunks: tuple[tuple[int, ...], ...]  # the pending recipients, one transaction each
+    blocked: tuple[float, str] | None = None  # (until, why): no route of msg's can take it now
+
+
+class Transport(Protocol):
+    relay: str  # where the last delivery went, for the log line
+    tls_version: str
+    pool_size: int  # deliveries the daemon runs at once
+    idle_timeout: float  # seconds a pooled connection may stay idle
+
+    @property
+    def signer(self) -> Signer | None: ...
+
+    @signer.setter
+    def signer(self, value: Signer | None) -> None: ...
+
+    def plan(self, msg: QueuedMessage) -> Plan: ...
+
+    async def deliver(self, msg: QueuedMessage, indices: list[int], plan: Plan) -> list[Result]: ...
+
+    def unavailable(self) -> tuple[float, str] | None:
+        """(until, why) when no route can take mail now (hold, pause, down, budget)."""
+
+    def reset_down(self) -> None:
+        """An administrator's flush: forget the short marks of failed connections."""
+
+    def resume(self, name: str) -> bool:
+        """Lift route ``name``'s pause, hold and down mark; False if there is no such route."""
+
+    def route_state(self) -> dict[str, dict[str, object]]:
+        """Every route's entry for the route-state store; {} without routes."""
+
+    def has_idle(self) -> bool: ...
+
+    async def close_idle(self, older_than: float = 0.0) -> None: ...
 
     async def close(self) -> None: ...

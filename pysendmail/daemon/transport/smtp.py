@@ -6,10 +6,14 @@ Contract:   ``SmtpTransport(relay, helo)`` delivers queued messages through
             SHA-256 pin), AUTH PLAIN/LOGIN/OAUTHBEARER/XOAUTH2, a small pool of
             authenticated connections reused across messages.  ``deliver``
             returns one Result per recipient and never raises for a relay
-            problem.  An authentication failure puts the whole route on
-            hold (``hold_until``) with growing backoff; a connection
-            failure marks it down briefly so a long queue does not open a
-            connection per message.
+            problem.  One job: the SMTP session.  A failure of the whole
+            route (refused login, a provider's pause, no connection) is
+            reported to the route's ``health`` (the RouteHealth seam,
+            routing/route.py keeps the marks and logs them), and a login
+            that works is reported too (it ends the hold's backoff).  The
+            caller passes at most max_recipients_per_message recipients
+            (routing/router.py chunks, once).  The password and token
+            commands run in a worker thread, not on the event loop.
 Security:   no plaintext fallback: a STARTTLS relay that does not offer
             STARTTLS is an error, never a reason to continue in clear;
             ``tls = "none"`` is refused for anything but loopback; the
@@ -32,14 +36,16 @@ import base64
 import hashlib
 import ipaddress
 import ssl
-import time
+from typing import Protocol
 
 import aiosmtplib
 
 from pysendmail.core import log, rfc5322, trust
+from pysendmail.core.clock import SYSTEM, Clock
 from pysendmail.core.errors import ConfigError
 from pysendmail.core.queue import QueuedMessage
 from pysendmail.daemon import outcome, secrets, wire
+from pysendmail.daemon.routing.settings import Relay
 from pysendmail.daemon.providers import BOUNCE, HOLD_MESSAGE, HOLD_ROUTE, PAUSE
 from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Result, one_line
 
@@ -48,8 +54,6 @@ if TYPE_CHECKING:
     from pysendmail.daemon.dkim import Signer
 
 DEFAULT_PORTS = {"implicit": 465, "starttls": 587, "none": 25}
-DOWN_SECONDS = 30  # after a failed connection, defer the rest of the queue this long
-HOLD_BASE, HOLD_MAX = 300, 4 * 3600  # auth failure: 5 min, doubling, at most 4 h
 _NETWORK_ERRORS = (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError, EOFError)
 
 
@@ -77,12 +81,30 @@ class RelayError(Exception):
         self.kind = kind
 
 
+class RouteHealth(Protocol):
+    """Where the session reports on its route (routing/route.py Route)."""
+
+    def failed(self, exc: RelayError) -> None: ...
+
+    def logged_in(self) -> None: ...
+
+
+class _NoHealth:
+    """For a session built only to check its settings ('pysendmail config check')."""
+
+    def failed(self, exc: RelayError) -> None:
+        return None
+
+    def logged_in(self) -> None:
+        return None
+
+
 class _Conn:
-    def __init__(self, smtp: aiosmtplib.SMTP, peer: str, tls_version: str) -> None:
+    def __init__(self, smtp: aiosmtplib.SMTP, peer: str, tls_version: str, now: float) -> None:
         self.smtp = smtp
         self.peer = peer
         self.tls_version = tls_version
-        self.last_used = time.monotonic()
+        self.last_used = now
         ext = smtp.esmtp_extensions
         size = ext.get("size", "")
         self.max_size = int(size) if size.isdigit() else 0
@@ -95,53 +117,48 @@ class SmtpTransport:
     smtp_class: type[aiosmtplib.SMTP] = aiosmtplib.SMTP  # 'pysendmail test' puts a tracing one here
 
     def __init__(self, relay: dict[str, object], helo: str, name: str = "default",
-                 provider: str | None = None) -> None:
-        self.settings = relay
+                 provider: str | None = None, *, health: RouteHealth | None = None, clock: Clock = SYSTEM,
+                 typed: Relay | None = None) -> None:
+        self.settings = relay  # for secrets.py, which reads the password and token sources
+        typed = typed or Relay.from_values(relay)
+        self.health: RouteHealth = health or _NoHealth()
+        self.clock = clock
         self.name = name
         self.where = "relay" if name == "default" else f"relay.{name}"
         self.provider = provider
-        self.tls = str(relay.get("tls") or "implicit")
-        host = relay.get("host")
-        if not host:
+        self.tls = typed.tls
+        if not typed.host:
             raise ConfigError("relay.host is not set: name the relay's host name (or a provider)")
-        self.host = str(host)
-        self.port = int(relay.get("port") or DEFAULT_PORTS[self.tls])  # type: ignore[call-overload]
+        self.host = typed.host
+        self.port = typed.port or DEFAULT_PORTS[self.tls]
         if self.tls == "none" and not is_loopback(self.host):
             raise ConfigError(
                 f"relay.tls = \"none\" is only allowed to a loopback address, not {self.host}: "
                 "use implicit (465) or starttls (587)"
             )
-        self.username = str(relay["username"]) if relay.get("username") else None
+        self.username = typed.username
         self.helo = helo
-        self.timeout = float(relay.get("timeout") or 60)  # type: ignore[arg-type]
-        self.pool_size = max(1, int(relay.get("pool_size") or 2))  # type: ignore[call-overload]
-        self.max_rcpt = int(relay.get("max_recipients_per_message") or 0)  # type: ignore[call-overload]
-        self.idle_timeout = float(relay.get("idle_timeout") or 5)  # type: ignore[arg-type]
-        fingerprint = relay.get("tls_fingerprint")
-        self.fingerprint = str(fingerprint).replace(":", "").lower() if fingerprint else None
+        self.timeout = float(typed.timeout)
+        self.pool_size = max(1, typed.pool_size)
+        self.max_rcpt = typed.max_recipients_per_message
+        self.idle_timeout = float(typed.idle_timeout)
+        fingerprint = typed.tls_fingerprint
+        self.fingerprint = fingerprint.replace(":", "").lower() if fingerprint else None
         self.context = ssl.create_default_context()
-        if relay.get("ca_file"):
+        if typed.ca_file:
             # A trust anchor someone else can rewrite lets them stand in
             # for the relay and read the password (core/trust.py).
-            problem = trust.named_file(str(relay["ca_file"]), f"{self.where}.ca_file")
+            problem = trust.named_file(typed.ca_file, f"{self.where}.ca_file")
             if problem:
                 raise ConfigError(problem)
             try:
-                self.context.load_verify_locations(cafile=str(relay["ca_file"]))
+                self.context.load_verify_locations(cafile=typed.ca_file)
             except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"relay.ca_file {relay['ca_file']} cannot be loaded: {exc}") from None
+                raise ConfigError(f"relay.ca_file {typed.ca_file} cannot be loaded: {exc}") from None
         self.relay = f"{self.host}:{self.port}"
         self.tls_version = ""
         self._idle: list[_Conn] = []
         self._slots: asyncio.Semaphore | None = None
-        self.hold_until = 0.0
-        self.hold_reason = ""
-        self.auth_failures = 0
-        self.down_until = 0.0
-        self.down_reason = ""
-        self.pause_until = 0.0  # a provider's quota or block window; a flush does not lift it
-        self.pause_reason = ""
-        self.pause_kind = ""  # the verdict's kind (providers.py): spam-block, daily-quota, ...
         self.signer: Signer | None = None  # the [[dkim]] keys, set by the queue manager
 
     # ------------------------------------------------------------ connections
@@ -169,7 +186,7 @@ class SmtpTransport:
         except BaseException:
             smtp.close()
             raise
-        return _Conn(smtp, peer, tls_version)
+        return _Conn(smtp, peer, tls_version, self.clock.monotonic())
 
     def _check_peer(self, smtp: aiosmtplib.SMTP) -> tuple[str, str]:
         transport = smtp.transport
@@ -193,12 +210,13 @@ class SmtpTransport:
         if not self.username:
             return
         offered = smtp.esmtp_extensions.get("auth", "").lower().split()
-        token = secrets.oauth_token(self.settings, self.where)
+        # A password_command or oauth_token_command may take seconds: not on the event loop.
+        token = await asyncio.to_thread(secrets.oauth_token, self.settings, self.where)
         try:
             if token is not None:
                 await self._authenticate_oauth(smtp, offered, token)
                 return
-            password = secrets.password(self.settings, self.where, self.name)
+            password = await asyncio.to_thread(secrets.password, self.settings, self.where, self.name)
             if password is None:
                 raise RelayError(
                     f"{self.where}.username is set but no password: set {self.where}.password_file or "
@@ -267,7 +285,7 @@ class SmtpTransport:
             raise aiosmtplib.SMTPAuthenticationError(resp.code, resp.message)
 
     async def _acquire(self) -> _Conn:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         while self._idle:
             conn = self._idle.pop()
             if now - conn.last_used < self.idle_timeout and conn.smtp.is_connected:
@@ -276,7 +294,7 @@ class SmtpTransport:
         return await self._open()
 
     def _release(self, conn: _Conn, healthy: bool) -> None:
-        conn.last_used = time.monotonic()
+        conn.last_used = self.clock.monotonic()
         if healthy and conn.smtp.is_connected:
             self._idle.append(conn)
         else:
@@ -289,7 +307,7 @@ class SmtpTransport:
             conn.smtp.close()
 
     async def close_idle(self, older_than: float = 0.0) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         keep = []
         for conn in self._idle:
             if now - conn.last_used >= older_than:
@@ -304,28 +322,15 @@ class SmtpTransport:
     def has_idle(self) -> bool:
         return bool(self._idle)
 
-    def unavailable(self) -> tuple[float, str] | None:
-        """(until, why) while the route is on hold or down, else None."""
-        now = time.time()
-        if self.pause_until > now:
-            return self.pause_until, f"route paused: {self.pause_reason}"
-        if self.hold_until > now:
-            return self.hold_until, f"route on hold: {self.hold_reason}"
-        if self.down_until > now:
-            return self.down_until, self.down_reason
-        return None
-
     # ------------------------------------------------------------ delivery
-    async def deliver(self, msg: QueuedMessage, indices: list[int]) -> list[Result]:
-        blocked = self.unavailable()
-        if blocked:
-            return [Result(i, DEFERRED, "4.4.1", blocked[1]) for i in indices]
+    async def deliver(self, msg: QueuedMessage, indices: list[int], *, header_from: str | None = None) -> list[Result]:
+        """One transaction for ``indices`` (at most max_recipients_per_message of them)."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.pool_size)
         async with self._slots:
-            return await self._deliver(msg, indices)
+            return await self._deliver(msg, indices, header_from=header_from)
 
-    async def _deliver(self, msg: QueuedMessage, indices: list[int]) -> list[Result]:
+    async def _deliver(self, msg: QueuedMessage, indices: list[int], *, header_from: str | None = None) -> list[Result]:
         env = msg.envelope
         needs_utf8 = not (env.sender.isascii() and all(env.recipients[i].isascii() for i in indices))
         results: dict[int, Result] = {}
@@ -337,7 +342,7 @@ class SmtpTransport:
                 return self._route_failure(exc, indices)
             except _NETWORK_ERRORS as exc:
                 return self._route_failure(RelayError(f"cannot connect to {self.relay}: {_describe(exc)}"), indices)
-            self.auth_failures = 0
+            self.health.logged_in()
             self.relay, self.tls_version = conn.peer, conn.tls_version
             healthy = False
             try:
@@ -357,12 +362,10 @@ class SmtpTransport:
                     log.event(msg.qid, "non-ASCII domains sent as IDNA A-labels (the relay has no SMTPUTF8)")
                     msg, needs_utf8 = ascii_msg, False
                 # After EHLO: transform for what this relay offers, then sign those bytes.
-                data = wire.for_delivery(msg, eightbit=conn.eightbit, utf8=needs_utf8, signer=self.signer)
-                size = self.max_rcpt or len(indices)
-                for start in range(0, len(indices), size):
-                    chunk = [i for i in indices[start : start + size] if i not in results]
-                    for r in await self._transaction(conn, msg, chunk, needs_utf8, data):
-                        results[r.index] = r
+                data = wire.for_delivery(msg, eightbit=conn.eightbit, utf8=needs_utf8, signer=self.signer,
+                                         header_from=header_from)
+                for r in await self._transaction(conn, msg, indices, needs_utf8, data):
+                    results[r.index] = r
                 healthy = True
                 conn.messages += 1
                 return list(results.values())
@@ -476,55 +479,8 @@ class SmtpTransport:
                 smtp.close()  # out of step (see _check_in_step): not reused
 
     def _route_failure(self, exc: RelayError, indices: list[int]) -> list[Result]:
-        now = time.time()
-        if exc.pause:
-            self.pause_until = max(self.pause_until, now + exc.pause)
-            self.pause_reason = exc.text
-            self.pause_kind = exc.kind
-            log.log(
-                f"relay {self.host}: PAUSED until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.pause_until))}"
-                f" ({int(exc.pause)} s), mail kept in the queue: {exc.text}"
-            )
-        elif exc.hold:
-            self.auth_failures += 1
-            delay = min(HOLD_MAX, HOLD_BASE * 2 ** (self.auth_failures - 1))
-            self.hold_until = now + delay
-            self.hold_reason = exc.text
-            log.log(
-                f"relay {self.host}: AUTHENTICATION FAILED, all mail held for {int(delay)} s: {exc.text}; "
-                f"check {self.where}.username and the password, then run 'pysendmail route resume {self.name}'"
-            )
-        else:
-            self.down_until = now + DOWN_SECONDS
-            self.down_reason = exc.text
+        self.health.failed(exc)  # the route's pause, hold or down mark (routing/route.py)
         return [Result(i, DEFERRED, "4.7.0" if exc.hold and not exc.pause else exc.dsn, exc.text) for i in indices]
-
-    def reset_down(self) -> None:
-        """A flush asked by the administrator tries a route marked down (connection failed) at once.
-
-        Not a hold (refused login: each retry is one more failed login,
-        and providers lock accounts for those) and not a provider's pause
-        (trying during a Yandex spam block extends it by 24 h): only
-        'pysendmail route resume' or their expiry lifts them.
-        """
-        self.down_until = 0.0
-
-    def restore_hold(self, until: float, reason: str, failures: int) -> None:
-        """A hold recorded by an earlier run (spool/state) outlives it: a new run does not log in again."""
-        if until > time.time():
-            self.hold_until, self.hold_reason = until, reason
-        self.auth_failures = max(0, failures)  # the next hold's backoff goes on growing
-
-    def restore_pause(self, until: float, reason: str, kind: str = "") -> None:
-        """A pause recorded by an earlier run (spool/state) outlives a restart."""
-        if until > time.time():
-            self.pause_until, self.pause_reason, self.pause_kind = until, reason, kind
-
-    def resume(self) -> None:
-        """'pysendmail route resume': lift a pause, a hold and a down mark now."""
-        self.pause_until = self.hold_until = self.down_until = 0.0
-        self.pause_reason = self.pause_kind = ""
-        self.auth_failures = 0
 
 
 def _idn_to_ascii(msg: QueuedMessage, indices: list[int]) -> QueuedMessage | None:
