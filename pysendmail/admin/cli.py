@@ -17,7 +17,7 @@ Security:   run as root, commands that touch the queue first drop to the
             pickup: without a daemon they hold the spool's lock, with one
             they ask it to pick the id up first (_claim_incoming).
             Requests to a running daemon (flush, queue hold|release|retry|
-            delete) are files in state/ (daemon.main.leave_request), never
+            delete) are files in state/ (core/requests.py), never
             bare FIFO bytes.  flush exits 75 (one sentence) when the
             spool's disk refused a write; nothing is lost.
 See also:   pysendmail(8), mailq(1), newaliases(1).
@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import pwd
 import stat
 import sys
 import time
@@ -38,42 +37,17 @@ from collections.abc import Iterable
 from pysendmail import __version__
 from pysendmail.core import aliases, config, errors, layout, queue, spoolfile
 from pysendmail.core.qid import is_qid
+from pysendmail.admin.privileges import drop_privileges, spool_owner
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from pysendmail.daemon.main import SpoolLock
+    from pysendmail.core.lock import SpoolLock
 
 
 def _load(path: str | None) -> config.Config:
     cfg = config.load(path)
     config.write_cache(cfg)  # admin commands keep the submitter's cache fresh
     return cfg
-
-
-def spool_owner(cfg: config.Config) -> tuple[int, int, str]:
-    """(uid, gid, name) of the daemon's user for a spool created by root (config.daemon_user)."""
-    return config.daemon_user(cfg)
-
-
-def drop_privileges(cfg: config.Config) -> None:
-    """As root, become the spool's owner before touching the queue."""
-    if os.geteuid() != 0:
-        return
-    try:
-        st = os.lstat(cfg.spool_path)
-    except OSError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        # Never os.stat: a link planted by whoever owns the spool's parent
-        # would choose whom root becomes, or keep root root in a directory
-        # that user picked.
-        raise errors.ConfigError(f"spool {cfg.spool_path} is not a directory (a symlink is refused)")
-    if st.st_uid == 0:
-        return
-    entry = pwd.getpwuid(st.st_uid)
-    os.initgroups(entry.pw_name, entry.pw_gid)
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
 
 
 def _ready_spool(cfg: config.Config) -> layout.Spool:
@@ -121,7 +95,7 @@ def cmd_spool_init(cfg: config.Config) -> int:
 def publish_summary(spool: layout.Spool) -> None:
     """Refresh public/mailq after a change made here; a failure is a warning, not the command's failure."""
     from pysendmail.admin import mailq
-    from pysendmail.daemon.main import lock_holder
+    from pysendmail.core.lock import lock_holder
 
     try:
         mailq.publish(spool, lock_holder(spool) or 0)
@@ -227,12 +201,12 @@ def verify(config_path: str | None, addresses: list[str]) -> int:
 def _ask_daemon(spool: layout.Spool, pid: int) -> bool:
     """Have the running daemon run the whole queue; wait until it has. False if it died.
 
-    The request is a file in state/ (daemon.main.leave_request), which
+    The request is a file in state/ (core/requests.py), which
     only root and the daemon's user can write; the 'F' byte in the FIFO
     only announces it, as anyone may write that byte.  The daemon removes
     the file after the run: that is the answer we wait for.
     """
-    from pysendmail.daemon.main import FULL_SUFFIX, await_request, leave_request
+    from pysendmail.core.requests import FULL_SUFFIX, await_request, leave_request
 
     try:
         request = leave_request(spool, "flush")
@@ -263,7 +237,7 @@ def _disk_full(spool: layout.Spool, why: str) -> errors.TempFailure:
 
 
 def cmd_flush(cfg: config.Config) -> int:
-    from pysendmail.daemon.main import SpoolLock, lock_holder
+    from pysendmail.core.lock import SpoolLock, lock_holder
     from pysendmail.daemon.qmgr import QueueManager
 
     from pysendmail.daemon.run import stop_run
@@ -343,7 +317,7 @@ def _counts(spool: layout.Spool) -> dict[str, int]:
 
 def cmd_status(cfg: config.Config, as_json: bool) -> int:
     from pysendmail.admin import status
-    from pysendmail.daemon.main import lock_holder
+    from pysendmail.core.lock import lock_holder
 
     spool = layout.Spool(cfg.spool_path)
     if os.path.isdir(spool.path):
@@ -382,7 +356,7 @@ def _claim_incoming(spool: layout.Spool, qids: list[str]) -> SpoolLock | None:
     would race us, so ask it to pick the ids up (a W poke) and wait until
     they have left incoming/; the caller then acts on queue/ as usual.
     """
-    from pysendmail.daemon.main import SpoolLock, lock_holder
+    from pysendmail.core.lock import SpoolLock, lock_holder
 
     lock = SpoolLock(spool)
     deadline = time.monotonic() + INCOMING_WAIT
@@ -520,7 +494,7 @@ def cmd_queue(cfg: config.Config, action: str, ids: list[str], all_: bool) -> in
     # (after a delete too: it then forgets the ids, and republishes).
     # (a request file, see daemon/main.py: the 'I' byte alone is anyone's
     # and does nothing).
-    from pysendmail.daemon.main import leave_request
+    from pysendmail.core.requests import leave_request
 
     try:
         leave_request(spool, "reindex")

@@ -31,7 +31,7 @@ def _daemon_user(cfg: config.Config) -> tuple[int, int, list[int], str]:
     """(uid, gid, every gid, name) of the daemon's user, as 'pysendmail spool init' picks it."""
     import grp
 
-    from pysendmail.admin.cli import spool_owner
+    from pysendmail.admin.privileges import spool_owner
 
     uid, gid, name = spool_owner(cfg)
     gids = [g.gr_gid for g in grp.getgrall() if name in g.gr_mem] + [gid]
@@ -102,7 +102,7 @@ def check(cfg: config.Config) -> list[tuple[str, str]]:
 def _check_delivery(cfg: config.Config) -> list[tuple[str, str]]:
     """WARN when no daemon runs where one is required (admin/status.py delivery says when)."""
     from pysendmail.admin.status import delivery
-    from pysendmail.daemon.main import lock_holder
+    from pysendmail.core.lock import lock_holder
 
     spool = layout.Spool(cfg.spool_path)
     if not os.path.isdir(spool.path):

@@ -160,7 +160,7 @@ def daemon_owner(cfg: config.Config) -> tuple[int, int] | None:
     """Run as root: the daemon user's (uid, gid), who alone must read a key; else None (the caller's own)."""
     if os.geteuid() != 0:
         return None
-    from pysendmail.admin.cli import spool_owner
+    from pysendmail.admin.privileges import spool_owner
 
     uid, gid, _ = spool_owner(cfg)
     return uid, gid

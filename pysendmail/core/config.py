@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import sys
 
-from pysendmail.core.errors import ConfigError
+from pysendmail.core.errors import ConfigError, UsageError
 
 SYSTEM_CONFIG = "/etc/pysendmail/pysendmail.toml"
 SYSTEM_SPOOL = "/var/spool/pysendmail"
@@ -254,6 +254,25 @@ class Config:
         """The domain given to unqualified addresses (root, www-data)."""
         domain = self.values["host"]["default_domain"]
         return str(domain) if domain else self.hostname()
+
+
+def parse_interval(text: str) -> int:
+    """sendmail's -q interval: 30, 30s, 15m, 1h, 1d, or combinations (1h30m)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    total, number = 0, ""
+    for c in text:
+        if c.isdigit():
+            number += c
+        elif c in units and number:
+            total += int(number) * units[c]
+            number = ""
+        else:
+            raise UsageError(f"-q{text}: not a queue interval (use for example -q15m)")
+    if number:
+        total += int(number) * 60  # sendmail: a bare number is minutes
+    if total <= 0:
+        raise UsageError(f"-q{text}: the queue interval must be positive")
+    return total
 
 
 def system_hostname() -> str:

@@ -51,7 +51,7 @@ from pysendmail.core import config, layout, log, queue, rfc5322, spoolfile
 from pysendmail.core.qid import QID_LEN, is_qid
 from pysendmail.daemon import cleanup
 from pysendmail.daemon.quarantine import Bounds, Quarantine
-from pysendmail.submit.intake import normalise_newlines
+from pysendmail.core.rfc5322 import normalise_newlines
 
 STALE_SECONDS = 3600  # default spool.unready_lifetime: an unready file older than this belongs to a dead submitter
 ENVELOPE_ALLOWANCE = 1 << 20  # room for the envelope above max_message_size

@@ -66,13 +66,11 @@ def next_delay(tries: int, schedule: tuple[int, ...] = DEFAULT_RETRY) -> float:
 def parse_schedule(values: list[str] | None, where: str) -> tuple[int, ...]:
     if not values:
         return DEFAULT_RETRY
-    from pysendmail.submit.flags import parse_interval
-
     out = []
     for v in values:
         text = v[:-1] + "m" if v.endswith("min") else v
         try:
-            out.append(parse_interval(text if not text.isdigit() else text + "s"))
+            out.append(config.parse_interval(text if not text.isdigit() else text + "s"))
         except errors.UsageError:
             raise errors.ConfigError(f"queue.retry_schedule in {where}: {v!r} is not a duration like 5m or 1h") from None
     return tuple(out)

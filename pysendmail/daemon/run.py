@@ -34,7 +34,8 @@ import signal
 import time
 
 from pysendmail.core import config, layout, log
-from pysendmail.daemon.main import Daemon, SpoolLock, lock_holder
+from pysendmail.core.lock import SpoolLock, lock_holder
+from pysendmail.daemon.main import Daemon
 
 DEFAULT_LINGER = 5.0
 RUN_LOG = "run.log"

@@ -104,7 +104,7 @@ def address_list(draw: st.DrawFn) -> tuple[str, list[str]]:
 
 def to_field_value(message: bytes) -> list[str]:
     """The recipients sendmail -t reads from a message, through the library."""
-    head, _ = rfc5322.split_message(intake.normalise_newlines(message))
+    head, _ = rfc5322.split_message(rfc5322.normalise_newlines(message))
     intake.check_header_section(head)
     return intake.recipients_from_headers(rfc5322.header_fields(head))
 
@@ -172,7 +172,7 @@ def check_outcome(env: Env, message: bytes) -> tuple[int, list[str]]:
     if proc.returncode == 0:
         [(envelope, stored)] = queued(env)
         assert err == ""
-        assert intake.normalise_newlines(message).endswith(stored)  # an mbox "From " line is dropped
+        assert rfc5322.normalise_newlines(message).endswith(stored)  # an mbox "From " line is dropped
         for rcpt in envelope.recipients:
             rfc5322.check_addr_spec(rcpt)  # nothing that could inject a line into SMTP
         assert envelope.recipients == to_field_value(stored)
