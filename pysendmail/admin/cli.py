@@ -10,7 +10,7 @@ Contract:   ``main(argv)`` runs one subcommand and returns a sysexits.h
 Security:   run as root, commands that touch the queue first drop to the
             spool's owner, so every file they create belongs to the daemon
             user; other users get NoPermission for the queue, except mailq,
-            which shows them the owner's published summary (admin/mailq.py
+            which shows them the owner's published summary (core/mailq.py
             says what it holds and why it is safe).  Every command that
             changes the queue (flush, queue, spool init) republishes it.
             queue hold|delete of an id still in incoming/ never races a
@@ -94,7 +94,7 @@ def cmd_spool_init(cfg: config.Config) -> int:
 
 def publish_summary(spool: layout.Spool) -> None:
     """Refresh public/mailq after a change made here; a failure is a warning, not the command's failure."""
-    from pysendmail.admin import mailq
+    from pysendmail.core import mailq
     from pysendmail.core.lock import lock_holder
 
     try:
@@ -105,7 +105,7 @@ def publish_summary(spool: layout.Spool) -> None:
 
 
 def cmd_mailq(cfg: config.Config, as_json: bool) -> int:
-    from pysendmail.admin import mailq
+    from pysendmail.core import mailq
 
     spool = layout.Spool(cfg.spool_path)
     if not os.path.isdir(spool.path):
@@ -241,7 +241,7 @@ def cmd_flush(cfg: config.Config) -> int:
     from pysendmail.daemon.qmgr import QueueManager
 
     from pysendmail.daemon.run import stop_run
-    from pysendmail.submit.main import ready_waiting, start_run
+    from pysendmail.submit.main import start_run
 
     spool = _ready_spool(cfg)
     lock = SpoolLock(spool)
@@ -269,7 +269,7 @@ def cmd_flush(cfg: config.Config) -> int:
     # On a full disk the summary could not be written either: it is
     # republished by the next flush or the daemon, once writes work.
     publish_summary(spool)
-    if cfg.deliver_without_daemon and ready_waiting(spool):
+    if cfg.deliver_without_daemon and layout.ready_waiting(spool):
         # Queued during this flush, by a submitter that found the lock
         # taken and so started no run: start one now.
         start_run(spool, cfg.path)

@@ -6,6 +6,7 @@ Contract:   ``Spool(path)`` names every path under the spool (the only
             create 0600 under the final name, write envelope + message +
             end record, leave a display-only stub in public/incoming/
             (shared spools), fchmod 0640 ("ready"), fsync, poke the daemon.
+            ``ready_waiting`` says whether incoming/ holds a ready file.
 Security:   incoming/ is 3733 in a shared (system) spool: anyone may create
             a file, nobody but the owner may list, read or remove others'
             files; the setgid bit gives each file the daemon's group, so
@@ -64,7 +65,7 @@ class Spool:
         self.lock = os.path.join(path, "lock")
         self.state = os.path.join(path, "state")
         self.route_state = os.path.join(self.state, "routes.json")  # routes' pauses, budgets, last outcomes
-        # Shared spools only: what every user's mailq may read (admin/mailq.py).
+        # Shared spools only: what every user's mailq may read (core/mailq.py).
         self.public = os.path.join(path, "public")  # 0755: the queue summary, written by the owner
         self.stubs = os.path.join(self.public, "incoming")  # 1777: submitters' display-only stubs
 
@@ -381,7 +382,7 @@ def _drop_stub(spool: Spool, name: str, env: spoolfile.Envelope, size: int) -> N
     cannot read incoming/.  The stub holds only what mailq shows (sender,
     recipients, time, size, uid), belongs to the submitter, and is
     display-only: nothing reads it but mailq run by a user who cannot read
-    the queue (admin/mailq.py says why a forged one cannot matter).  Best
+    the queue (core/mailq.py says why a forged one cannot matter).  Best
     effort: no stub directory (user mode, an old spool), a full disk or an
     envelope over STUB_MAX cost the stub only, never the message.
     """
@@ -461,3 +462,19 @@ def poke(spool: Spool, what: bytes = b"W") -> None:
         pass  # EAGAIN: the FIFO is full of pokes already; the daemon is awake
     finally:
         os.close(fd)
+
+
+def ready_waiting(spool: Spool) -> bool:
+    """Does incoming/ hold a finished submission (mode 0640)?  Unready and planted non-files do not count."""
+    try:
+        with os.scandir(spool.incoming) as entries:
+            for entry in entries:
+                try:
+                    ready = entry.stat(follow_symlinks=False).st_mode & 0o777 == READY_MODE
+                    if ready and entry.is_file(follow_symlinks=False):
+                        return True
+                except OSError:
+                    continue
+    except OSError:
+        return False
+    return False

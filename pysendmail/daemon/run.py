@@ -111,14 +111,12 @@ def run(cfg: config.Config, linger: float = DEFAULT_LINGER, to_log: bool = False
             # perhaps reused by then, for a run's.
             os.ftruncate(lock.fd, 0)
             lock.release()
-        from pysendmail.submit.main import ready_waiting
-
         if delivery.signalled:
             log.log("run: stopped by a signal")
             return 0
         # Queued while this run was deciding to stop: the submitter saw
         # the lock held and started nothing, so this run goes on.
-        if not ready_waiting(spool):
+        if not layout.ready_waiting(spool):
             log.log("run: done, nothing waiting")
             return 0
         log.log("run: a submission arrived while stopping; going on")
