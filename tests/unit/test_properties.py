@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -184,12 +185,14 @@ def check_outcome(env: Env, message: bytes) -> tuple[int, list[str]]:
     return proc.returncode, []
 
 
+@pytest.mark.slow
 @E2E
 @given(header_text)
 def test_sendmail_t_queues_the_parsed_recipients_or_exits_64_65_when_given_any_to_text(env: Env, text: bytes) -> None:
     check_outcome(env, b"Subject: property\nTo: " + text + b"\n\nbody\n")
 
 
+@pytest.mark.slow
 @E2E
 @given(header_text, header_text)
 def test_sendmail_t_queues_the_parsed_recipients_or_exits_64_65_when_any_text_fills_the_header_section(
@@ -198,6 +201,7 @@ def test_sendmail_t_queues_the_parsed_recipients_or_exits_64_65_when_any_text_fi
     check_outcome(env, first + b"\nCc: " + second + b"\n\nbody\n")
 
 
+@pytest.mark.slow
 @E2E
 @given(address_list())
 def test_sendmail_t_queues_exactly_the_addresses_when_the_to_field_is_valid(env: Env, case: tuple[str, list[str]]) -> None:
