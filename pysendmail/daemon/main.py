@@ -272,33 +272,44 @@ class Daemon:
             log.log("daemon: stopped")
 
     async def _run_due(self) -> None:
-        """Attempt every due message, up to the transport's pool size at once."""
+        """Attempt every due message, up to the transport's pool size at once.
+
+        The attempts are the children of one TaskGroup: leaving it waits
+        for every attempt still running (a SIGTERM lets them finish), and
+        an attempt that raises (qmgr's boundary catches what delivery
+        raises, so this is a bug) cancels the others and stops the daemon
+        the way any crash of its loop does, instead of being dropped.
+        """
         limit = self.manager.transport.pool_size
         running: set[asyncio.Task[None]] = set()
         self.blocked_until = 0.0
-        while not self.stopping:
-            if self.wake.is_set():
-                # A new submission arrived: pick it up before the backlog
-                # goes on, so one message never waits behind a long drain.
-                self.wake.clear()
-                if self.manager.trouble is None:
-                    await self._pickup()
-            if not self.due or self.due[0][0] > time.time():
-                break
-            blocked = self.manager.unavailable()
-            if blocked:
-                self.blocked_until = blocked[0]
-                break
-            if len(running) >= limit:
-                _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            _, qid = heapq.heappop(self.due)
-            if qid in self.inflight:
-                continue
-            self.inflight.add(qid)
-            running.add(asyncio.create_task(self._attempt(qid)))
-        if running:
-            await asyncio.wait(running)
+        try:
+            async with asyncio.TaskGroup() as attempts:
+                while not self.stopping:
+                    if self.wake.is_set():
+                        # A new submission arrived: pick it up before the backlog
+                        # goes on, so one message never waits behind a long drain.
+                        self.wake.clear()
+                        if self.manager.trouble is None:
+                            await self._pickup()
+                    if not self.due or self.due[0][0] > time.time():
+                        break
+                    blocked = self.manager.unavailable()
+                    if blocked:
+                        self.blocked_until = blocked[0]
+                        break
+                    if len(running) >= limit:
+                        _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                        continue
+                    _, qid = heapq.heappop(self.due)
+                    if qid in self.inflight:
+                        continue
+                    self.inflight.add(qid)
+                    running.add(attempts.create_task(self._attempt(qid)))
+        except BaseExceptionGroup as group:
+            # The attempt's own exception, not a group: the same traceback
+            # and exit as a crash anywhere else in the loop.
+            raise group.exceptions[0] from None
 
     async def _attempt(self, qid: str) -> None:
         try:
