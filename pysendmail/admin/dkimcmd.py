@@ -25,7 +25,7 @@ import base64
 import os
 import sys
 
-from pysendmail.core import config, errors
+from pysendmail.core import config, durable, errors
 
 # pysendmail.daemon.dkim brings dkimpy, and dkimpy brings dnspython (about
 # 14 MB): every pysendmail command builds the parser that names 'dkim',
@@ -169,30 +169,24 @@ def daemon_owner(cfg: config.Config) -> tuple[int, int] | None:
 def write_key(path: str, pem: bytes, owner: tuple[int, int] | None) -> None:
     """Create ``path`` holding ``pem``: never over an existing file, mode 0600, owned by ``owner`` when given.
 
-    The mode is set by open() itself, before a byte is written; dkim.py
-    refuses a key that group or others can read, so 0600 it stays.
+    Written whole under a temporary name (0600 from open() on, before a
+    byte is written; dkim.py refuses a key that group or others can read)
+    and linked into place (durable.publish, replace=False): a crash never
+    leaves a half-written key that keygen would then refuse to replace.
     """
     directory = os.path.dirname(path)
     try:
         os.makedirs(directory, 0o755, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        if os.path.lexists(path):
+            raise FileExistsError(path)
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+        durable.publish(tmp, path, pem, owner=owner, replace=False)  # a stale tmp of ours is overwritten
     except FileExistsError:
         raise errors.CantCreateError(
             f"{path} already exists: keygen never overwrites a key; choose another --selector or --output"
         ) from None
     except OSError as exc:
         raise errors.from_oserror(exc, f"create the key file {path}") from None
-    try:
-        os.fchmod(fd, 0o600)
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.write(fd, pem)
-        os.fsync(fd)
-    except OSError as exc:
-        os.close(fd)
-        os.unlink(path)
-        raise errors.from_oserror(exc, f"write the key file {path}") from None
-    os.close(fd)
 
 
 # ---------------------------------------------------------------- check

@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import sys
 
+from pysendmail.core import durable
 from pysendmail.core.errors import ConfigError, UsageError
 
 SYSTEM_CONFIG = "/etc/pysendmail/pysendmail.toml"
@@ -699,14 +700,7 @@ def write_cache(cfg: Config) -> bool:
         }
         target = cache_path(cfg.path)
         tmp = f"{target}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            os.fchmod(fd, 0o644)
-            os.write(fd, marshal.dumps(data))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, target)
+        durable.publish(tmp, target, marshal.dumps(data), exclusive=True, mode=0o644)
         return True
     except OSError:
         try:

@@ -35,7 +35,7 @@ import errno
 import os
 import stat
 
-from pysendmail.core import errors, qid, spoolfile
+from pysendmail.core import durable, errors, qid, spoolfile
 from pysendmail.core.errors import ConfigError
 
 SHARED_INCOMING_MODE = 0o3733
@@ -349,9 +349,9 @@ def _enqueue_at(spool: Spool, at: int, head: bytes, message: bytes, tail: bytes,
         raise errors.TempFailure(f"cannot find a free queue id in {spool.incoming}; try again")
     try:
         try:
-            _write_all(fd, head)
-            _write_all(fd, message)
-            _write_all(fd, tail)
+            durable.write_all(fd, head)
+            durable.write_all(fd, message)
+            durable.write_all(fd, tail)
             # The stub before "ready": the daemon cannot pick the message up
             # (and publish its summary, which removes the stub) before the
             # stub exists, so a stub never outlives its message unseen.
@@ -404,7 +404,7 @@ def _drop_stub(spool: Spool, name: str, env: spoolfile.Envelope, size: int) -> N
         return
     try:
         os.fchmod(fd, STUB_MODE)  # whatever the caller's umask: others read it
-        _write_all(fd, data)
+        durable.write_all(fd, data)
     except OSError:
         try:
             os.unlink(name, dir_fd=at)
@@ -432,13 +432,6 @@ def _remove_stub(spool: Spool, name: str) -> None:
 
 def _enqueue_error(exc: OSError, spool: Spool) -> errors.PysendmailError:
     return errors.from_oserror(exc, f"write the message into {spool.incoming}")
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def poke(spool: Spool, what: bytes = b"W") -> None:
