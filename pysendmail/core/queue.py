@@ -103,12 +103,8 @@ class QueuedMessage:
         out = QueuedMessage.__new__(QueuedMessage)
         for slot in QueuedMessage.__slots__:
             setattr(out, slot, getattr(self, slot))
-        out.envelope = spoolfile.Envelope(
-            env.sender if sender is None else sender, list(env.recipients) if recipients is None else recipients,
-            uid=env.uid, time=env.time, fullname=env.fullname, login=env.login, envid=env.envid,
-            notify=env.notify, ret=env.ret,
-            body=env.body if message is None else ("7BIT" if data.isascii() else "8BITMIME"),
-        )
+        out.envelope = env.replace(sender=sender, recipients=recipients,
+                                   body=None if message is None else ("7BIT" if data.isascii() else "8BITMIME"))
         out.message = data
         out.size = len(data) if message is not None else self.size
         return out

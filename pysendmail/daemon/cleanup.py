@@ -105,18 +105,8 @@ def clean(
     new_message = b"\r\n".join(out) + b"\r\n\r\n" + body
 
     recipients, refused = resolve_recipients(env.recipients, ctx)
-    new_env = spoolfile.Envelope(
-        sender,
-        recipients,
-        uid=uid,
-        login=login,
-        time=env.time,
-        fullname=env.fullname,
-        envid=env.envid,
-        notify=env.notify,
-        ret=env.ret,
-        body="7BIT" if new_message.isascii() else "8BITMIME",
-    )
+    new_env = env.replace(sender=sender, recipients=recipients, uid=uid, login=login,
+                          body="7BIT" if new_message.isascii() else "8BITMIME")
     return new_env, new_message, refused
 
 
