@@ -302,7 +302,7 @@ def _counts(spool: layout.Spool) -> dict[str, int]:
     counts["incoming"] = len(queue.list_ids(spool.incoming))
     for qid in queue.list_ids(spool.queue):
         try:
-            state = queue.QueuedMessage.load(os.path.join(spool.queue, qid)).state
+            state = queue.QueuedMessage.load(spool.queue_file(qid)).state
         except (OSError, spoolfile.SpoolFormatError):
             continue
         if state in counts:
@@ -341,7 +341,7 @@ INCOMING_WAIT = 30.0  # how long queue hold/delete wait for a running daemon to 
 def _in_incoming(spool: layout.Spool, qid: str) -> bool:
     """A ready submission (what mailq lists as incoming), not yet picked up."""
     try:
-        st = os.lstat(os.path.join(spool.incoming, qid))
+        st = os.lstat(spool.incoming_file(qid))
     except OSError:
         return False
     return stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == layout.READY_MODE
@@ -368,7 +368,7 @@ def _claim_incoming(spool: layout.Spool, qids: list[str]) -> SpoolLock | None:
         if pid is None:
             lock.acquire("queue", wait=True)  # a flush: it picks up at its start only
             return lock
-        left = [q for q in qids if os.path.lexists(os.path.join(spool.incoming, q))]
+        left = [q for q in qids if os.path.lexists(spool.incoming_file(q))]
         if not left:
             return None
         if time.monotonic() > deadline:
@@ -383,7 +383,7 @@ def _claim_incoming(spool: layout.Spool, qids: list[str]) -> SpoolLock | None:
 
 
 def _show(spool: layout.Spool, qid: str, max_size: int) -> None:
-    path = os.path.join(spool.queue, qid)
+    path = spool.queue_file(qid)
     if os.path.exists(path):
         msg = queue.QueuedMessage.load(path)
         env, state, message = msg.envelope, msg.state, msg.message
@@ -394,7 +394,7 @@ def _show(spool: layout.Spool, qid: str, max_size: int) -> None:
         # not added Received: or rewritten anything yet).  Opened as pickup
         # opens it: the file is the submitter's, so no symlink, no FIFO.
         try:
-            fd = os.open(os.path.join(spool.incoming, qid), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(spool.incoming_file(qid), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise errors.DataError(f"queue id {qid} left the queue meanwhile") from None
         with os.fdopen(fd, "rb") as fh:
@@ -433,13 +433,13 @@ def cmd_queue(cfg: config.Config, action: str, ids: list[str], all_: bool) -> in
     for qid in ids:
         if not is_qid(qid):
             raise errors.UsageError(f"{qid!r} is not a queue id; mailq lists them")
-        if not os.path.exists(os.path.join(spool.queue, qid)) and not _in_incoming(spool, qid):
+        if not os.path.exists(spool.queue_file(qid)) and not _in_incoming(spool, qid):
             raise errors.DataError(f"queue id {qid} is not in the queue")
     if action == "show":
         for qid in ids:
             _show(spool, qid, cfg.max_message_size)
         return 0
-    waiting = [q for q in ids if not os.path.exists(os.path.join(spool.queue, q))]
+    waiting = [q for q in ids if not os.path.exists(spool.queue_file(q))]
     # hold needs a queue file to record the hold in, delete must not race a
     # pickup; release and retry of a submission not yet picked up are true
     # already (it is due the moment it is queued).
@@ -447,8 +447,8 @@ def cmd_queue(cfg: config.Config, action: str, ids: list[str], all_: bool) -> in
     try:
         ctx = None
         for qid in ids:
-            path = os.path.join(spool.queue, qid)
-            incoming = os.path.join(spool.incoming, qid)
+            path = spool.queue_file(qid)
+            incoming = spool.incoming_file(qid)
             now = f"{time.time():.3f}"
             if not os.path.exists(path) and lock is not None and os.path.lexists(incoming):
                 # We hold the lock: nobody else picks up or delivers now.

@@ -1,6 +1,7 @@
 """The spool's directories, their owners and modes, and the enqueue steps.
 
-Contract:   ``Spool(path)`` names every path under the spool (the only
+Contract:   ``Spool(path)`` names every path under the spool, directories and
+            the files in them (queue_file, incoming_file, state_file, ...: the only
             module that builds them).  ``ensure_layout`` creates or checks
             the layout; ``enqueue`` is the submitter's durable commit:
             create 0600 under the final name, write envelope + message +
@@ -53,7 +54,7 @@ class Spool:
     """Paths under one spool directory."""
 
     __slots__ = ("path", "incoming", "queue", "failed", "quarantine", "pickup", "lock", "state", "route_state",
-                 "public", "stubs")
+                 "public", "stubs", "summary")
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -68,9 +69,30 @@ class Spool:
         # Shared spools only: what every user's mailq may read (core/mailq.py).
         self.public = os.path.join(path, "public")  # 0755: the queue summary, written by the owner
         self.stubs = os.path.join(self.public, "incoming")  # 1777: submitters' display-only stubs
+        self.summary = os.path.join(self.public, "mailq")  # the queue summary itself (core/mailq.py)
 
     def private_dirs(self) -> tuple[str, ...]:
         return (self.queue, self.failed, self.quarantine, self.state)
+
+    # One file in each directory; ``name`` is a queue id or a name listed
+    # there, never a path (callers check it: is_qid, listing).
+    def incoming_file(self, name: str) -> str:
+        return os.path.join(self.incoming, name)
+
+    def queue_file(self, qid: str) -> str:
+        return os.path.join(self.queue, qid)
+
+    def failed_file(self, qid: str) -> str:
+        return os.path.join(self.failed, qid)
+
+    def state_file(self, name: str) -> str:
+        return os.path.join(self.state, name)
+
+    def public_file(self, name: str) -> str:
+        return os.path.join(self.public, name)
+
+    def stub_file(self, name: str) -> str:
+        return os.path.join(self.stubs, name)
 
 
 def _mode_text(mode: int) -> str:

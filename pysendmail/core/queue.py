@@ -187,7 +187,7 @@ def remove(path: str) -> None:
 
 
 def move_to_failed(spool: Spool, msg: QueuedMessage) -> str:
-    target = os.path.join(spool.failed, msg.qid)
+    target = spool.failed_file(msg.qid)
     os.rename(msg.path, target)
     durable.fsync_dir(spool.failed)
     durable.fsync_dir(os.path.dirname(msg.path))

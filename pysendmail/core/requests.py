@@ -37,7 +37,7 @@ _warned_state: set[str] = set()
 
 def resume_request_path(spool: layout.Spool, route: str) -> str:
     """spool/state/resume.<route name in hex>: one file per request (hex: a route name may hold any character)."""
-    return os.path.join(spool.state, RESUME_PREFIX + route.encode().hex())
+    return spool.state_file(RESUME_PREFIX + route.encode().hex())
 
 
 def leave_request(spool: layout.Spool, kind: str) -> str:
@@ -47,7 +47,7 @@ def leave_request(spool: layout.Spool, kind: str) -> str:
     is what makes it a request the daemon trusts.  The daemon removes it
     once it has carried it out; the caller waits for that.
     """
-    path = os.path.join(spool.state, f"{kind}.{os.getpid()}.{time.time_ns()}")
+    path = spool.state_file(f"{kind}.{os.getpid()}.{time.time_ns()}")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     os.close(fd)
     return path
@@ -99,7 +99,7 @@ def pending(spool: layout.Spool, kind: str) -> list[str]:
     for n in sorted(names):
         if not n.startswith(kind + ".") or n.endswith(FULL_SUFFIX):
             continue
-        path = os.path.join(spool.state, n)
+        path = spool.state_file(n)
         try:
             entry = os.lstat(path)
         except FileNotFoundError:

@@ -151,7 +151,7 @@ class Daemon:
             if qid in skip:
                 continue  # in flight: its attempt puts it back with its new due time
             try:
-                state = queue.read_state(os.path.join(self.spool.queue, qid))
+                state = queue.read_state(self.spool.queue_file(qid))
             except Exception as exc:  # one bad file must not stop the daemon
                 log.log(f"{qid}: unreadable queue file left in place: {exc}")
                 continue

@@ -77,7 +77,7 @@ class DeliveryRun(Daemon):
 
 def _open_log(spool: layout.Spool) -> None:
     """Point stderr (log.log's stream) at state/run.log, keeping the previous file as run.log.1."""
-    path = os.path.join(spool.state, RUN_LOG)
+    path = spool.state_file(RUN_LOG)
     try:
         if os.stat(path).st_size > RUN_LOG_MAX:
             os.replace(path, path + ".1")
