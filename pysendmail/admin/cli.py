@@ -41,6 +41,8 @@ from pysendmail.admin.privileges import drop_privileges, spool_owner
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import NoReturn
+
     from pysendmail.core.lock import SpoolLock
 
 
@@ -144,7 +146,7 @@ def _age(seconds: float) -> str:
 def cmd_newaliases(cfg: config.Config) -> int:
     from pysendmail.daemon.qmgr import make_context
 
-    path = str(cfg.get("host", "aliases_file"))
+    path = cfg.host.aliases_file
     try:
         checker = make_context(cfg).aliases  # errors name FILE:LINE, in the aliases file or the TOML
     except aliases.AliasError as exc:
@@ -507,7 +509,7 @@ def cmd_queue(cfg: config.Config, action: str, ids: list[str], all_: bool) -> in
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error exits 64 (EX_USAGE) instead of 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         sys.stderr.write(f"{self.prog}: {message}\n")
         sys.exit(errors.EX_USAGE)

@@ -32,6 +32,8 @@ from pysendmail.core import config, durable, errors
 # the daemon among them, so each function below imports it when it runs.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     import dns.resolver
 
     from pysendmail.daemon import dkim
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 NAMESERVER_ENV = "PYSENDMAIL_NAMESERVER"
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[Any]) -> None:  # Any: cli's parser class
     p = sub.add_parser("dkim", help="make a DKIM key (keygen) or check its DNS record (check)")
     dsub = p.add_subparsers(dest="dkim_action", metavar="action", required=True, parser_class=type(p))
     k = dsub.add_parser("keygen", help="write a new private key and print the TXT record to publish")
@@ -232,13 +234,16 @@ def _same_public(published: bytes, key: dkim.Key) -> bool:
         return True
     if key.algorithm == "rsa-sha256":
         from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
 
         try:
             theirs = serialization.load_der_public_key(published)
             ours = serialization.load_der_public_key(key.public)
         except (ValueError, TypeError):
             return False
-        return bool(theirs.public_numbers() == ours.public_numbers())  # type: ignore[union-attr]
+        if not isinstance(theirs, rsa.RSAPublicKey) or not isinstance(ours, rsa.RSAPublicKey):
+            return False
+        return theirs.public_numbers() == ours.public_numbers()
     return False
 
 
@@ -281,7 +286,7 @@ def check(cfg: config.Config, domain: str | None, nameserver: str | None) -> int
     from pysendmail.daemon import dkim
 
     where = cfg.path or "the configuration"
-    tables = [t for t in cfg.dkim if domain is None or str(t["domain"]).rstrip(".").lower() == domain.rstrip(".").lower()]
+    tables = [t for t in cfg.dkim_keys if domain is None or t.domain.rstrip(".").lower() == domain.rstrip(".").lower()]
     if not tables:
         what = f"for {domain} " if domain else ""
         raise errors.ConfigError(f"no [[dkim]] key {what}in {where}: make one with 'pysendmail dkim keygen'")

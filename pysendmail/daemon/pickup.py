@@ -105,8 +105,7 @@ class Scanner:
     @classmethod
     def from_config(cls, cfg: config.Config) -> Scanner:
         spool = layout.Spool(cfg.spool_path)
-        return cls(float(cfg.get("spool", "unready_lifetime")),  # type: ignore[arg-type]
-                   Quarantine(spool.quarantine, Bounds.from_config(cfg)))
+        return cls(float(cfg.spool.unready_lifetime), Quarantine(spool.quarantine, Bounds.from_config(cfg)))
 
     def adopt(self, old: Scanner) -> None:
         """Keep what an older scanner learnt (SIGHUP builds a new one with the new settings)."""
