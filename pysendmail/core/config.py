@@ -2,11 +2,15 @@
 
 Contract:   ``find_config(cli_path)`` says which file applies (or none);
             ``load(path)`` returns a Config with every key type-checked and
-            defaults filled, or raises ConfigError naming the key and file;
+            defaults filled (read through typed read-only views: cfg.spool,
+            cfg.host, cfg.maildir, cfg.submit, cfg.queue, cfg.dkim_keys),
+            or raises ConfigError naming the key and file;
             ``submit_settings(cli_path)`` returns the few values sendmail
             needs (spool, size limit, -bs timeouts), from a cache when its
             stamp matches the TOML file; it reads no other file and judges
             no owner (submission is not acting on the config).
+            ``parse_interval`` reads sendmail's -q intervals and the
+            durations of queue.retry_schedule.
 Security:   the TOML file is trusted as its owner's word, and ``load``
             (every command that acts on it: daemon, flush, admin) accepts
             only a file of root or of this process's user that nobody else
