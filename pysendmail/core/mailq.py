@@ -399,7 +399,7 @@ def _check_publisher(spool: layout.Spool, fd: int) -> None:
     directory = os.lstat(spool.public)
     summary = os.fstat(fd)
     if not stat.S_ISREG(summary.st_mode):
-        raise errors.ConfigError(_NOT_A_FILE.format(path=os.path.join(spool.public, "mailq")))
+        raise errors.ConfigError(_NOT_A_FILE.format(path=spool.summary))
     trusted = (owner, 0)
     if (not stat.S_ISDIR(directory.st_mode) or directory.st_uid not in trusted or directory.st_mode & 0o022
             or not stat.S_ISREG(summary.st_mode) or summary.st_uid not in trusted or summary.st_mode & 0o022):
