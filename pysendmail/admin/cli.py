@@ -242,7 +242,7 @@ def cmd_flush(cfg: config.Config) -> int:
     from pysendmail.core.lock import SpoolLock, lock_holder
     from pysendmail.daemon.qmgr import QueueManager
 
-    from pysendmail.daemon.run import stop_run
+    from pysendmail.core.lock import stop_run
     from pysendmail.submit.main import start_run
 
     spool = _ready_spool(cfg)

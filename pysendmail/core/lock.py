@@ -6,7 +6,9 @@ Contract:   ``SpoolLock(spool).acquire(role, wait)`` takes an exclusive
             ``lock_holder(spool, role)`` gives the pid of the process with
             that role holding it, else None.  Used by the daemon, delivery
             runs (daemon/run.py) and the admin commands that must not race
-            it (flush, queue, route resume, status).
+            it (flush, queue, route resume, status).  ``stop_run`` asks a
+            delivery run (daemon/run.py) holding the lock to stop;
+            ``take_over`` is how a starting daemon takes the lock from one.
 Security:   ``lock_holder`` opens the file without following a link and
             without blocking, and reads it only when it is a regular file:
             root asks it before dropping privileges, and the spool's owner
@@ -21,9 +23,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import stat
+import time
 
-from pysendmail.core import layout
+from pysendmail.core import layout, log
+
+TAKE_OVER_SECONDS = 90.0  # how long a starting daemon waits for a run's attempts in flight
 
 
 class SpoolLock:
@@ -75,3 +81,53 @@ def lock_holder(spool: layout.Spool, role: str = "daemon") -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def _is_pysendmail(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"pysendmail" in fh.read()
+    except OSError:
+        return False
+
+
+def stop_run(spool: layout.Spool) -> bool:
+    """Ask the delivery run holding the spool's lock, if any, to stop (SIGTERM); True if one was asked."""
+    pid = lock_holder(spool, "run")
+    if not pid or not _is_pysendmail(pid):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        return False
+    return True
+
+
+def take_over(spool: layout.Spool, lock: SpoolLock, timeout: float = TAKE_OVER_SECONDS) -> bool:
+    """Take the lock as "daemon" from a delivery run; False if a daemon or a flush holds it, or on timeout.
+
+    A run holds the lock for a few seconds after its last message: the
+    starting daemon asks it to stop (SIGTERM, as the daemon itself stops)
+    and waits for its attempts in flight.  A holder that names no role is
+    a submitter trying the lock for an instant: wait briefly.
+    """
+    deadline = time.monotonic() + timeout
+    unknown_until = time.monotonic() + 2.0
+    asked: set[int] = set()
+    while True:
+        if lock.acquire("daemon"):
+            return True
+        if lock_holder(spool, "daemon") or lock_holder(spool, "flush"):
+            return False
+        pid = lock_holder(spool, "run")
+        now = time.monotonic()
+        if pid:
+            if pid not in asked and stop_run(spool):
+                log.log(f"daemon: asked the delivery run (pid {pid}) to stop; waiting for it")
+            asked.add(pid)
+            unknown_until = now + 2.0
+        elif now > unknown_until:
+            return False
+        if now > deadline:
+            return False
+        time.sleep(0.05)

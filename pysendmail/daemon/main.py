@@ -60,7 +60,7 @@ import stat
 import time
 
 from pysendmail.core import config, errors, layout, log, queue, requests
-from pysendmail.core.lock import SpoolLock, lock_holder
+from pysendmail.core.lock import SpoolLock, lock_holder, take_over
 from pysendmail.daemon.qmgr import Counts, QueueManager, helo_warnings
 from pysendmail.daemon.summary import Publisher
 from pysendmail.daemon.watch import Watch
@@ -451,8 +451,6 @@ def run(cfg: config.Config, interval: int | None) -> int:
     spool = layout.Spool(cfg.spool_path)
     lock = SpoolLock(spool)
     if not lock.acquire("daemon"):
-        from pysendmail.daemon.run import take_over
-
         if take_over(spool, lock):  # a delivery run started by sendmail: it stops for us
             return _serve_locked(cfg, interval, lock)
         pid = lock_holder(spool)
