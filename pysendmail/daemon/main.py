@@ -56,7 +56,6 @@ import heapq
 import os
 import signal
 import socket
-import stat
 import time
 
 from pysendmail.core import config, errors, layout, log, queue, requests
