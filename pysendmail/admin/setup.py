@@ -103,7 +103,7 @@ def dkim_key(domain: str, selector: str, key_file: str, owner: tuple[int, int] |
     with open(key_file, "rb") as fh:
         if b"-----BEGIN" not in fh.read(1 << 16):
             algorithm = "ed25519-sha256"  # dknewkey's raw Ed25519 seed
-    table = config.DkimConfig({"domain": domain, "selector": selector, "key_file": key_file, "algorithm": algorithm})
+    table = config.dkim_view({"domain": domain, "selector": selector, "key_file": key_file, "algorithm": algorithm})
     key, _ = dkim.load_key(table, "setup", fast=False)
     return key, done
 

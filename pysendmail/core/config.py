@@ -40,6 +40,10 @@ import sys
 from pysendmail.core import durable
 from pysendmail.core.errors import ConfigError, UsageError
 
+TYPE_CHECKING = False  # typing costs start-up; mypy reads this name as True
+if TYPE_CHECKING:
+    from pysendmail.core import sections
+
 SYSTEM_CONFIG = "/etc/pysendmail/pysendmail.toml"
 SYSTEM_SPOOL = "/var/spool/pysendmail"
 DEFAULT_MAX_MESSAGE_SIZE = 35 * 1024 * 1024
@@ -179,153 +183,6 @@ ROUTE_SCHEMA: dict[str, tuple[str, object]] = {
 DEFAULT_RELAY = "default"  # the name of the plain [relay] table
 
 
-# ---------------------------------------------------------------- typed views
-# Read-only, typed views of the checked sections (built once by Config):
-# callers read cfg.spool.unready_lifetime, an int, instead of
-# cfg.get("spool", "unready_lifetime"), an object.  Plain classes with
-# __slots__, not frozen dataclasses: sendmail imports this module, and
-# dataclasses costs start-up.  The [relay] tables have their own view in
-# the daemon (routes).
-def _str(value: object) -> str:
-    assert isinstance(value, str), value
-    return value
-
-
-def _opt_str(value: object) -> str | None:
-    assert value is None or isinstance(value, str), value
-    return value
-
-
-def _int(value: object) -> int:
-    assert isinstance(value, int) and not isinstance(value, bool), value
-    return value
-
-
-def _bool(value: object) -> bool:
-    assert isinstance(value, bool), value
-    return value
-
-
-def _strs(value: object) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    assert isinstance(value, list) and all(isinstance(v, str) for v in value), value
-    return tuple(value)
-
-
-class _View:
-    """Attributes set once, by the constructor; any later assignment raises AttributeError."""
-
-    __slots__: tuple[str, ...] = ()
-
-    def _init(self, **values: object) -> None:
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{type(self).__name__}.{name} is read-only")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"{type(self).__name__}.{name} is read-only")
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"{type(self).__name__}({shown})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
-
-    def __hash__(self) -> int:
-        return hash(tuple(getattr(self, n) for n in self.__slots__))
-
-
-class SpoolConfig(_View):
-    """[spool]"""
-
-    __slots__ = ("path", "user", "max_message_size", "unready_lifetime", "quarantine_max_entries",
-                 "quarantine_max_size", "quarantine_lifetime", "deliver_without_daemon")
-    path: str
-    user: str | None
-    max_message_size: int
-    unready_lifetime: int
-    quarantine_max_entries: int
-    quarantine_max_size: int
-    quarantine_lifetime: int
-    deliver_without_daemon: bool
-
-    def __init__(self, t: dict[str, object]) -> None:
-        self._init(path=_str(t["path"]), user=_opt_str(t["user"]), max_message_size=_int(t["max_message_size"]),
-                   unready_lifetime=_int(t["unready_lifetime"]),
-                   quarantine_max_entries=_int(t["quarantine_max_entries"]),
-                   quarantine_max_size=_int(t["quarantine_max_size"]),
-                   quarantine_lifetime=_int(t["quarantine_lifetime"]),
-                   deliver_without_daemon=_bool(t["deliver_without_daemon"]))
-
-
-class HostConfig(_View):
-    """[host]"""
-
-    __slots__ = ("name", "default_domain", "aliases_file", "local_domains")
-    name: str | None
-    default_domain: str | None
-    aliases_file: str
-    local_domains: tuple[str, ...]
-
-    def __init__(self, t: dict[str, object]) -> None:
-        self._init(name=_opt_str(t["name"]), default_domain=_opt_str(t["default_domain"]),
-                   aliases_file=_str(t["aliases_file"]), local_domains=_strs(t["local_domains"]) or ())
-
-
-class MaildirConfig(_View):
-    """[maildir]"""
-
-    __slots__ = ("path",)
-    path: str
-
-    def __init__(self, t: dict[str, object]) -> None:
-        self._init(path=_str(t["path"]))
-
-
-class SubmitConfig(_View):
-    """[submit]"""
-
-    __slots__ = ("smtp_timeout", "smtp_session_limit")
-    smtp_timeout: int
-    smtp_session_limit: int
-
-    def __init__(self, t: dict[str, object]) -> None:
-        self._init(smtp_timeout=_int(t["smtp_timeout"]), smtp_session_limit=_int(t["smtp_session_limit"]))
-
-
-class QueueConfig(_View):
-    """[queue]"""
-
-    __slots__ = ("lifetime", "retry_schedule", "postmaster")
-    lifetime: int
-    retry_schedule: tuple[str, ...] | None
-    postmaster: str | None
-
-    def __init__(self, t: dict[str, object]) -> None:
-        self._init(lifetime=_int(t["lifetime"]), retry_schedule=_strs(t["retry_schedule"]),
-                   postmaster=_opt_str(t["postmaster"]))
-
-
-class DkimConfig(_View):
-    """One [[dkim]] table."""
-
-    __slots__ = ("domain", "selector", "key_file", "algorithm", "headers", "subdomains")
-    domain: str
-    selector: str
-    key_file: str
-    algorithm: str
-    headers: tuple[str, ...] | None
-    subdomains: bool
-
-    def __init__(self, t: dict[str, object]) -> None:
-        """From a checked table; keys it lacks take DKIM_SCHEMA's defaults (setup builds one from its options)."""
-        t = {key: t.get(key, default) for key, (_, default) in DKIM_SCHEMA.items()}
-        self._init(domain=_str(t["domain"]), selector=_str(t["selector"]), key_file=_str(t["key_file"]),
-                   algorithm=_str(t["algorithm"]), headers=_strs(t["headers"]), subdomains=_bool(t["subdomains"]))
 
 
 class Config:
@@ -351,12 +208,14 @@ class Config:
         self.relays = relays or {}  # [relay.NAME] tables, defaults filled
         self.routes = routes or []  # [[route]] rules, in order
         # The typed views (the raw dicts above stay for [relay], config show and the cache).
-        self.spool = SpoolConfig(values["spool"])
-        self.host = HostConfig(values["host"])
-        self.maildir = MaildirConfig(values["maildir"])
-        self.submit = SubmitConfig(values["submit"])
-        self.queue = QueueConfig(values["queue"])
-        self.dkim_keys = tuple(DkimConfig(table) for table in dkim)
+        from pysendmail.core import sections  # here, not at the top: sendmail's cached path never needs it
+
+        self.spool = sections.SpoolConfig(values["spool"])
+        self.host = sections.HostConfig(values["host"])
+        self.maildir = sections.MaildirConfig(values["maildir"])
+        self.submit = sections.SubmitConfig(values["submit"])
+        self.queue = sections.QueueConfig(values["queue"])
+        self.dkim_keys = tuple(sections.DkimConfig(table) for table in dkim)
 
     def get(self, section: str, key: str) -> object:
         return self.values[section][key]
@@ -407,6 +266,13 @@ class Config:
     def default_domain(self) -> str:
         """The domain given to unqualified addresses (root, www-data)."""
         return self.host.default_domain or self.hostname()
+
+
+def dkim_view(table: dict[str, object]) -> sections.DkimConfig:
+    """A [[dkim]] view from ``table``, DKIM_SCHEMA's defaults for the keys it lacks (setup's key, tests)."""
+    from pysendmail.core import sections
+
+    return sections.DkimConfig({key: table.get(key, default) for key, (_, default) in DKIM_SCHEMA.items()})
 
 
 def parse_interval(text: str) -> int:
@@ -621,13 +487,15 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
         spool["path"] = SYSTEM_SPOOL if path == SYSTEM_CONFIG else os.path.join(user_dir("data"), "spool")
     if not os.path.isabs(str(spool["path"])):
         raise ConfigError(f"spool.path in {where} must be an absolute path")
-    checked = SpoolConfig(spool)
+    from pysendmail.core import sections
+
+    checked = sections.SpoolConfig(spool)
     if checked.max_message_size < 1024:
         raise ConfigError(f"spool.max_message_size in {where} must be at least 1024 bytes")
     for key in ("unready_lifetime", "quarantine_max_entries", "quarantine_max_size", "quarantine_lifetime"):
         if getattr(checked, key) < 1:
             raise ConfigError(f"spool.{key} in {where} must be at least 1")
-    submit = SubmitConfig(values["submit"])
+    submit = sections.SubmitConfig(values["submit"])
     for key in ("smtp_timeout", "smtp_session_limit"):
         if getattr(submit, key) < 1:
             raise ConfigError(f"submit.{key} in {where} must be at least 1 second")

@@ -51,7 +51,7 @@ from typing import Any
 
 import dkim as dkimpy
 
-from pysendmail.core import config, log, rfc5322, trust
+from pysendmail.core import config, log, rfc5322, sections, trust
 from pysendmail.core.errors import ConfigError
 
 ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
@@ -291,7 +291,7 @@ def parse_private_key(data: bytes, path: str, domain: str, algorithm: str) -> tu
     raise ConfigError(f"{what} is a {type(key).__name__.lstrip('_')}, but DKIM signs with RSA or Ed25519 keys only")
 
 
-def load_key(table: config.DkimConfig, where: str, fast: bool = True) -> tuple[Key, list[str]]:
+def load_key(table: sections.DkimConfig, where: str, fast: bool = True) -> tuple[Key, list[str]]:
     """One [[dkim]] table's key, checked; (key, warnings)."""
     domain = table.domain.rstrip(".").lower()
     algorithm = table.algorithm or "rsa-sha256"

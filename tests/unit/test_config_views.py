@@ -56,6 +56,6 @@ def test_view_refuses_assignment_and_deletion_when_built(view: str) -> None:
 
 
 def test_dkim_view_takes_the_schema_defaults_when_built_from_a_partial_table() -> None:
-    key = config.DkimConfig({"domain": "example.net", "selector": "s", "key_file": "/k2"})
+    key = config.dkim_view({"domain": "example.net", "selector": "s", "key_file": "/k2"})
     assert (key.algorithm, key.headers, key.subdomains) == ("rsa-sha256", None, False)
-    assert key == config.DkimConfig({"domain": "example.net", "selector": "s", "key_file": "/k2"})
+    assert key == config.dkim_view({"domain": "example.net", "selector": "s", "key_file": "/k2"})

@@ -28,7 +28,7 @@ def write_key(path: Path, key: object) -> Path:
 
 def table(path: Path, domain: str = "example.org", algorithm: str = "rsa-sha256", selector: str = "s",
           subdomains: bool = False) -> dict[str, object]:
-    return config.DkimConfig({"domain": domain, "selector": selector, "key_file": str(path), "algorithm": algorithm,
+    return config.dkim_view({"domain": domain, "selector": selector, "key_file": str(path), "algorithm": algorithm,
                               "headers": None, "subdomains": subdomains})
 
 
