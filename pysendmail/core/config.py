@@ -618,9 +618,8 @@ class SubmitSettings:
 
 
 def _settings(cfg: Config) -> SubmitSettings:
-    timeout, limit = cfg.values["submit"]["smtp_timeout"], cfg.values["submit"]["smtp_session_limit"]
-    assert isinstance(timeout, int) and isinstance(limit, int)
-    return SubmitSettings(cfg.path, cfg.spool_path, cfg.max_message_size, timeout, limit, cfg.deliver_without_daemon)
+    return SubmitSettings(cfg.path, cfg.spool_path, cfg.max_message_size, cfg.submit.smtp_timeout,
+                          cfg.submit.smtp_session_limit, cfg.deliver_without_daemon)
 
 
 def cache_path(config_path: str) -> str:

@@ -30,7 +30,6 @@ import errno
 import os
 
 from pysendmail.core import durable, spoolfile
-from pysendmail.core.durable import publish as publish  # transport/maildir.py and admin/routecmd.py call it here
 
 # The disk's failures, not a bug's: full, over quota, read-only, broken.
 # Callers keep what they have and wait for space instead of crashing.
