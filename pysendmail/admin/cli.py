@@ -10,14 +10,14 @@ Contract:   ``main(argv)`` runs one subcommand and returns a sysexits.h
 Security:   run as root, commands that touch the queue first drop to the
             spool's owner, so every file they create belongs to the daemon
             user; other users get NoPermission for the queue, except mailq,
-            which shows them the owner's published summary (admin/mailq.py
+            which shows them the owner's published summary (core/mailq.py
             says what it holds and why it is safe).  Every command that
             changes the queue (flush, queue, spool init) republishes it.
             queue hold|delete of an id still in incoming/ never races a
             pickup: without a daemon they hold the spool's lock, with one
             they ask it to pick the id up first (_claim_incoming).
             Requests to a running daemon (flush, queue hold|release|retry|
-            delete) are files in state/ (daemon.main.leave_request), never
+            delete) are files in state/ (core/requests.py), never
             bare FIFO bytes.  flush exits 75 (one sentence) when the
             spool's disk refused a write; nothing is lost.
 See also:   pysendmail(8), mailq(1), newaliases(1).
@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import pwd
 import stat
 import sys
 import time
@@ -38,42 +37,19 @@ from collections.abc import Iterable
 from pysendmail import __version__
 from pysendmail.core import aliases, config, errors, layout, queue, spoolfile
 from pysendmail.core.qid import is_qid
+from pysendmail.admin.privileges import drop_privileges, spool_owner
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from pysendmail.daemon.main import SpoolLock
+    from typing import NoReturn
+
+    from pysendmail.core.lock import SpoolLock
 
 
 def _load(path: str | None) -> config.Config:
     cfg = config.load(path)
     config.write_cache(cfg)  # admin commands keep the submitter's cache fresh
     return cfg
-
-
-def spool_owner(cfg: config.Config) -> tuple[int, int, str]:
-    """(uid, gid, name) of the daemon's user for a spool created by root (config.daemon_user)."""
-    return config.daemon_user(cfg)
-
-
-def drop_privileges(cfg: config.Config) -> None:
-    """As root, become the spool's owner before touching the queue."""
-    if os.geteuid() != 0:
-        return
-    try:
-        st = os.lstat(cfg.spool_path)
-    except OSError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        # Never os.stat: a link planted by whoever owns the spool's parent
-        # would choose whom root becomes, or keep root root in a directory
-        # that user picked.
-        raise errors.ConfigError(f"spool {cfg.spool_path} is not a directory (a symlink is refused)")
-    if st.st_uid == 0:
-        return
-    entry = pwd.getpwuid(st.st_uid)
-    os.initgroups(entry.pw_name, entry.pw_gid)
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
 
 
 def _ready_spool(cfg: config.Config) -> layout.Spool:
@@ -120,8 +96,8 @@ def cmd_spool_init(cfg: config.Config) -> int:
 
 def publish_summary(spool: layout.Spool) -> None:
     """Refresh public/mailq after a change made here; a failure is a warning, not the command's failure."""
-    from pysendmail.admin import mailq
-    from pysendmail.daemon.main import lock_holder
+    from pysendmail.core import mailq
+    from pysendmail.core.lock import lock_holder
 
     try:
         mailq.publish(spool, lock_holder(spool) or 0)
@@ -131,7 +107,7 @@ def publish_summary(spool: layout.Spool) -> None:
 
 
 def cmd_mailq(cfg: config.Config, as_json: bool) -> int:
-    from pysendmail.admin import mailq
+    from pysendmail.core import mailq
 
     spool = layout.Spool(cfg.spool_path)
     if not os.path.isdir(spool.path):
@@ -170,7 +146,7 @@ def _age(seconds: float) -> str:
 def cmd_newaliases(cfg: config.Config) -> int:
     from pysendmail.daemon.qmgr import make_context
 
-    path = str(cfg.get("host", "aliases_file"))
+    path = cfg.host.aliases_file
     try:
         checker = make_context(cfg).aliases  # errors name FILE:LINE, in the aliases file or the TOML
     except aliases.AliasError as exc:
@@ -227,12 +203,12 @@ def verify(config_path: str | None, addresses: list[str]) -> int:
 def _ask_daemon(spool: layout.Spool, pid: int) -> bool:
     """Have the running daemon run the whole queue; wait until it has. False if it died.
 
-    The request is a file in state/ (daemon.main.leave_request), which
+    The request is a file in state/ (core/requests.py), which
     only root and the daemon's user can write; the 'F' byte in the FIFO
     only announces it, as anyone may write that byte.  The daemon removes
     the file after the run: that is the answer we wait for.
     """
-    from pysendmail.daemon.main import FULL_SUFFIX, await_request, leave_request
+    from pysendmail.core.requests import FULL_SUFFIX, await_request, leave_request
 
     try:
         request = leave_request(spool, "flush")
@@ -263,11 +239,11 @@ def _disk_full(spool: layout.Spool, why: str) -> errors.TempFailure:
 
 
 def cmd_flush(cfg: config.Config) -> int:
-    from pysendmail.daemon.main import SpoolLock, lock_holder
+    from pysendmail.core.lock import SpoolLock, lock_holder
     from pysendmail.daemon.qmgr import QueueManager
 
-    from pysendmail.daemon.run import stop_run
-    from pysendmail.submit.main import ready_waiting, start_run
+    from pysendmail.core.lock import stop_run
+    from pysendmail.submit.main import start_run
 
     spool = _ready_spool(cfg)
     lock = SpoolLock(spool)
@@ -295,7 +271,7 @@ def cmd_flush(cfg: config.Config) -> int:
     # On a full disk the summary could not be written either: it is
     # republished by the next flush or the daemon, once writes work.
     publish_summary(spool)
-    if cfg.deliver_without_daemon and ready_waiting(spool):
+    if cfg.deliver_without_daemon and layout.ready_waiting(spool):
         # Queued during this flush, by a submitter that found the lock
         # taken and so started no run: start one now.
         start_run(spool, cfg.path)
@@ -328,7 +304,7 @@ def _counts(spool: layout.Spool) -> dict[str, int]:
     counts["incoming"] = len(queue.list_ids(spool.incoming))
     for qid in queue.list_ids(spool.queue):
         try:
-            state = queue.QueuedMessage.load(os.path.join(spool.queue, qid)).state
+            state = queue.QueuedMessage.load(spool.queue_file(qid)).state
         except (OSError, spoolfile.SpoolFormatError):
             continue
         if state in counts:
@@ -343,7 +319,7 @@ def _counts(spool: layout.Spool) -> dict[str, int]:
 
 def cmd_status(cfg: config.Config, as_json: bool) -> int:
     from pysendmail.admin import status
-    from pysendmail.daemon.main import lock_holder
+    from pysendmail.core.lock import lock_holder
 
     spool = layout.Spool(cfg.spool_path)
     if os.path.isdir(spool.path):
@@ -367,7 +343,7 @@ INCOMING_WAIT = 30.0  # how long queue hold/delete wait for a running daemon to 
 def _in_incoming(spool: layout.Spool, qid: str) -> bool:
     """A ready submission (what mailq lists as incoming), not yet picked up."""
     try:
-        st = os.lstat(os.path.join(spool.incoming, qid))
+        st = os.lstat(spool.incoming_file(qid))
     except OSError:
         return False
     return stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == layout.READY_MODE
@@ -382,7 +358,7 @@ def _claim_incoming(spool: layout.Spool, qids: list[str]) -> SpoolLock | None:
     would race us, so ask it to pick the ids up (a W poke) and wait until
     they have left incoming/; the caller then acts on queue/ as usual.
     """
-    from pysendmail.daemon.main import SpoolLock, lock_holder
+    from pysendmail.core.lock import SpoolLock, lock_holder
 
     lock = SpoolLock(spool)
     deadline = time.monotonic() + INCOMING_WAIT
@@ -394,7 +370,7 @@ def _claim_incoming(spool: layout.Spool, qids: list[str]) -> SpoolLock | None:
         if pid is None:
             lock.acquire("queue", wait=True)  # a flush: it picks up at its start only
             return lock
-        left = [q for q in qids if os.path.lexists(os.path.join(spool.incoming, q))]
+        left = [q for q in qids if os.path.lexists(spool.incoming_file(q))]
         if not left:
             return None
         if time.monotonic() > deadline:
@@ -409,7 +385,7 @@ def _claim_incoming(spool: layout.Spool, qids: list[str]) -> SpoolLock | None:
 
 
 def _show(spool: layout.Spool, qid: str, max_size: int) -> None:
-    path = os.path.join(spool.queue, qid)
+    path = spool.queue_file(qid)
     if os.path.exists(path):
         msg = queue.QueuedMessage.load(path)
         env, state, message = msg.envelope, msg.state, msg.message
@@ -420,7 +396,7 @@ def _show(spool: layout.Spool, qid: str, max_size: int) -> None:
         # not added Received: or rewritten anything yet).  Opened as pickup
         # opens it: the file is the submitter's, so no symlink, no FIFO.
         try:
-            fd = os.open(os.path.join(spool.incoming, qid), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(spool.incoming_file(qid), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise errors.DataError(f"queue id {qid} left the queue meanwhile") from None
         with os.fdopen(fd, "rb") as fh:
@@ -459,13 +435,13 @@ def cmd_queue(cfg: config.Config, action: str, ids: list[str], all_: bool) -> in
     for qid in ids:
         if not is_qid(qid):
             raise errors.UsageError(f"{qid!r} is not a queue id; mailq lists them")
-        if not os.path.exists(os.path.join(spool.queue, qid)) and not _in_incoming(spool, qid):
+        if not os.path.exists(spool.queue_file(qid)) and not _in_incoming(spool, qid):
             raise errors.DataError(f"queue id {qid} is not in the queue")
     if action == "show":
         for qid in ids:
             _show(spool, qid, cfg.max_message_size)
         return 0
-    waiting = [q for q in ids if not os.path.exists(os.path.join(spool.queue, q))]
+    waiting = [q for q in ids if not os.path.exists(spool.queue_file(q))]
     # hold needs a queue file to record the hold in, delete must not race a
     # pickup; release and retry of a submission not yet picked up are true
     # already (it is due the moment it is queued).
@@ -473,8 +449,8 @@ def cmd_queue(cfg: config.Config, action: str, ids: list[str], all_: bool) -> in
     try:
         ctx = None
         for qid in ids:
-            path = os.path.join(spool.queue, qid)
-            incoming = os.path.join(spool.incoming, qid)
+            path = spool.queue_file(qid)
+            incoming = spool.incoming_file(qid)
             now = f"{time.time():.3f}"
             if not os.path.exists(path) and lock is not None and os.path.lexists(incoming):
                 # We hold the lock: nobody else picks up or delivers now.
@@ -520,7 +496,7 @@ def cmd_queue(cfg: config.Config, action: str, ids: list[str], all_: bool) -> in
     # (after a delete too: it then forgets the ids, and republishes).
     # (a request file, see daemon/main.py: the 'I' byte alone is anyone's
     # and does nothing).
-    from pysendmail.daemon.main import leave_request
+    from pysendmail.core.requests import leave_request
 
     try:
         leave_request(spool, "reindex")
@@ -533,7 +509,7 @@ def cmd_queue(cfg: config.Config, action: str, ids: list[str], all_: bool) -> in
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error exits 64 (EX_USAGE) instead of 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         sys.stderr.write(f"{self.prog}: {message}\n")
         sys.exit(errors.EX_USAGE)

@@ -31,7 +31,7 @@ def _daemon_user(cfg: config.Config) -> tuple[int, int, list[int], str]:
     """(uid, gid, every gid, name) of the daemon's user, as 'pysendmail spool init' picks it."""
     import grp
 
-    from pysendmail.admin.cli import spool_owner
+    from pysendmail.admin.privileges import spool_owner
 
     uid, gid, name = spool_owner(cfg)
     gids = [g.gr_gid for g in grp.getgrall() if name in g.gr_mem] + [gid]
@@ -84,7 +84,7 @@ def check(cfg: config.Config) -> list[tuple[str, str]]:
         out.append(_config_file(cfg.path, daemon))
     else:
         out.append((WARN, "no configuration file: mail goes to the local Maildir; run 'pysendmail setup'"))
-    aliases_file = str(cfg.get("host", "aliases_file"))
+    aliases_file = cfg.host.aliases_file
     problem = trust.named_file(aliases_file, "host.aliases_file", (0, daemon[0], os.geteuid()))
     out.append((FAIL, problem) if problem else (OK, f"aliases file {aliases_file}: writable by root or {daemon[3]} only"))
     if cfg.relay_configured:
@@ -92,8 +92,8 @@ def check(cfg: config.Config) -> list[tuple[str, str]]:
         from pysendmail.daemon.qmgr import helo_warnings
 
         out += [(WARN, text.removeprefix("warning: ")) for text in helo_warnings(cfg)]
-    for table in cfg.dkim:
-        out.append(_secret_file(str(table["key_file"]), f"DKIM key for {table['domain']}", daemon))
+    for table in cfg.dkim_keys:
+        out.append(_secret_file(table.key_file, f"DKIM key for {table.domain}", daemon))
     out += _check_spool(cfg, daemon)
     out += _check_delivery(cfg)
     return out
@@ -102,7 +102,7 @@ def check(cfg: config.Config) -> list[tuple[str, str]]:
 def _check_delivery(cfg: config.Config) -> list[tuple[str, str]]:
     """WARN when no daemon runs where one is required (admin/status.py delivery says when)."""
     from pysendmail.admin.status import delivery
-    from pysendmail.daemon.main import lock_holder
+    from pysendmail.core.lock import lock_holder
 
     spool = layout.Spool(cfg.spool_path)
     if not os.path.isdir(spool.path):
@@ -134,10 +134,10 @@ def _check_relays(cfg: config.Config, daemon: tuple[int, int, list[int], str]) -
         SmtpTransport(s.values, "check.invalid", name, s.provider)  # host, tls = none, ca_file: raise here
         for key in ("password_command", "oauth_token_command"):
             argv = s.values.get(key)
-            if argv:
+            if isinstance(argv, list) and argv:  # a list of strings: config.py checked it
                 # As the daemon will run it: owned by root or the daemon's user.
-                problem = trust.command([str(a) for a in argv], f"{s.where}.{key}", daemon[0])  # type: ignore[attr-defined]
-                out.append((FAIL, problem) if problem else (OK, f"{label}: {s.where}.{key} {argv[0]}: "  # type: ignore[index]
+                problem = trust.command([str(a) for a in argv], f"{s.where}.{key}", daemon[0])
+                out.append((FAIL, problem) if problem else (OK, f"{label}: {s.where}.{key} {argv[0]}: "
                                                                 f"writable by root or {daemon[3]} only"))
         if s.values.get("username"):
             source = secrets.password_source(s.values, s.where, name)
@@ -224,10 +224,12 @@ def render_show(data: dict[str, object]) -> str:
     for name, values in relays.items():
         lines.append("[relay]" if name == "default" else f"[relay.{name}]")
         lines += [f"{k} = {_toml(v)}    # {src}" for k, (v, src) in values.items()]
-    for rule in data.get("routes", []):  # type: ignore[attr-defined]
+    rules, tables = data.get("routes", []), data.get("dkim", [])
+    assert isinstance(rules, list) and isinstance(tables, list)
+    for rule in rules:
         lines.append("[[route]]" + ("    # the default route" if rule.get("default") else ""))
         lines += [f"{k} = {_toml(v)}" for k, v in rule.items() if v is not None and k != "default"]
-    for table in data.get("dkim", []):  # type: ignore[attr-defined]
+    for table in tables:
         lines.append("[[dkim]]")
         lines += [f"{k} = {_toml(v)}" for k, v in table.items() if v is not None]
     return "\n".join(lines) + "\n"

@@ -25,13 +25,15 @@ import base64
 import os
 import sys
 
-from pysendmail.core import config, errors
+from pysendmail.core import config, durable, errors
 
 # pysendmail.daemon.dkim brings dkimpy, and dkimpy brings dnspython (about
 # 14 MB): every pysendmail command builds the parser that names 'dkim',
 # the daemon among them, so each function below imports it when it runs.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     import dns.resolver
 
     from pysendmail.daemon import dkim
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 NAMESERVER_ENV = "PYSENDMAIL_NAMESERVER"
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[Any]) -> None:  # Any: cli's parser class
     p = sub.add_parser("dkim", help="make a DKIM key (keygen) or check its DNS record (check)")
     dsub = p.add_subparsers(dest="dkim_action", metavar="action", required=True, parser_class=type(p))
     k = dsub.add_parser("keygen", help="write a new private key and print the TXT record to publish")
@@ -160,7 +162,7 @@ def daemon_owner(cfg: config.Config) -> tuple[int, int] | None:
     """Run as root: the daemon user's (uid, gid), who alone must read a key; else None (the caller's own)."""
     if os.geteuid() != 0:
         return None
-    from pysendmail.admin.cli import spool_owner
+    from pysendmail.admin.privileges import spool_owner
 
     uid, gid, _ = spool_owner(cfg)
     return uid, gid
@@ -169,30 +171,24 @@ def daemon_owner(cfg: config.Config) -> tuple[int, int] | None:
 def write_key(path: str, pem: bytes, owner: tuple[int, int] | None) -> None:
     """Create ``path`` holding ``pem``: never over an existing file, mode 0600, owned by ``owner`` when given.
 
-    The mode is set by open() itself, before a byte is written; dkim.py
-    refuses a key that group or others can read, so 0600 it stays.
+    Written whole under a temporary name (0600 from open() on, before a
+    byte is written; dkim.py refuses a key that group or others can read)
+    and linked into place (durable.publish, replace=False): a crash never
+    leaves a half-written key that keygen would then refuse to replace.
     """
     directory = os.path.dirname(path)
     try:
         os.makedirs(directory, 0o755, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        if os.path.lexists(path):
+            raise FileExistsError(path)
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+        durable.publish(tmp, path, pem, owner=owner, replace=False)  # a stale tmp of ours is overwritten
     except FileExistsError:
         raise errors.CantCreateError(
             f"{path} already exists: keygen never overwrites a key; choose another --selector or --output"
         ) from None
     except OSError as exc:
         raise errors.from_oserror(exc, f"create the key file {path}") from None
-    try:
-        os.fchmod(fd, 0o600)
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.write(fd, pem)
-        os.fsync(fd)
-    except OSError as exc:
-        os.close(fd)
-        os.unlink(path)
-        raise errors.from_oserror(exc, f"write the key file {path}") from None
-    os.close(fd)
 
 
 # ---------------------------------------------------------------- check
@@ -238,13 +234,16 @@ def _same_public(published: bytes, key: dkim.Key) -> bool:
         return True
     if key.algorithm == "rsa-sha256":
         from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
 
         try:
             theirs = serialization.load_der_public_key(published)
             ours = serialization.load_der_public_key(key.public)
         except (ValueError, TypeError):
             return False
-        return bool(theirs.public_numbers() == ours.public_numbers())  # type: ignore[union-attr]
+        if not isinstance(theirs, rsa.RSAPublicKey) or not isinstance(ours, rsa.RSAPublicKey):
+            return False
+        return theirs.public_numbers() == ours.public_numbers()
     return False
 
 
@@ -287,7 +286,7 @@ def check(cfg: config.Config, domain: str | None, nameserver: str | None) -> int
     from pysendmail.daemon import dkim
 
     where = cfg.path or "the configuration"
-    tables = [t for t in cfg.dkim if domain is None or str(t["domain"]).rstrip(".").lower() == domain.rstrip(".").lower()]
+    tables = [t for t in cfg.dkim_keys if domain is None or t.domain.rstrip(".").lower() == domain.rstrip(".").lower()]
     if not tables:
         what = f"for {domain} " if domain else ""
         raise errors.ConfigError(f"no [[dkim]] key {what}in {where}: make one with 'pysendmail dkim keygen'")

@@ -110,8 +110,8 @@ def _relays(cfg: config.Config) -> list[object]:
 
 
 def default_domain(cfg: config.Config) -> str | None:
-    if cfg.dkim:
-        return str(cfg.dkim[0]["domain"])
+    if cfg.dkim_keys:
+        return cfg.dkim_keys[0].domain
     for s in _relays(cfg):
         account = getattr(s, "account", None)
         if account:
@@ -159,11 +159,11 @@ def check(cfg: config.Config, domain: str, res: dns.resolver.Resolver) -> list[t
 
     # DKIM: each key of this domain published, and the same key.
     signed = False
-    for table in cfg.dkim:
-        if str(table["domain"]).lower() != domain.lower():
+    for table in cfg.dkim_keys:
+        if table.domain.lower() != domain.lower():
             continue
         signed = True
-        name = f"{table['selector']}._domainkey.{domain}"
+        name = f"{table.selector}._domainkey.{domain}"
         try:
             # The daemon's own reader and checks (dkim.py), and the record
             # 'pysendmail dkim keygen' prints.
@@ -180,10 +180,10 @@ def check(cfg: config.Config, domain: str, res: dns.resolver.Resolver) -> list[t
             out.append((FAIL, f"DKIM {name}: not published; publish {dkim.zone_line(key)}"))
         elif verdict == "mismatch":
             why = sentence.split(": ", 1)[-1].removesuffix("; publish the record below")
-            out.append((FAIL, f"DKIM {name}: the published key is not the key in {table['key_file']} ({why}); "
+            out.append((FAIL, f"DKIM {name}: the published key is not the key in {table.key_file} ({why}); "
                               f"publish {dkim.zone_line(key)} (or a new selector)"))
         else:
-            out.append((OK, f"DKIM {name}: published and matches {table['key_file']}"))
+            out.append((OK, f"DKIM {name}: published and matches {table.key_file}"))
     if not signed:
         out.append((WARN, f"DKIM {domain}: pysendmail signs nothing for {domain}; 'pysendmail setup --dkim {domain}' "
                           "makes a key (or rely on the provider's own signature)"))

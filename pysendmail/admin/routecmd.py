@@ -17,7 +17,7 @@ Design:     the state lives in the daemon's memory and is mirrored to
             * no daemon runs (we get the lock): we rewrite routes.json
               ourselves, under the lock, and the next run starts unpaused;
             * the daemon runs: we leave a request file,
-              state/resume.<name in hex> (main.resume_request_path), and
+              state/resume.<name in hex> (core/requests.py), and
               poke the FIFO with 'R', as flush pokes it with 'F'.  The
               daemon lifts the pause in memory, saves routes.json, makes
               its queue due now, and only then removes the request file:
@@ -29,11 +29,11 @@ Design:     the state lives in the daemon's memory and is mirrored to
             * a foreground flush holds the lock: we wait for it to finish
               (it saves its own state last), then rewrite the file.
 Security:   run as root, the command first becomes the spool's owner
-            (cli.drop_privileges): state/ is the daemon user's alone, and
+            (privileges.drop_privileges): state/ is the daemon user's alone, and
             any other user gets NoPermission (77): lifting a hold means one
             more login with refused credentials, which only root and the
             daemon's user may ask for.  The daemon obeys a request file only
-            when root or it owns it (daemon/main.py pending_requests).
+            when root or it owns it (core/requests.py pending).
             The file is read and rewritten only through the route-state
             store (daemon/routing/state.py), never parsed here.
 See also:   pysendmail(8) route; daemon/main.py (the FIFO); daemon/routing/
@@ -97,7 +97,7 @@ def collect(cfg: config.Config, spool: layout.Spool, now: float | None = None) -
 
 
 def _spool(cfg: config.Config) -> layout.Spool:
-    from pysendmail.admin.cli import drop_privileges
+    from pysendmail.admin.privileges import drop_privileges
 
     spool = layout.Spool(cfg.spool_path)
     if os.path.isdir(spool.path):
@@ -132,7 +132,7 @@ def cmd_list(cfg: config.Config, as_json: bool) -> int:
 
 def _ask_daemon(spool: layout.Spool, pid: int, name: str) -> bool:
     """Leave a request for the running daemon and wait until it has carried it out; False if it died first."""
-    from pysendmail.daemon.main import await_request, resume_request_path
+    from pysendmail.core.requests import await_request, resume_request_path
 
     request = resume_request_path(spool, name)
     try:
@@ -153,7 +153,8 @@ def _ask_daemon(spool: layout.Spool, pid: int, name: str) -> bool:
 
 
 def cmd_resume(cfg: config.Config, name: str) -> int:
-    from pysendmail.daemon.main import SpoolLock, lock_holder, resume_request_path
+    from pysendmail.core.lock import SpoolLock, lock_holder
+    from pysendmail.core.requests import resume_request_path
 
     _need_relay(cfg)
     spool = _spool(cfg)

@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from pysendmail.core import config, errors, layout, queue, trust
+from pysendmail.core import config, durable, errors, layout, trust
 from pysendmail.admin import dkimcmd
 from pysendmail.daemon import dkim, providers
 
@@ -103,8 +103,8 @@ def dkim_key(domain: str, selector: str, key_file: str, owner: tuple[int, int] |
     with open(key_file, "rb") as fh:
         if b"-----BEGIN" not in fh.read(1 << 16):
             algorithm = "ed25519-sha256"  # dknewkey's raw Ed25519 seed
-    key, _ = dkim.load_key({"domain": domain, "selector": selector, "key_file": key_file, "algorithm": algorithm},
-                           "setup", fast=False)
+    table = config.dkim_view({"domain": domain, "selector": selector, "key_file": key_file, "algorithm": algorithm})
+    key, _ = dkim.load_key(table, "setup", fast=False)
     return key, done
 
 
@@ -147,7 +147,7 @@ def _place(path: str, data: bytes, mode: int, owner: tuple[int, int] | None, for
         return "fixed mode"
     if current is not None and not force:
         raise errors.CantCreateError(f"{what} {path} exists and differs; pass --force to overwrite it")
-    queue.publish(f"{path}.{os.getpid()}.tmp", path, data, exclusive=True, mode=mode, owner=owner)
+    durable.publish(f"{path}.{os.getpid()}.tmp", path, data, exclusive=True, mode=mode, owner=owner)
     if current is None:
         return "written"
     return "written over the package's unedited template" if current == replaceable else "overwritten"

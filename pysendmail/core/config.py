@@ -2,11 +2,15 @@
 
 Contract:   ``find_config(cli_path)`` says which file applies (or none);
             ``load(path)`` returns a Config with every key type-checked and
-            defaults filled, or raises ConfigError naming the key and file;
+            defaults filled (read through typed read-only views: cfg.spool,
+            cfg.host, cfg.maildir, cfg.submit, cfg.queue, cfg.dkim_keys),
+            or raises ConfigError naming the key and file;
             ``submit_settings(cli_path)`` returns the few values sendmail
             needs (spool, size limit, -bs timeouts), from a cache when its
             stamp matches the TOML file; it reads no other file and judges
             no owner (submission is not acting on the config).
+            ``parse_interval`` reads sendmail's -q intervals and the
+            durations of queue.retry_schedule.
 Security:   the TOML file is trusted as its owner's word, and ``load``
             (every command that acts on it: daemon, flush, admin) accepts
             only a file of root or of this process's user that nobody else
@@ -33,7 +37,12 @@ from __future__ import annotations
 import os
 import sys
 
-from pysendmail.core.errors import ConfigError
+from pysendmail.core import durable
+from pysendmail.core.errors import ConfigError, UsageError
+
+TYPE_CHECKING = False  # typing costs start-up; mypy reads this name as True
+if TYPE_CHECKING:
+    from pysendmail.core import sections
 
 SYSTEM_CONFIG = "/etc/pysendmail/pysendmail.toml"
 SYSTEM_SPOOL = "/var/spool/pysendmail"
@@ -174,8 +183,10 @@ ROUTE_SCHEMA: dict[str, tuple[str, object]] = {
 DEFAULT_RELAY = "default"  # the name of the plain [relay] table
 
 
+
+
 class Config:
-    """The effective configuration: ``cfg.get("spool", "path")`` etc."""
+    """The effective configuration: typed views (``cfg.spool.path``, ``cfg.host.name``, ...) and the raw tables."""
 
     def __init__(
         self,
@@ -196,27 +207,34 @@ class Config:
         self.present = present  # "section.key" (and "relay.NAME.key") that the file set
         self.relays = relays or {}  # [relay.NAME] tables, defaults filled
         self.routes = routes or []  # [[route]] rules, in order
+        # The typed views (the raw dicts above stay for [relay], config show and the cache).
+        from pysendmail.core import sections  # here, not at the top: sendmail's cached path never needs it
+
+        self.spool = sections.SpoolConfig(values["spool"])
+        self.host = sections.HostConfig(values["host"])
+        self.maildir = sections.MaildirConfig(values["maildir"])
+        self.submit = sections.SubmitConfig(values["submit"])
+        self.queue = sections.QueueConfig(values["queue"])
+        self.dkim_keys = tuple(sections.DkimConfig(table) for table in dkim)
 
     def get(self, section: str, key: str) -> object:
         return self.values[section][key]
 
     @property
     def spool_path(self) -> str:
-        return str(self.values["spool"]["path"])
+        return self.spool.path
 
     @property
     def maildir_path(self) -> str:
-        return str(self.values["maildir"]["path"])
+        return self.maildir.path
 
     @property
     def max_message_size(self) -> int:
-        size = self.values["spool"]["max_message_size"]
-        assert isinstance(size, int)
-        return size
+        return self.spool.max_message_size
 
     @property
     def deliver_without_daemon(self) -> bool:
-        return bool(self.values["spool"]["deliver_without_daemon"])
+        return self.spool.deliver_without_daemon
 
     @property
     def relay_configured(self) -> bool:
@@ -228,10 +246,7 @@ class Config:
 
     def hostname(self) -> str:
         """host.name, else the host's FQDN (for Received, Message-ID, HELO)."""
-        name = self.values["host"]["name"]
-        if name:
-            return str(name)
-        return system_hostname()
+        return self.host.name or system_hostname()
 
     def local_domains(self) -> tuple[str, ...]:
         """The domains whose mail is resolved here through the aliases, never relayed as it is.
@@ -245,15 +260,38 @@ class Config:
 
         kernel = socket.gethostname()
         names = ["localhost", "localhost.localdomain", self.hostname(), system_hostname(), kernel, kernel.split(".")[0]]
-        extra = self.values["host"]["local_domains"]
-        if isinstance(extra, list):
-            names += extra
+        names += self.host.local_domains
         return tuple(dict.fromkeys(n for n in names if n))
 
     def default_domain(self) -> str:
         """The domain given to unqualified addresses (root, www-data)."""
-        domain = self.values["host"]["default_domain"]
-        return str(domain) if domain else self.hostname()
+        return self.host.default_domain or self.hostname()
+
+
+def dkim_view(table: dict[str, object]) -> sections.DkimConfig:
+    """A [[dkim]] view from ``table``, DKIM_SCHEMA's defaults for the keys it lacks (setup's key, tests)."""
+    from pysendmail.core import sections
+
+    return sections.DkimConfig({key: table.get(key, default) for key, (_, default) in DKIM_SCHEMA.items()})
+
+
+def parse_interval(text: str) -> int:
+    """sendmail's -q interval: 30, 30s, 15m, 1h, 1d, or combinations (1h30m)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    total, number = 0, ""
+    for c in text:
+        if c.isdigit():
+            number += c
+        elif c in units and number:
+            total += int(number) * units[c]
+            number = ""
+        else:
+            raise UsageError(f"-q{text}: not a queue interval (use for example -q15m)")
+    if number:
+        total += int(number) * 60  # sendmail: a bare number is minutes
+    if total <= 0:
+        raise UsageError(f"-q{text}: the queue interval must be positive")
+    return total
 
 
 def system_hostname() -> str:
@@ -340,7 +378,7 @@ def daemon_user(cfg: Config) -> tuple[int, int, str]:
     """(uid, gid, name) of the daemon's user: spool.user, else the spool's owner, else us (system: pysendmail)."""
     import pwd
 
-    name = cfg.get("spool", "user")
+    name = cfg.spool.user
     if name is None:
         try:
             st = os.stat(cfg.spool_path)
@@ -449,13 +487,17 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
         spool["path"] = SYSTEM_SPOOL if path == SYSTEM_CONFIG else os.path.join(user_dir("data"), "spool")
     if not os.path.isabs(str(spool["path"])):
         raise ConfigError(f"spool.path in {where} must be an absolute path")
-    if int(spool["max_message_size"]) < 1024:  # type: ignore[call-overload]
+    from pysendmail.core import sections
+
+    checked = sections.SpoolConfig(spool)
+    if checked.max_message_size < 1024:
         raise ConfigError(f"spool.max_message_size in {where} must be at least 1024 bytes")
     for key in ("unready_lifetime", "quarantine_max_entries", "quarantine_max_size", "quarantine_lifetime"):
-        if int(spool[key]) < 1:  # type: ignore[call-overload]
+        if getattr(checked, key) < 1:
             raise ConfigError(f"spool.{key} in {where} must be at least 1")
+    submit = sections.SubmitConfig(values["submit"])
     for key in ("smtp_timeout", "smtp_session_limit"):
-        if int(values["submit"][key]) < 1:  # type: ignore[call-overload]
+        if getattr(submit, key) < 1:
             raise ConfigError(f"submit.{key} in {where} must be at least 1 second")
     maildir = values["maildir"]
     if maildir["path"] is None:
@@ -576,9 +618,8 @@ class SubmitSettings:
 
 
 def _settings(cfg: Config) -> SubmitSettings:
-    timeout, limit = cfg.values["submit"]["smtp_timeout"], cfg.values["submit"]["smtp_session_limit"]
-    assert isinstance(timeout, int) and isinstance(limit, int)
-    return SubmitSettings(cfg.path, cfg.spool_path, cfg.max_message_size, timeout, limit, cfg.deliver_without_daemon)
+    return SubmitSettings(cfg.path, cfg.spool_path, cfg.max_message_size, cfg.submit.smtp_timeout,
+                          cfg.submit.smtp_session_limit, cfg.deliver_without_daemon)
 
 
 def cache_path(config_path: str) -> str:
@@ -674,20 +715,13 @@ def write_cache(cfg: Config) -> bool:
             "spool_path": cfg.spool_path,
             "max_message_size": cfg.max_message_size,
             "inline_password": has_inline_password(cfg),
-            "smtp_timeout": cfg.values["submit"]["smtp_timeout"],
-            "smtp_session_limit": cfg.values["submit"]["smtp_session_limit"],
+            "smtp_timeout": cfg.submit.smtp_timeout,
+            "smtp_session_limit": cfg.submit.smtp_session_limit,
             "deliver_without_daemon": cfg.deliver_without_daemon,
         }
         target = cache_path(cfg.path)
         tmp = f"{target}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            os.fchmod(fd, 0o644)
-            os.write(fd, marshal.dumps(data))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, target)
+        durable.publish(tmp, target, marshal.dumps(data), exclusive=True, mode=0o644)
         return True
     except OSError:
         try:

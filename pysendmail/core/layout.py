@@ -1,11 +1,13 @@
 """The spool's directories, their owners and modes, and the enqueue steps.
 
-Contract:   ``Spool(path)`` names every path under the spool (the only
+Contract:   ``Spool(path)`` names every path under the spool, directories and
+            the files in them (queue_file, incoming_file, state_file, ...: the only
             module that builds them).  ``ensure_layout`` creates or checks
             the layout; ``enqueue`` is the submitter's durable commit:
             create 0600 under the final name, write envelope + message +
             end record, leave a display-only stub in public/incoming/
             (shared spools), fchmod 0640 ("ready"), fsync, poke the daemon.
+            ``ready_waiting`` says whether incoming/ holds a ready file.
 Security:   incoming/ is 3733 in a shared (system) spool: anyone may create
             a file, nobody but the owner may list, read or remove others'
             files; the setgid bit gives each file the daemon's group, so
@@ -34,7 +36,7 @@ import errno
 import os
 import stat
 
-from pysendmail.core import errors, qid, spoolfile
+from pysendmail.core import durable, errors, qid, spoolfile
 from pysendmail.core.errors import ConfigError
 
 SHARED_INCOMING_MODE = 0o3733
@@ -52,7 +54,7 @@ class Spool:
     """Paths under one spool directory."""
 
     __slots__ = ("path", "incoming", "queue", "failed", "quarantine", "pickup", "lock", "state", "route_state",
-                 "public", "stubs")
+                 "public", "stubs", "summary")
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -64,12 +66,33 @@ class Spool:
         self.lock = os.path.join(path, "lock")
         self.state = os.path.join(path, "state")
         self.route_state = os.path.join(self.state, "routes.json")  # routes' pauses, budgets, last outcomes
-        # Shared spools only: what every user's mailq may read (admin/mailq.py).
+        # Shared spools only: what every user's mailq may read (core/mailq.py).
         self.public = os.path.join(path, "public")  # 0755: the queue summary, written by the owner
         self.stubs = os.path.join(self.public, "incoming")  # 1777: submitters' display-only stubs
+        self.summary = os.path.join(self.public, "mailq")  # the queue summary itself (core/mailq.py)
 
     def private_dirs(self) -> tuple[str, ...]:
         return (self.queue, self.failed, self.quarantine, self.state)
+
+    # One file in each directory; ``name`` is a queue id or a name listed
+    # there, never a path (callers check it: is_qid, listing).
+    def incoming_file(self, name: str) -> str:
+        return os.path.join(self.incoming, name)
+
+    def queue_file(self, qid: str) -> str:
+        return os.path.join(self.queue, qid)
+
+    def failed_file(self, qid: str) -> str:
+        return os.path.join(self.failed, qid)
+
+    def state_file(self, name: str) -> str:
+        return os.path.join(self.state, name)
+
+    def public_file(self, name: str) -> str:
+        return os.path.join(self.public, name)
+
+    def stub_file(self, name: str) -> str:
+        return os.path.join(self.stubs, name)
 
 
 def _mode_text(mode: int) -> str:
@@ -348,9 +371,9 @@ def _enqueue_at(spool: Spool, at: int, head: bytes, message: bytes, tail: bytes,
         raise errors.TempFailure(f"cannot find a free queue id in {spool.incoming}; try again")
     try:
         try:
-            _write_all(fd, head)
-            _write_all(fd, message)
-            _write_all(fd, tail)
+            durable.write_all(fd, head)
+            durable.write_all(fd, message)
+            durable.write_all(fd, tail)
             # The stub before "ready": the daemon cannot pick the message up
             # (and publish its summary, which removes the stub) before the
             # stub exists, so a stub never outlives its message unseen.
@@ -381,7 +404,7 @@ def _drop_stub(spool: Spool, name: str, env: spoolfile.Envelope, size: int) -> N
     cannot read incoming/.  The stub holds only what mailq shows (sender,
     recipients, time, size, uid), belongs to the submitter, and is
     display-only: nothing reads it but mailq run by a user who cannot read
-    the queue (admin/mailq.py says why a forged one cannot matter).  Best
+    the queue (core/mailq.py says why a forged one cannot matter).  Best
     effort: no stub directory (user mode, an old spool), a full disk or an
     envelope over STUB_MAX cost the stub only, never the message.
     """
@@ -403,7 +426,7 @@ def _drop_stub(spool: Spool, name: str, env: spoolfile.Envelope, size: int) -> N
         return
     try:
         os.fchmod(fd, STUB_MODE)  # whatever the caller's umask: others read it
-        _write_all(fd, data)
+        durable.write_all(fd, data)
     except OSError:
         try:
             os.unlink(name, dir_fd=at)
@@ -433,13 +456,6 @@ def _enqueue_error(exc: OSError, spool: Spool) -> errors.PysendmailError:
     return errors.from_oserror(exc, f"write the message into {spool.incoming}")
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 def poke(spool: Spool, what: bytes = b"W") -> None:
     """Wake the daemon if one listens; never block, never fail.
 
@@ -461,3 +477,19 @@ def poke(spool: Spool, what: bytes = b"W") -> None:
         pass  # EAGAIN: the FIFO is full of pokes already; the daemon is awake
     finally:
         os.close(fd)
+
+
+def ready_waiting(spool: Spool) -> bool:
+    """Does incoming/ hold a finished submission (mode 0640)?  Unready and planted non-files do not count."""
+    try:
+        with os.scandir(spool.incoming) as entries:
+            for entry in entries:
+                try:
+                    ready = entry.stat(follow_symlinks=False).st_mode & 0o777 == READY_MODE
+                    if ready and entry.is_file(follow_symlinks=False):
+                        return True
+                except OSError:
+                    continue
+    except OSError:
+        return False
+    return False

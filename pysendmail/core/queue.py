@@ -12,9 +12,9 @@ Crashes:    every transition is one atomic filesystem step (qmail's rule):
             never resends to a recipient already accepted; a torn record
             (no final newline) is ignored and that attempt is made again.
             A write that fails (a full disk: ENOSPC, EDQUOT; EIO) leaves
-            nothing behind: ``publish`` removes its temporary file, and a
-            short append is cut back to where it began, so no torn record
-            sits before the next one.  ``storage_error`` tells the callers
+            nothing behind: ``durable.publish`` removes its temporary file,
+            and a short append is cut back to where it began, so no torn
+            record sits before the next one.  ``storage_error`` tells the callers
             which failures are the disk's (wait for space, never crash).
 See also:   spoolfile.py for the format; ../shared/DESIGN.md "Data flow".
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 import errno
 import os
 
-from pysendmail.core import spoolfile
+from pysendmail.core import durable, spoolfile
 
 # The disk's failures, not a bug's: full, over quota, read-only, broken.
 # Callers keep what they have and wait for space instead of crashing.
@@ -102,12 +102,8 @@ class QueuedMessage:
         out = QueuedMessage.__new__(QueuedMessage)
         for slot in QueuedMessage.__slots__:
             setattr(out, slot, getattr(self, slot))
-        out.envelope = spoolfile.Envelope(
-            env.sender if sender is None else sender, list(env.recipients) if recipients is None else recipients,
-            uid=env.uid, time=env.time, fullname=env.fullname, login=env.login, envid=env.envid,
-            notify=env.notify, ret=env.ret,
-            body=env.body if message is None else ("7BIT" if data.isascii() else "8BITMIME"),
-        )
+        out.envelope = env.replace(sender=sender, recipients=recipients,
+                                   body=None if message is None else ("7BIT" if data.isascii() else "8BITMIME"))
         out.message = data
         out.size = len(data) if message is not None else self.size
         return out
@@ -155,55 +151,10 @@ def read_state(path: str) -> QueuedMessage:
     return msg
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def publish(tmp: str, final: str, data: bytes, exclusive: bool = False, mode: int = 0o600,
-            owner: tuple[int, int] | None = None) -> None:
-    """Write ``data`` to ``tmp``, fsync, rename it to ``final``, fsync the directory.
-
-    The rename is the one atomic step: a reader sees nothing or the whole
-    file, and after return both the file and its name survive a crash.
-    ``exclusive`` refuses an existing ``tmp`` (Maildir's unique names,
-    setup's per-process names).  The file is created 0600 and gets
-    ``owner`` and ``mode`` before the rename, so it never appears with
-    wider rights than asked.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if owner is not None:
-                os.fchown(fd, *owner)
-            if mode != 0o600:
-                os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, final)
-    except BaseException:
-        # A full disk mid-write: no half-written file may stay behind
-        # (it would hold the space the retry needs, or be read later).
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(os.path.dirname(final))
-
-
 def write_new(directory: str, qid: str, data: bytes) -> str:
     """Create ``directory/qid`` with ``data`` atomically and durably."""
     final = os.path.join(directory, qid)
-    publish(os.path.join(directory, f".{qid}.tmp"), final, data)
+    durable.publish(os.path.join(directory, f".{qid}.tmp"), final, data)
     return final
 
 
@@ -231,14 +182,14 @@ def append(path: str, record: bytes) -> None:
 
 def remove(path: str) -> None:
     os.unlink(path)
-    _fsync_dir(os.path.dirname(path))
+    durable.fsync_dir(os.path.dirname(path))
 
 
 def move_to_failed(spool: Spool, msg: QueuedMessage) -> str:
-    target = os.path.join(spool.failed, msg.qid)
+    target = spool.failed_file(msg.qid)
     os.rename(msg.path, target)
-    _fsync_dir(spool.failed)
-    _fsync_dir(os.path.dirname(msg.path))
+    durable.fsync_dir(spool.failed)
+    durable.fsync_dir(os.path.dirname(msg.path))
     return target
 
 

@@ -9,6 +9,8 @@ Contract:   ``split_message`` separates the header section from the body;
             (what a relay would refuse is refused at submission).  Bad
             input raises AddressError, a ValueError whose text names the
             value (cut to about 100 characters).
+            ``normalise_newlines`` makes every line end CRLF (used by
+            submit/intake.py and again by daemon pickup and cleanup).
             ``header_limit_error`` names the header limit (MAX_HEADER_BYTES,
             MAX_FIELD_BYTES, MAX_FIELDS, MAX_FIELD_LINES) a header section
             breaks, or gives None.
@@ -30,6 +32,20 @@ from __future__ import annotations
 _ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
 _SPECIALS = frozenset('()<>[]:;@\\,."')
 _WSP = frozenset(" \t\r\n")
+
+
+def normalise_newlines(data: bytes) -> bytes:
+    """Every line ending CRLF: LF and CRLF each end one line; a bare CR stays inside its line.
+
+    A bare CR never ends a line (as in Postfix and sendmail): an
+    application that strips only LF from a user's Subject would otherwise
+    let ``"hi\\rBcc: evil@example.net"`` become a Bcc field.  The wire
+    stage makes the CR safe for SMTP (RFC 5321 2.3.8) later.
+    """
+    data = data.replace(b"\r\n", b"\n")
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    return data.replace(b"\n", b"\r\n")
 
 
 class AddressError(ValueError):

@@ -4,7 +4,8 @@ Contract:   ``encode(env, message)`` gives the bytes of a spool file;
             ``decode(data)`` gives ``(Envelope, message, records)`` or raises
             SpoolFormatError.  The same format serves incoming/ (written by
             the submitter) and queue/ (written by the daemon, which then
-            appends state records after the end record).
+            appends state records after the end record).  ``Envelope.replace``
+            is the one way to derive an envelope from another (cleanup, qmgr).
 Security:   decode() reads files that any local user could have written
             into incoming/: it never trusts a length it has not checked
             against the data, and it refuses unknown record names.
@@ -79,6 +80,23 @@ class Envelope:
 
     def __repr__(self) -> str:
         return f"Envelope(sender={self.sender!r}, recipients={self.recipients!r}, uid={self.uid})"
+
+    def replace(self, *, sender: str | None = None, recipients: list[str] | None = None, uid: int | None = None,
+                login: str | None = None, body: str | None = None) -> Envelope:
+        """A copy with the given fields changed (recipients copied when not given); the others kept."""
+        out = Envelope.__new__(Envelope)
+        for slot in Envelope.__slots__:
+            setattr(out, slot, getattr(self, slot))
+        out.recipients = list(self.recipients) if recipients is None else recipients
+        if sender is not None:
+            out.sender = sender
+        if uid is not None:
+            out.uid = uid
+        if login is not None:
+            out.login = login
+        if body is not None:
+            out.body = body
+        return out
 
 
 def _check_value(key: str, value: str) -> bytes:

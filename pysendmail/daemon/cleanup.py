@@ -18,7 +18,7 @@ Contract:   ``clean(env, message, qid, ctx)`` returns the (envelope,
 Security:   the message and envelope come from any local user.  The uid
             used in Received is the file owner's, which pickup supplies:
             the envelope's own claim is never believed.
-            A bare CR stays inside its line (intake.normalise_newlines):
+            A bare CR stays inside its line (rfc5322.normalise_newlines):
             it never starts a field.  Linear in the message size.
 See also:   Postfix cleanup(8); RFC 5322 3.6 (required fields), 3.6.3
             (Bcc), 3.6.7 (trace fields); RFC 2047 (encoded display names,
@@ -33,7 +33,7 @@ import time
 from pysendmail.core import log, rfc5322, spoolfile
 from pysendmail.core.aliases import Aliases
 from pysendmail.daemon.wire import encoded_words
-from pysendmail.submit.intake import normalise_newlines
+from pysendmail.core.rfc5322 import normalise_newlines
 
 _DROP = frozenset({"bcc", "resent-bcc", "return-path"})
 _ADDRESS_FIELDS = frozenset(
@@ -105,18 +105,8 @@ def clean(
     new_message = b"\r\n".join(out) + b"\r\n\r\n" + body
 
     recipients, refused = resolve_recipients(env.recipients, ctx)
-    new_env = spoolfile.Envelope(
-        sender,
-        recipients,
-        uid=uid,
-        login=login,
-        time=env.time,
-        fullname=env.fullname,
-        envid=env.envid,
-        notify=env.notify,
-        ret=env.ret,
-        body="7BIT" if new_message.isascii() else "8BITMIME",
-    )
+    new_env = env.replace(sender=sender, recipients=recipients, uid=uid, login=login,
+                          body="7BIT" if new_message.isascii() else "8BITMIME")
     return new_env, new_message, refused
 
 

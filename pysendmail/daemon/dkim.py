@@ -51,7 +51,7 @@ from typing import Any
 
 import dkim as dkimpy
 
-from pysendmail.core import config, log, rfc5322, trust
+from pysendmail.core import config, log, rfc5322, sections, trust
 from pysendmail.core.errors import ConfigError
 
 ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
@@ -291,13 +291,12 @@ def parse_private_key(data: bytes, path: str, domain: str, algorithm: str) -> tu
     raise ConfigError(f"{what} is a {type(key).__name__.lstrip('_')}, but DKIM signs with RSA or Ed25519 keys only")
 
 
-def load_key(table: dict[str, object], where: str, fast: bool = True) -> tuple[Key, list[str]]:
+def load_key(table: sections.DkimConfig, where: str, fast: bool = True) -> tuple[Key, list[str]]:
     """One [[dkim]] table's key, checked; (key, warnings)."""
-    domain = str(table["domain"]).rstrip(".").lower()
-    algorithm = str(table.get("algorithm") or "rsa-sha256")
-    path = str(table["key_file"])
-    headers_given = table.get("headers")
-    headers = tuple(h.lower() for h in headers_given) if isinstance(headers_given, list) else DEFAULT_HEADERS
+    domain = table.domain.rstrip(".").lower()
+    algorithm = table.algorithm or "rsa-sha256"
+    path = table.key_file
+    headers = tuple(h.lower() for h in table.headers) if table.headers is not None else DEFAULT_HEADERS
     if "from" not in headers:
         raise ConfigError(f"dkim.headers for {domain} in {where} must include From (RFC 6376 5.4)")
     refused = sorted(set(headers) & {"dkim-signature", "received", "return-path", "bcc", "resent-bcc"})
@@ -305,8 +304,7 @@ def load_key(table: dict[str, object], where: str, fast: bool = True) -> tuple[K
         raise ConfigError(f"dkim.headers for {domain} in {where} must not name {', '.join(refused)}: "
                           "those change in transit or must not be signed")
     private, public, bits, fast_key = read_private_key(path, domain, algorithm)
-    key = Key(domain, str(table["selector"]), algorithm, path, headers, bool(table.get("subdomains")),
-              private, public, bits)
+    key = Key(domain, table.selector, algorithm, path, headers, table.subdomains, private, public, bits)
     warnings = []
     if algorithm == "rsa-sha256" and bits < GOOD_BITS:
         warnings.append(
@@ -345,7 +343,7 @@ class Signer:
         keys: list[Key] = []
         warnings: list[str] = []
         seen: set[tuple[str, str]] = set()
-        for table in cfg.dkim:
+        for table in cfg.dkim_keys:
             key, warns = load_key(table, where, fast)
             if (key.domain, key.algorithm) in seen:
                 raise ConfigError(f"two [[dkim]] tables in {where} give {key.domain} an {key.algorithm} key: keep one")

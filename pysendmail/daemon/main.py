@@ -8,7 +8,8 @@ Contract:   ``run(cfg, interval)`` runs until SIGTERM/SIGINT and returns
             a submitter pokes the pickup FIFO, otherwise sleeps until the
             earliest due time in its in-memory index (rebuilt from queue/
             at start), never polling.  SIGHUP reloads the configuration
-            between messages.  ``lock_holder`` tells status who runs.
+            between messages.  The spool lock is core/lock.py, the
+            request files core/requests.py.
             FIFO bytes: W (look at incoming/), F (carry out the flush
             requests in state/flush.*: run the whole queue, then remove
             them), R (carry out the 'route resume' requests in
@@ -28,7 +29,7 @@ Security:   the pickup FIFO is writable by every local user, so a byte in
             request is a file in state/, which only root and the daemon's
             user can write (0700); the daemon also checks each file's owner
             (root or itself) and that state/ is not writable by others
-            (``pending_requests``).  So no unprivileged user can make the
+            (core/requests.py ``pending``).  So no unprivileged user can make the
             daemon run the queue, reread it, or lift a hold or a pause:
             ten 'F' bytes from a user once meant ten more logins with a
             refused password, which providers punish by locking the
@@ -51,15 +52,14 @@ See also:   sd_notify(3) (the protocol, spoken without libsystemd);
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import heapq
 import os
 import signal
 import socket
-import stat
 import time
 
-from pysendmail.core import config, errors, layout, log, queue
+from pysendmail.core import config, errors, layout, log, queue, requests
+from pysendmail.core.lock import SpoolLock, lock_holder, take_over
 from pysendmail.daemon.qmgr import Counts, QueueManager, helo_warnings
 from pysendmail.daemon.summary import Publisher
 from pysendmail.daemon.watch import Watch
@@ -113,57 +113,6 @@ def drain_fifo(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-class SpoolLock:
-    """An exclusive flock on spool/lock, holding "<role> <pid>"."""
-
-    def __init__(self, spool: layout.Spool) -> None:
-        self.spool = spool
-        self.fd = -1
-
-    def acquire(self, role: str, wait: bool = False) -> bool:
-        self.fd = os.open(self.spool.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = -1
-            return False
-        try:
-            os.ftruncate(self.fd, 0)
-            os.pwrite(self.fd, f"{role} {os.getpid()}\n".encode(), 0)
-        except OSError:
-            pass  # a full disk: the lock holds all the same; only status cannot name our pid
-        return True
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def lock_holder(spool: layout.Spool, role: str = "daemon") -> int | None:
-    """The pid of the process with ``role`` holding the lock, else None."""
-    try:
-        # O_NONBLOCK: root asks this before dropping privileges (config
-        # check), and a FIFO planted by the spool's owner must not block it.
-        fd = os.open(spool.lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            words = os.pread(fd, 64, 0).split()
-            if len(words) == 2 and words[0].decode() == role and words[1].isdigit():
-                return int(words[1])
-            return None
-        return None
-    finally:
-        os.close(fd)
-
-
 class Daemon:
     def __init__(self, cfg: config.Config, interval: int | None) -> None:
         self.cfg = cfg
@@ -174,7 +123,7 @@ class Daemon:
         self.wake = asyncio.Event()
         self.stopping = False
         self.reload_requested = False
-        # Set by F / I bytes: look for requests in state/ (pending_requests),
+        # Set by F / I bytes: look for requests in state/ (core/requests.py pending),
         # at start too (requests left while no daemon ran).
         self.flush_requested = True
         self.reindex_requested = True
@@ -201,7 +150,7 @@ class Daemon:
             if qid in skip:
                 continue  # in flight: its attempt puts it back with its new due time
             try:
-                state = queue.read_state(os.path.join(self.spool.queue, qid))
+                state = queue.read_state(self.spool.queue_file(qid))
             except Exception as exc:  # one bad file must not stop the daemon
                 log.log(f"{qid}: unreadable queue file left in place: {exc}")
                 continue
@@ -228,7 +177,7 @@ class Daemon:
         if b"I" in data:
             self.reindex_requested = True
         # Anyone can write these bytes: F, R and I only say "look for a
-        # request file in state/" (pending_requests), and any byte wakes
+        # request file in state/" (core/requests.py pending), and any byte wakes
         # the daemon (new mail).
         self.wake.set()
 
@@ -281,14 +230,14 @@ class Daemon:
                 if self.reindex_requested:
                     # queue release / retry changed due times on disk.
                     self.reindex_requested = False
-                    reindex = pending_requests(self.spool, "reindex")
+                    reindex = requests.pending(self.spool, "reindex")
                     if reindex:
                         self.due = await asyncio.to_thread(self._read_index, frozenset(self.inflight))
-                        _acknowledge(reindex)
+                        requests.acknowledge(reindex)
                         self.summary.changed()  # the command published too, but may have raced an attempt
                 if self.flush_requested:
                     self.flush_requested = False
-                    self.flush_acks += pending_requests(self.spool, "flush")
+                    self.flush_acks += requests.pending(self.spool, "flush")
                 writes = self._disk_ready()
                 if writes:
                     await self._pickup()
@@ -305,7 +254,7 @@ class Daemon:
                 if flushing:
                     # The waiting 'pysendmail flush' returns: 0, or 75 when
                     # the disk refused what this run had to write.
-                    _acknowledge(self.flush_acks, full=self.manager.trouble is not None)
+                    requests.acknowledge(self.flush_acks, full=self.manager.trouble is not None)
                     self.flush_acks = []
                 if self.stopping:
                     break
@@ -322,33 +271,44 @@ class Daemon:
             log.log("daemon: stopped")
 
     async def _run_due(self) -> None:
-        """Attempt every due message, up to the transport's pool size at once."""
+        """Attempt every due message, up to the transport's pool size at once.
+
+        The attempts are the children of one TaskGroup: leaving it waits
+        for every attempt still running (a SIGTERM lets them finish), and
+        an attempt that raises (qmgr's boundary catches what delivery
+        raises, so this is a bug) cancels the others and stops the daemon
+        the way any crash of its loop does, instead of being dropped.
+        """
         limit = self.manager.transport.pool_size
         running: set[asyncio.Task[None]] = set()
         self.blocked_until = 0.0
-        while not self.stopping:
-            if self.wake.is_set():
-                # A new submission arrived: pick it up before the backlog
-                # goes on, so one message never waits behind a long drain.
-                self.wake.clear()
-                if self.manager.trouble is None:
-                    await self._pickup()
-            if not self.due or self.due[0][0] > time.time():
-                break
-            blocked = self.manager.unavailable()
-            if blocked:
-                self.blocked_until = blocked[0]
-                break
-            if len(running) >= limit:
-                _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            _, qid = heapq.heappop(self.due)
-            if qid in self.inflight:
-                continue
-            self.inflight.add(qid)
-            running.add(asyncio.create_task(self._attempt(qid)))
-        if running:
-            await asyncio.wait(running)
+        try:
+            async with asyncio.TaskGroup() as attempts:
+                while not self.stopping:
+                    if self.wake.is_set():
+                        # A new submission arrived: pick it up before the backlog
+                        # goes on, so one message never waits behind a long drain.
+                        self.wake.clear()
+                        if self.manager.trouble is None:
+                            await self._pickup()
+                    if not self.due or self.due[0][0] > time.time():
+                        break
+                    blocked = self.manager.unavailable()
+                    if blocked:
+                        self.blocked_until = blocked[0]
+                        break
+                    if len(running) >= limit:
+                        _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                        continue
+                    _, qid = heapq.heappop(self.due)
+                    if qid in self.inflight:
+                        continue
+                    self.inflight.add(qid)
+                    running.add(attempts.create_task(self._attempt(qid)))
+        except BaseExceptionGroup as group:
+            # The attempt's own exception, not a group: the same traceback
+            # and exit as a crash anywhere else in the loop.
+            raise group.exceptions[0] from None
 
     async def _attempt(self, qid: str) -> None:
         try:
@@ -454,7 +414,7 @@ class Daemon:
         which waits for the file to go, then reads the state it asked for.
         """
         self.resume_requested = False
-        taken = resume_requests(self.spool)
+        taken = requests.resume_requests(self.spool)
         if not taken:
             return
         for _, name in taken:
@@ -463,7 +423,7 @@ class Daemon:
             else:
                 log.log(f"daemon: route resume {log.safe(name)}: no such route in the configuration")
         self.manager.save_route_state()
-        _acknowledge([path for path, _ in taken])
+        requests.acknowledge([path for path, _ in taken])
         # What waited for the route goes now (other routes' blocks still hold theirs back).
         self.due = [(0.0, qid) for _, qid in self.due]
 
@@ -486,125 +446,10 @@ class Daemon:
         sd_notify("READY=1")
 
 
-RESUME_PREFIX = "resume."
-FULL_SUFFIX = ".full"  # an answered flush request whose run met a full disk
-_warned_state: set[str] = set()
-
-
-def resume_request_path(spool: layout.Spool, route: str) -> str:
-    """spool/state/resume.<route name in hex>: one file per request (hex: a route name may hold any character)."""
-    return os.path.join(spool.state, RESUME_PREFIX + route.encode().hex())
-
-
-def leave_request(spool: layout.Spool, kind: str) -> str:
-    """Create state/<kind>.<pid>.<ns> for the running daemon (then poke it); return its path.
-
-    Only root and the daemon's user can create it (state/ is 0700): that
-    is what makes it a request the daemon trusts.  The daemon removes it
-    once it has carried it out; the caller waits for that.
-    """
-    path = os.path.join(spool.state, f"{kind}.{os.getpid()}.{time.time_ns()}")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    os.close(fd)
-    return path
-
-
-def await_request(spool: layout.Spool, request: str, pid: int, what: bytes, timeout: float | None = None) -> bool:
-    """Wait until the daemon ``pid`` has removed ``request`` (carried it out); False if it let go of the lock first.
-
-    The daemon is poked with ``what`` now and then, not once: a poke into
-    a full FIFO is dropped.  TimeoutError after ``timeout`` seconds, the
-    request left in place.  Used by flush (admin/cli.py) and route resume
-    (admin/routecmd.py).
-    """
-    last_poke = 0.0
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while os.path.exists(request):
-        if lock_holder(spool) != pid:
-            return False
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(request)
-        if time.monotonic() - last_poke >= 1.0:
-            layout.poke(spool, what)
-            last_poke = time.monotonic()
-        time.sleep(0.05)
-    return True
-
-
-def pending_requests(spool: layout.Spool, kind: str) -> list[str]:
-    """Paths of the ``kind`` requests (state/<kind>.*) left by root or by the daemon's user.
-
-    The FIFO that announces them is anyone's, so the file is the proof:
-    a regular file (no symlink) owned by root or by us, in a state/ that
-    only root or we own and nobody else may write.  Anything else there is
-    removed, logged, and never obeyed.
-    """
-    me = os.geteuid()
-    try:
-        st = os.lstat(spool.state)
-        names = os.listdir(spool.state)
-    except OSError:
-        return []
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (0, me) or st.st_mode & 0o022:
-        if spool.state not in _warned_state:
-            _warned_state.add(spool.state)
-            log.log(f"daemon: {spool.state} is not the daemon's own directory (owner uid {st.st_uid}, mode "
-                    f"{stat.S_IMODE(st.st_mode):04o}): requests in it are ignored; run 'pysendmail spool init'")
-        return []
-    out = []
-    for n in sorted(names):
-        if not n.startswith(kind + ".") or n.endswith(FULL_SUFFIX):
-            continue
-        path = os.path.join(spool.state, n)
-        try:
-            entry = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISREG(entry.st_mode) and entry.st_uid in (0, me):
-            out.append(path)
-            continue
-        log.log(f"daemon: request {path} ignored and removed: owner uid {entry.st_uid}, mode "
-                f"{stat.filemode(entry.st_mode)}; only root and the daemon's user may leave requests")
-        _acknowledge([path])
-    return out
-
-
-def _acknowledge(paths: list[str], full: bool = False) -> None:
-    """Remove carried-out requests: their removal is what the waiting command sees.
-
-    ``full``: the run met a disk that refused writes; each request is
-    renamed to <name>.full instead (a rename needs no new space), which
-    the waiting flush reports with exit 75 and removes.
-    """
-    for path in paths:
-        try:
-            if full:
-                os.rename(path, path + FULL_SUFFIX)
-            else:
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.log(f"daemon: cannot remove the request {path}: {exc.strerror}")
-
-
-def resume_requests(spool: layout.Spool) -> list[tuple[str, str]]:
-    """(path, route name) of every pending 'route resume' request (see pending_requests)."""
-    out = []
-    for path in pending_requests(spool, RESUME_PREFIX[:-1]):
-        try:
-            out.append((path, bytes.fromhex(os.path.basename(path)[len(RESUME_PREFIX):]).decode()))
-        except ValueError:
-            _acknowledge([path])  # not a name we write
-    return out
-
-
 def run(cfg: config.Config, interval: int | None) -> int:
     spool = layout.Spool(cfg.spool_path)
     lock = SpoolLock(spool)
     if not lock.acquire("daemon"):
-        from pysendmail.daemon.run import take_over
-
         if take_over(spool, lock):  # a delivery run started by sendmail: it stops for us
             return _serve_locked(cfg, interval, lock)
         pid = lock_holder(spool)

@@ -51,7 +51,7 @@ from pysendmail.core import config, layout, log, queue, rfc5322, spoolfile
 from pysendmail.core.qid import QID_LEN, is_qid
 from pysendmail.daemon import cleanup
 from pysendmail.daemon.quarantine import Bounds, Quarantine
-from pysendmail.submit.intake import normalise_newlines
+from pysendmail.core.rfc5322 import normalise_newlines
 
 STALE_SECONDS = 3600  # default spool.unready_lifetime: an unready file older than this belongs to a dead submitter
 ENVELOPE_ALLOWANCE = 1 << 20  # room for the envelope above max_message_size
@@ -105,8 +105,7 @@ class Scanner:
     @classmethod
     def from_config(cls, cfg: config.Config) -> Scanner:
         spool = layout.Spool(cfg.spool_path)
-        return cls(float(cfg.get("spool", "unready_lifetime")),  # type: ignore[arg-type]
-                   Quarantine(spool.quarantine, Bounds.from_config(cfg)))
+        return cls(float(cfg.spool.unready_lifetime), Quarantine(spool.quarantine, Bounds.from_config(cfg)))
 
     def adopt(self, old: Scanner) -> None:
         """Keep what an older scanner learnt (SIGHUP builds a new one with the new settings)."""
@@ -210,7 +209,7 @@ class Scanner:
 
 
 def _quarantine(spool: layout.Spool, name: str, why: str, scan: Scanner | None = None) -> None:
-    path = os.path.join(spool.incoming, name)
+    path = spool.incoming_file(name)
     quarantine = scan.quarantine if scan is not None and scan.quarantine is not None else None
     if quarantine is None:
         quarantine = Quarantine(spool.quarantine, Bounds())
@@ -311,7 +310,7 @@ def pickup_all(
                 handled += 1
                 continue
             try:
-                st = os.lstat(os.path.join(spool.incoming, name))
+                st = os.lstat(spool.incoming_file(name))
             except FileNotFoundError:
                 handled += 1
                 continue
@@ -339,7 +338,7 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
 
     ``seen``: when this process first saw the entry (for unready files).
     """
-    path = os.path.join(spool.incoming, name)
+    path = spool.incoming_file(name)
     try:
         lst = os.lstat(path)
     except FileNotFoundError:
@@ -378,7 +377,7 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
     if mode != layout.READY_MODE:
         _quarantine(spool, name, f"unexpected mode {mode:04o}", scan)
         return None
-    if os.path.exists(os.path.join(spool.queue, name)):
+    if os.path.exists(spool.queue_file(name)):
         os.unlink(path)  # crash after queueing, before this unlink: already queued
         return None
     try:
@@ -450,9 +449,9 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
             _quarantine(spool, name, f"has {st.st_nlink} links, not all of them in incoming/", scan)
             return None
         qid = real_name(names, env, st)
-        if os.path.exists(os.path.join(spool.queue, qid)):
+        if os.path.exists(spool.queue_file(qid)):
             for other in names:  # queued before a crash; only the names were left
-                _unlink(os.path.join(spool.incoming, other), "")
+                _unlink(spool.incoming_file(other), "")
             return None
     owner = (st.st_uid, _owner_name(st.st_uid))
     new_env, new_message, refused = cleanup.clean(env, message, qid, ctx, owner)
@@ -462,10 +461,10 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
     queue.write_new(spool.queue, qid, spoolfile.encode(new_env, new_message) + cleanup.refusal_records(refused, now))
     for other in names:
         if other != qid:
-            _unlink(os.path.join(spool.incoming, other),
+            _unlink(spool.incoming_file(other),
                     f"pickup: incoming/{log.safe(other)} removed: another name (hard link) for {qid}, "
                     f"uid {st.st_uid}'s submission, queued once as {qid}")
-    os.unlink(os.path.join(spool.incoming, qid))
+    os.unlink(spool.incoming_file(qid))
     log.event(
         qid,
         f"uid={owner[0]} ({owner[1]})",

@@ -66,13 +66,11 @@ def next_delay(tries: int, schedule: tuple[int, ...] = DEFAULT_RETRY) -> float:
 def parse_schedule(values: list[str] | None, where: str) -> tuple[int, ...]:
     if not values:
         return DEFAULT_RETRY
-    from pysendmail.submit.flags import parse_interval
-
     out = []
     for v in values:
         text = v[:-1] + "m" if v.endswith("min") else v
         try:
-            out.append(parse_interval(text if not text.isdigit() else text + "s"))
+            out.append(config.parse_interval(text if not text.isdigit() else text + "s"))
         except errors.UsageError:
             raise errors.ConfigError(f"queue.retry_schedule in {where}: {v!r} is not a duration like 5m or 1h") from None
     return tuple(out)
@@ -81,10 +79,10 @@ def parse_schedule(values: list[str] | None, where: str) -> tuple[int, ...]:
 def make_context(cfg: config.Config) -> cleanup.Context:
     # Whoever can write the aliases file reads root's and postmaster's
     # mail: refused as sendmail refuses a group-writable one (core/trust.py).
-    problem = trust.named_file(str(cfg.get("host", "aliases_file")), "host.aliases_file")
+    problem = trust.named_file(cfg.host.aliases_file, "host.aliases_file")
     if problem:
         raise errors.ConfigError(problem)
-    table = aliases.load(str(cfg.get("host", "aliases_file")), cfg.aliases, cfg.path or "config")
+    table = aliases.load(cfg.host.aliases_file, cfg.aliases, cfg.path or "config")
     # Local names resolve here; with a relay nothing is delivered on this host.
     resolver = aliases.Aliases(table, cfg.default_domain(), cfg.local_domains(),
                                local_delivery=not cfg.relay_configured, where=cfg.path or "pysendmail.toml")
@@ -158,10 +156,9 @@ class QueueManager:
             signer = Signer.from_config(cfg)
             log_warnings(signer)
             self.transport.signer = signer
-        lifetime, schedule = cfg.get("queue", "lifetime"), cfg.get("queue", "retry_schedule")
-        assert isinstance(lifetime, (int, float)) and (schedule is None or isinstance(schedule, list))  # the schema's
-        self.lifetime = float(lifetime)
-        self.schedule = parse_schedule([str(v) for v in schedule] if schedule else None, cfg.path or "config")
+        self.lifetime = float(cfg.queue.lifetime)
+        schedule = cfg.queue.retry_schedule
+        self.schedule = parse_schedule(list(schedule) if schedule else None, cfg.path or "config")
         self.more_incoming = False
         self.trouble: str | None = None  # the last storage failure, until the caller clears it to retry
         self.trouble_logged = False
@@ -171,8 +168,7 @@ class QueueManager:
         self.last_success: tuple[float, str] | None = None
         self.last_failure: tuple[float, str] | None = None
         self.new_ids: list[str] = []  # queue ids this manager created (bounces), for the daemon's index
-        postmaster = cfg.get("queue", "postmaster")
-        self.postmaster = str(postmaster) if postmaster else None
+        self.postmaster = cfg.queue.postmaster or None
 
     def storage_failed(self, what: str, exc: OSError) -> None:
         """Note a write the disk refused; one log line per episode (until ``storage_recovered``)."""
@@ -226,7 +222,7 @@ class QueueManager:
             # Its last outcomes are only in memory: write them before
             # anything else, or the relay would get it a second time.
             return self._catch_up(qid)
-        path = os.path.join(self.spool.queue, qid)
+        path = self.spool.queue_file(qid)
         try:
             msg = queue.QueuedMessage.load(path)
         except FileNotFoundError:
@@ -292,7 +288,7 @@ class QueueManager:
         # A deterministic id: a crash after queueing the bounce but before
         # moving msg to failed/ must not queue a second bounce.
         bounce_qid = msg.qid[:13] + "%05X" % (int(msg.qid[13:], 16) ^ 0xB0B0B)
-        if os.path.exists(os.path.join(self.spool.queue, bounce_qid)):
+        if os.path.exists(self.spool.queue_file(bounce_qid)):
             return
         queue.write_new(self.spool.queue, bounce_qid, spoolfile.encode(env, text))
         log.event(msg.qid, f"sender non-delivery notification: {bounce_qid}")

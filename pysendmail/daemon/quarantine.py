@@ -44,11 +44,8 @@ class Bounds:
 
     @classmethod
     def from_config(cls, cfg: config.Config) -> Bounds:
-        return cls(
-            int(cfg.get("spool", "quarantine_max_entries")),  # type: ignore[call-overload]
-            int(cfg.get("spool", "quarantine_max_size")),  # type: ignore[call-overload]
-            float(cfg.get("spool", "quarantine_lifetime")),  # type: ignore[arg-type]
-        )
+        spool = cfg.spool
+        return cls(spool.quarantine_max_entries, spool.quarantine_max_size, float(spool.quarantine_lifetime))
 
 
 @dataclass

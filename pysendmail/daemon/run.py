@@ -8,7 +8,7 @@ Contract:   ``run(cfg, linger)`` takes the spool's lock as "run <pid>"
             is deferred stays queued with its due time for the next run,
             the daemon or 'sendmail -q'.  SIGTERM ends it after the
             attempts in flight, as it ends the daemon.
-            ``take_over(spool, lock)`` is the daemon's side: a run holding
+            core/lock.py ``take_over`` is the daemon's side: a run holding
             the lock is asked to stop (SIGTERM) and its lock is taken.
 Security:   runs as the spool's owner (admin/cli.py drops root to it);
             reads what the daemon reads and nothing more.  Its log goes
@@ -34,13 +34,13 @@ import signal
 import time
 
 from pysendmail.core import config, layout, log
-from pysendmail.daemon.main import Daemon, SpoolLock, lock_holder
+from pysendmail.core.lock import SpoolLock, lock_holder
+from pysendmail.daemon.main import Daemon
 
 DEFAULT_LINGER = 5.0
 RUN_LOG = "run.log"
 RUN_LOG_MAX = 1 << 20
 MAX_ROUNDS = 3  # takes of the lock after releasing it, should incoming/ hold a file pickup cannot take
-TAKE_OVER_SECONDS = 90.0  # how long a starting daemon waits for a run's attempts in flight
 
 
 class DeliveryRun(Daemon):
@@ -76,7 +76,7 @@ class DeliveryRun(Daemon):
 
 def _open_log(spool: layout.Spool) -> None:
     """Point stderr (log.log's stream) at state/run.log, keeping the previous file as run.log.1."""
-    path = os.path.join(spool.state, RUN_LOG)
+    path = spool.state_file(RUN_LOG)
     try:
         if os.stat(path).st_size > RUN_LOG_MAX:
             os.replace(path, path + ".1")
@@ -110,65 +110,13 @@ def run(cfg: config.Config, linger: float = DEFAULT_LINGER, to_log: bool = False
             # perhaps reused by then, for a run's.
             os.ftruncate(lock.fd, 0)
             lock.release()
-        from pysendmail.submit.main import ready_waiting
-
         if delivery.signalled:
             log.log("run: stopped by a signal")
             return 0
         # Queued while this run was deciding to stop: the submitter saw
         # the lock held and started nothing, so this run goes on.
-        if not ready_waiting(spool):
+        if not layout.ready_waiting(spool):
             log.log("run: done, nothing waiting")
             return 0
         log.log("run: a submission arrived while stopping; going on")
     return 0
-
-
-def _is_pysendmail(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"pysendmail" in fh.read()
-    except OSError:
-        return False
-
-
-def stop_run(spool: layout.Spool) -> bool:
-    """Ask the delivery run holding the spool's lock, if any, to stop (SIGTERM); True if one was asked."""
-    pid = lock_holder(spool, "run")
-    if not pid or not _is_pysendmail(pid):
-        return False
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except OSError:
-        return False
-    return True
-
-
-def take_over(spool: layout.Spool, lock: SpoolLock, timeout: float = TAKE_OVER_SECONDS) -> bool:
-    """Take the lock as "daemon" from a delivery run; False if a daemon or a flush holds it, or on timeout.
-
-    A run holds the lock for a few seconds after its last message: the
-    starting daemon asks it to stop (SIGTERM, as the daemon itself stops)
-    and waits for its attempts in flight.  A holder that names no role is
-    a submitter trying the lock for an instant: wait briefly.
-    """
-    deadline = time.monotonic() + timeout
-    unknown_until = time.monotonic() + 2.0
-    asked: set[int] = set()
-    while True:
-        if lock.acquire("daemon"):
-            return True
-        if lock_holder(spool, "daemon") or lock_holder(spool, "flush"):
-            return False
-        pid = lock_holder(spool, "run")
-        now = time.monotonic()
-        if pid:
-            if pid not in asked and stop_run(spool):
-                log.log(f"daemon: asked the delivery run (pid {pid}) to stop; waiting for it")
-            asked.add(pid)
-            unknown_until = now + 2.0
-        elif now > unknown_until:
-            return False
-        if now > deadline:
-            return False
-        time.sleep(0.05)

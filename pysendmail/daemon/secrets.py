@@ -100,8 +100,8 @@ def password_source(relay: dict[str, object], where: str = "relay", name: str = 
 
 def password(relay: dict[str, object], where: str = "relay", name: str = "default") -> str | None:
     command = relay.get("password_command")
-    if command:
-        return run_command(list(command), f"{where}.password_command")  # type: ignore[call-overload]
+    if isinstance(command, list) and command:  # a list of strings: config.py checked it
+        return run_command([str(a) for a in command], f"{where}.password_command")
     path = relay.get("password_file")
     if path:
         return read_secret_file(str(path), f"{where}.password_file")
@@ -117,6 +117,6 @@ def password(relay: dict[str, object], where: str = "relay", name: str = "defaul
 
 def oauth_token(relay: dict[str, object], where: str = "relay") -> str | None:
     command = relay.get("oauth_token_command")
-    if not command:
+    if not isinstance(command, list) or not command:  # a list of strings: config.py checked it
         return None
-    return run_command(list(command), f"{where}.oauth_token_command")  # type: ignore[call-overload]
+    return run_command([str(a) for a in command], f"{where}.oauth_token_command")

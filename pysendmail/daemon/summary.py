@@ -12,14 +12,14 @@ Contract:   ``Publisher(spool)``; ``start()`` inside the daemon's event loop
             down is the queue it left (readers tell a dead daemon by its
             pid and start time in the summary).  A spool
             without public/ (user mode) publishes nothing.
-Security:   writes as the daemon's user into public/ (admin/mailq.py
+Security:   writes as the daemon's user into public/ (core/mailq.py
             ``publish``: envelopes and states only, never message bytes).
 Crashes:    never raises into the daemon: a failed publish (disk full,
             a queue file that vanished) is logged once until one succeeds,
             and the old summary stays in place.  Memory: one entry at a
             time, in a worker thread, so 100,000 queued messages neither
             grow the daemon nor stall its connections.
-See also:   admin/mailq.py; pysendmail(8) "mailq".
+See also:   core/mailq.py; pysendmail(8) "mailq".
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class Publisher:
             await asyncio.sleep(max(MIN_INTERVAL, cost * (1 / SHARE - 1)))
 
     def publish_once(self) -> None:
-        from pysendmail.admin import mailq
+        from pysendmail.core import mailq
         from pysendmail.core import errors
 
         with self.lock:

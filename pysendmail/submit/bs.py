@@ -329,7 +329,7 @@ def _data(s: _Session, rfile: _Input, host: str) -> None:
             lines = []
             continue  # read on to the final dot so the session stays in step
         lines.append(line)
-    message = intake.normalise_newlines(b"".join(lines))
+    message = rfc5322.normalise_newlines(b"".join(lines))
     # Counted as stored (CRLF): bare-LF lines grow, and pickup must never
     # find an accepted message over the limit.
     if too_big or len(message) > s.max_size:

@@ -17,6 +17,7 @@ not a flag, or ``--``, starts the recipients.  Letters cannot be grouped
 
 from __future__ import annotations
 
+from pysendmail.core.config import parse_interval
 from pysendmail.core.errors import DataError, UsageError
 
 # (flag, takes a value, what it does here).  "ignored" means accepted for
@@ -101,23 +102,6 @@ def _check_text(flag: str, value: str) -> str:
     return value
 
 
-def parse_interval(text: str) -> int:
-    """sendmail's -q interval: 30, 30s, 15m, 1h, 1d, or combinations (1h30m)."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    total, number = 0, ""
-    for c in text:
-        if c.isdigit():
-            number += c
-        elif c in units and number:
-            total += int(number) * units[c]
-            number = ""
-        else:
-            raise UsageError(f"-q{text}: not a queue interval (use for example -q15m)")
-    if number:
-        total += int(number) * 60  # sendmail: a bare number is minutes
-    if total <= 0:
-        raise UsageError(f"-q{text}: the queue interval must be positive")
-    return total
 
 
 def parse(argv: list[str]) -> Options:

@@ -18,6 +18,7 @@ See also:   sendmail(8) -i and -t; Postfix sendmail(1); RFC 5321 2.3.8
 from __future__ import annotations
 
 from pysendmail.core import rfc5322
+from pysendmail.core.rfc5322 import normalise_newlines
 from pysendmail.core.errors import DataError
 
 TYPE_CHECKING = False  # typing costs 6 ms of start-up; mypy reads this name as True
@@ -27,18 +28,6 @@ if TYPE_CHECKING:
 _CHUNK = 1 << 16
 
 
-def normalise_newlines(data: bytes) -> bytes:
-    """Every line ending CRLF: LF and CRLF each end one line; a bare CR stays inside its line.
-
-    A bare CR never ends a line (as in Postfix and sendmail): an
-    application that strips only LF from a user's Subject would otherwise
-    let ``"hi\\rBcc: evil@example.net"`` become a Bcc field.  The wire
-    stage makes the CR safe for SMTP (RFC 5321 2.3.8) later.
-    """
-    data = data.replace(b"\r\n", b"\n")
-    if data and not data.endswith(b"\n"):
-        data += b"\n"
-    return data.replace(b"\n", b"\r\n")
 
 
 def _too_big(max_size: int) -> DataError:

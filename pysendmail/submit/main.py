@@ -58,22 +58,6 @@ RUN_CODE = "import sys; from pysendmail.admin.cli import main; sys.exit(main(sys
 _SERVICE_VARIABLES = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_PID", "WATCHDOG_USEC")
 
 
-def ready_waiting(spool: layout.Spool) -> bool:
-    """Does incoming/ hold a finished submission (mode 0640)?  Unready and planted non-files do not count."""
-    try:
-        with os.scandir(spool.incoming) as entries:
-            for entry in entries:
-                try:
-                    ready = entry.stat(follow_symlinks=False).st_mode & 0o777 == layout.READY_MODE
-                    if ready and entry.is_file(follow_symlinks=False):
-                        return True
-                except OSError:
-                    continue
-    except OSError:
-        return False
-    return False
-
-
 def start_run(spool: layout.Spool, config_path: str | None) -> int:
     """Start a detached delivery run if nothing holds the spool; return its pid, or 0.
 
@@ -222,7 +206,7 @@ def dispatch(prog: str, args: list[str]) -> int:
         spool = _open_spool(settings)
         code = bs.serve(spool, settings.max_message_size, opts, sys.stdin.buffer, sys.stdout.buffer,
                         settings.smtp_timeout, settings.smtp_session_limit)
-        if settings.deliver_without_daemon and ready_waiting(spool):
+        if settings.deliver_without_daemon and layout.ready_waiting(spool):
             start_run(spool, settings.config_path)
         return code
     from pysendmail.admin import cli

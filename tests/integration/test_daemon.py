@@ -269,6 +269,7 @@ def test_sighup_reloads_config_and_daemon_keeps_running(tmp_path: Path, relay_fa
     assert d.stop() == 0
 
 
+@pytest.mark.slow
 def test_sigkill_during_drain_loses_nothing(tmp_path: Path, relay_factory, daemons) -> None:
     relay = relay_factory("implicit")
     e = relay_env(tmp_path, relay)

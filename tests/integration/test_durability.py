@@ -133,6 +133,7 @@ def submit_and_kill(e: Env, message: bytes, point: str, count: int) -> tuple[int
             sub.proc.wait()
 
 
+@pytest.mark.slow
 def test_kill_9_during_large_submission_never_delivers_partial_message(env: Env) -> None:
     seed = int(os.environ.get("PYSENDMAIL_TEST_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pysendmail.core import layout
-from pysendmail.daemon.main import lock_holder
+from pysendmail.core.lock import lock_holder
 from tests.conftest import SIMPLE, Env, needs_root, program, relay_env
 
 

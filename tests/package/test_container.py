@@ -43,7 +43,7 @@ DOCKER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FPM_PORT = 9000
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 
-pytestmark = needs_root
+pytestmark = [needs_root, pytest.mark.slow]
 
 
 def dockerfile() -> list[tuple[str, str]]:

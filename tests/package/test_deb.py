@@ -57,7 +57,7 @@ CHROOT_ENV = {
 }
 UPGRADE_SUFFIX = "+ci1"
 
-pytestmark = needs_root
+pytestmark = [needs_root, pytest.mark.slow]
 
 
 def tool(name: str) -> str:

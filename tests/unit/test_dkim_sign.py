@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from pysendmail.core import config
 from pysendmail.daemon import dkim
 
 MESSAGE = (b"From: A <a@example.org>\r\nTo: b@example.net\r\nSubject: s\r\nDate: Tue, 01 Dec 2026 12:00:00 +0000\r\n"
@@ -27,8 +28,8 @@ def write_key(path: Path, key: object) -> Path:
 
 def table(path: Path, domain: str = "example.org", algorithm: str = "rsa-sha256", selector: str = "s",
           subdomains: bool = False) -> dict[str, object]:
-    return {"domain": domain, "selector": selector, "key_file": str(path), "algorithm": algorithm,
-            "headers": None, "subdomains": subdomains}
+    return config.dkim_view({"domain": domain, "selector": selector, "key_file": str(path), "algorithm": algorithm,
+                              "headers": None, "subdomains": subdomains})
 
 
 @pytest.fixture

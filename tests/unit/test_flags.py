@@ -12,7 +12,8 @@ import pytest
 
 from pysendmail.core.errors import DataError, UsageError
 from pysendmail.submit import flags
-from pysendmail.submit.flags import FLAGS, help_text, parse, parse_interval
+from pysendmail.core.config import parse_interval
+from pysendmail.submit.flags import FLAGS, help_text, parse
 
 # A valid value for each flag that takes one.
 VALUES = {

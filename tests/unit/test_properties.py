@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -104,7 +105,7 @@ def address_list(draw: st.DrawFn) -> tuple[str, list[str]]:
 
 def to_field_value(message: bytes) -> list[str]:
     """The recipients sendmail -t reads from a message, through the library."""
-    head, _ = rfc5322.split_message(intake.normalise_newlines(message))
+    head, _ = rfc5322.split_message(rfc5322.normalise_newlines(message))
     intake.check_header_section(head)
     return intake.recipients_from_headers(rfc5322.header_fields(head))
 
@@ -172,7 +173,7 @@ def check_outcome(env: Env, message: bytes) -> tuple[int, list[str]]:
     if proc.returncode == 0:
         [(envelope, stored)] = queued(env)
         assert err == ""
-        assert intake.normalise_newlines(message).endswith(stored)  # an mbox "From " line is dropped
+        assert rfc5322.normalise_newlines(message).endswith(stored)  # an mbox "From " line is dropped
         for rcpt in envelope.recipients:
             rfc5322.check_addr_spec(rcpt)  # nothing that could inject a line into SMTP
         assert envelope.recipients == to_field_value(stored)
@@ -184,12 +185,14 @@ def check_outcome(env: Env, message: bytes) -> tuple[int, list[str]]:
     return proc.returncode, []
 
 
+@pytest.mark.slow
 @E2E
 @given(header_text)
 def test_sendmail_t_queues_the_parsed_recipients_or_exits_64_65_when_given_any_to_text(env: Env, text: bytes) -> None:
     check_outcome(env, b"Subject: property\nTo: " + text + b"\n\nbody\n")
 
 
+@pytest.mark.slow
 @E2E
 @given(header_text, header_text)
 def test_sendmail_t_queues_the_parsed_recipients_or_exits_64_65_when_any_text_fills_the_header_section(
@@ -198,6 +201,7 @@ def test_sendmail_t_queues_the_parsed_recipients_or_exits_64_65_when_any_text_fi
     check_outcome(env, first + b"\nCc: " + second + b"\n\nbody\n")
 
 
+@pytest.mark.slow
 @E2E
 @given(address_list())
 def test_sendmail_t_queues_exactly_the_addresses_when_the_to_field_is_valid(env: Env, case: tuple[str, list[str]]) -> None:

@@ -15,7 +15,7 @@ Contract:   ``RouteStore`` is what the daemon, a foreground flush,
             implements the same three methods and is chosen in
             ``open_store(spool)``, which every caller uses.
 Crashes:    a save writes a temporary file, fsyncs it and renames it over
-            routes.json (queue.publish): a reader sees the old state or the
+            routes.json (core/durable.py publish): a reader sees the old state or the
             new one, never half.  A failed save raises OSError and leaves
             the last good copy; the caller decides what a full disk means.
 Security:   the file lives in state/, the daemon user's alone; the entries
@@ -31,7 +31,7 @@ import os
 from collections.abc import Mapping
 from typing import Protocol
 
-from pysendmail.core import errors, layout, queue
+from pysendmail.core import durable, errors, layout
 
 # What an entry says once 'pysendmail route resume' has lifted everything.
 RESUMED: dict[str, object] = {
@@ -70,7 +70,7 @@ class FileRouteStore:
         self._write({"routes": {k: dict(v) for k, v in routes.items()}, "written": now})
 
     def _write(self, data: object) -> None:
-        queue.publish(f"{self.path}.{os.getpid()}.tmp", self.path, json.dumps(data).encode())
+        durable.publish(f"{self.path}.{os.getpid()}.tmp", self.path, json.dumps(data).encode())
 
     def resume(self, name: str) -> None:
         """Lift route ``name``'s pause and hold in the file; the caller holds the spool lock."""

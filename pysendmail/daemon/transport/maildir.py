@@ -20,7 +20,7 @@ import asyncio
 import os
 import socket
 
-from pysendmail.core import queue, rfc5322
+from pysendmail.core import durable, rfc5322
 from pysendmail.core.clock import SYSTEM, Clock
 from pysendmail.core.queue import QueuedMessage
 from pysendmail.daemon import wire
@@ -72,7 +72,7 @@ class MaildirTransport:
         name = self._unique()
         tmp = os.path.join(self.path, "tmp", name)
         final = os.path.join(self.path, "new", name)
-        queue.publish(tmp, final, data, exclusive=True)
+        durable.publish(tmp, final, data, exclusive=True)
         return final
 
     def plan(self, msg: QueuedMessage) -> Plan:

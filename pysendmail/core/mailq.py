@@ -94,7 +94,7 @@ def _queued(spool: layout.Spool) -> Iterator[QueueEntry]:
         try:
             # Envelope and records only: listing 100,000 messages must not
             # read 100,000 message bodies.
-            msg = queue.read_state(os.path.join(spool.queue, qid))
+            msg = queue.read_state(spool.queue_file(qid))
         except (FileNotFoundError, spoolfile.SpoolFormatError):
             continue
         pending = msg.pending()
@@ -149,7 +149,7 @@ def _submission(path: str) -> tuple[spoolfile.Envelope, int] | None:
 
 def _incoming(spool: layout.Spool) -> Iterator[QueueEntry]:
     for qid in _read_dir(spool.incoming):
-        found = _submission(os.path.join(spool.incoming, qid))
+        found = _submission(spool.incoming_file(qid))
         if found is None:
             continue
         env, size = found
@@ -252,7 +252,7 @@ def publish(spool: layout.Spool, daemon_pid: int) -> bool:
     if not os.path.isdir(spool.public):
         return False  # user mode (one user reads everything), or a spool from before public/
     scanned = time.time()
-    tmp = os.path.join(spool.public, f".mailq.{os.getpid()}.tmp")
+    tmp = spool.public_file(f".mailq.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", closefd=False) as out:
@@ -270,7 +270,7 @@ def publish(spool: layout.Spool, daemon_pid: int) -> bool:
             pass
         raise
     os.close(fd)
-    os.rename(tmp, os.path.join(spool.public, "mailq"))
+    os.rename(tmp, spool.summary)
     clean_stubs(spool)
     return True
 
@@ -288,12 +288,12 @@ def clean_stubs(spool: layout.Spool) -> None:
     except OSError:
         return
     for name in names:
-        path = os.path.join(spool.stubs, name)
+        path = spool.stub_file(name)
         try:
             st = os.lstat(path)
             if is_qid(name) and stat.S_ISREG(st.st_mode):
                 try:
-                    if os.lstat(os.path.join(spool.incoming, name)).st_uid == st.st_uid:
+                    if os.lstat(spool.incoming_file(name)).st_uid == st.st_uid:
                         continue
                 except FileNotFoundError:
                     pass
@@ -350,7 +350,7 @@ def _read_stub(spool: layout.Spool, name: str) -> QueueEntry | None:
     try:
         # O_NOFOLLOW: a symlink to a file the reader may read must not be shown;
         # O_NONBLOCK: a FIFO planted here must not hang mailq.
-        fd = os.open(os.path.join(spool.stubs, name),
+        fd = os.open(spool.stub_file(name),
                      os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return None
@@ -399,7 +399,7 @@ def _check_publisher(spool: layout.Spool, fd: int) -> None:
     directory = os.lstat(spool.public)
     summary = os.fstat(fd)
     if not stat.S_ISREG(summary.st_mode):
-        raise errors.ConfigError(_NOT_A_FILE.format(path=os.path.join(spool.public, "mailq")))
+        raise errors.ConfigError(_NOT_A_FILE.format(path=spool.summary))
     trusted = (owner, 0)
     if (not stat.S_ISDIR(directory.st_mode) or directory.st_uid not in trusted or directory.st_mode & 0o022
             or not stat.S_ISREG(summary.st_mode) or summary.st_uid not in trusted or summary.st_mode & 0o022):
@@ -411,7 +411,7 @@ def _check_publisher(spool: layout.Spool, fd: int) -> None:
 
 def read_public(spool: layout.Spool) -> tuple[Published, Iterator[QueueEntry]]:
     """The summary and the stubs, merged in queue-id order (the summary wins an id both list)."""
-    path = os.path.join(spool.public, "mailq")
+    path = spool.summary
     try:
         # O_NONBLOCK: a FIFO put in its place must not hang every user's
         # mailq (and monitoring); _check_publisher then refuses it.
