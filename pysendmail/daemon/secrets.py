@@ -6,8 +6,12 @@ Contract:   ``password(relay, where, name)`` returns the password from, in
             systemd credential (``credential``, default ``relay-password``
             for [relay] and ``relay-NAME-password`` for [relay.NAME]); None
             when none is configured.  ``oauth_token(relay)`` runs
-            ``oauth_token_command``.  Problems raise ConfigError with one
-            sentence that never holds the secret.
+            ``oauth_token_command``.  ``oauth_source(relay, where, name,
+            provider)`` returns the daemon's refreshing token source
+            (daemon/oauth.py TokenSource, one per token file for the
+            process's life, so a config reload keeps the access token) for
+            a relay with ``auth = "oauth2"``, else None.  Problems raise
+            ConfigError with one sentence that never holds the secret.
 Security:   every secret file is judged by core/trust.py's one rule (owned
             by root, the daemon's user or us; readable by nobody else but
             the daemon's group; nobody else can write it or a directory
@@ -28,6 +32,10 @@ import subprocess
 
 from pysendmail.core import trust
 from pysendmail.core.errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pysendmail.daemon.oauth import TokenSource
 
 COMMAND_TIMEOUT = 15
 CREDENTIAL_NAME = "relay-password"
@@ -120,3 +128,21 @@ def oauth_token(relay: dict[str, object], where: str = "relay") -> str | None:
     if not command:
         return None
     return run_command(list(command), f"{where}.oauth_token_command")  # type: ignore[call-overload]
+
+
+_sources: dict[object, TokenSource] = {}
+
+
+def oauth_source(relay: dict[str, object], where: str = "relay", name: str = "default",
+                 provider: str | None = None) -> TokenSource | None:
+    """The refreshing token source of a relay with auth = "oauth2" (Authlib loads only then), else None."""
+    if str(relay.get("auth") or "").lower() != "oauth2" or relay.get("oauth_token_command"):
+        return None
+    from pysendmail.daemon import oauth
+
+    s = oauth.settings(relay, where, name, provider)
+    assert s is not None
+    source = _sources.get(s)
+    if source is None:
+        source = _sources[s] = oauth.TokenSource(s)
+    return source
