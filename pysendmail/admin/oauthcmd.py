@@ -97,6 +97,41 @@ def _resume_if_held(cfg: config.Config, name: str) -> None:
         routecmd.cmd_resume(cfg, name)
 
 
+def token_states(cfg: config.Config, relays: dict[str, object] | None = None) -> dict[str, dict[str, object]]:
+    """{relay name: token state} for every relay with auth = "oauth2", for status and route list.
+
+    Each state is oauth.read_state's dict (no secret) plus ``text``, the
+    line oauth.describe prints; a relay whose oauth_* keys are wrong gets
+    state "config" and the sentence.  ``relays``: routes.resolve(cfg).relays
+    when the caller has it.
+    """
+    if not cfg.relay_configured:
+        return {}
+    from pysendmail.daemon import oauth, routes
+
+    if relays is None:
+        try:
+            relays = dict(routes.resolve(cfg).relays)
+        except errors.PysendmailError:
+            return {}
+    out: dict[str, dict[str, object]] = {}
+    for name, s in relays.items():
+        values = getattr(s, "values", {})
+        if str(values.get("auth") or "").lower() != "oauth2":
+            continue
+        try:
+            settings = oauth.settings(values, getattr(s, "where", "relay"), name, getattr(s, "provider", None),
+                                      cfg.spool_path)
+        except errors.PysendmailError as exc:
+            out[name] = {"state": "config", "text": str(exc)}
+            continue
+        assert settings is not None
+        state = oauth.read_state(settings)
+        state["text"] = oauth.describe(state)
+        out[name] = state
+    return out
+
+
 def run(cfg: config.Config, args: argparse.Namespace) -> int:
     def answer() -> str:
         return sys.stdin.readline()

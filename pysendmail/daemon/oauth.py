@@ -516,6 +516,7 @@ def login_device(s: OAuthSettings, out: TextIO, sleep: Callable[[float], None] =
     session = _session(s)
     try:
         resp = session.post(s.device_url, data={"client_id": s.client_id, "scope": s.scope}, timeout=HTTP_TIMEOUT,
+                            withhold_token=True,
                             headers={"Accept": "application/json"})
         grant = resp.json()
     except _transport_errors() as exc:
