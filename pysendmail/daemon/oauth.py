@@ -75,6 +75,7 @@ FILE_VERSION = 1
 MARGIN_MAX = 300.0  # refresh at most this long before expiry...
 MARGIN_SHARE = 0.25  # ...or within the last quarter of a short lifetime
 HTTP_TIMEOUT = 30.0
+MAX_BODY = 1 << 20  # a token endpoint's answer: a few hundred bytes; more is refused unread
 MAX_TEXT = 200  # a provider's error description, as logged
 
 
@@ -362,7 +363,23 @@ def _session(s: OAuthSettings, **kw: Any) -> Any:
     session = OAuth2Session(s.client_id, secret, scope=s.scope,
                             token_endpoint_auth_method="client_secret_post" if secret else "none", **kw)
     session.headers["User-Agent"] = "pysendmail"
+    session.hooks["response"].append(_bounded)
     return session
+
+
+def _bounded(resp: Any, *args: object, **kw: object) -> Any:
+    """Read at most MAX_BODY bytes of an answer (requests runs response hooks before it reads the body).
+
+    The endpoint is the configured one over verified TLS, but its answer
+    is still data from outside: its size must not decide the daemon's
+    memory.
+    """
+    data = resp.raw.read(MAX_BODY + 1, decode_content=True)
+    if len(data) > MAX_BODY:
+        resp.close()
+        raise ValueError(f"{resp.url.split('?', 1)[0]} answered more than {MAX_BODY} bytes")
+    resp._content, resp._content_consumed = data, True
+    return resp
 
 
 def _short(text: object) -> str:

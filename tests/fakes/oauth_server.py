@@ -29,7 +29,8 @@ to see what the client had stored by then).  ``access_lifetime`` sets
 the lifetime of new access tokens (seconds); ``revoke_all()`` revokes
 every token (consent withdrawn: refresh then fails with invalid_grant);
 ``before_refresh_response(old, token)`` runs before a refresh response is
-sent and ``refresh_sent`` is set after.  ``refreshes`` counts refresh
+sent and ``refresh_sent`` is set after; ``pad_token_response`` = N pads
+every /token answer with N bytes (an endpoint that answers too much).  ``refreshes`` counts refresh
 grants that succeeded, ``refresh_attempts`` all of them.
 """
 
@@ -202,6 +203,7 @@ class OAuthServer:
         self.before_refresh_response: Callable[[str, dict[str, Any]], None] | None = None
         self.refresh_sent = threading.Event()
         self.rejected: list[str] = []  # why check_access_token refused, in order
+        self.pad_token_response = 0  # bytes of padding added to every /token answer (a hostile endpoint)
         self.server = self._authorization_server()
         self.ca = trustme.CA()
         self.ca_file = tmpdir / f"oauth-ca-{id(self)}.pem"
@@ -441,6 +443,8 @@ class OAuthServer:
                 except Exception as exc:  # the test sees a 500, never a hang
                     response = Response(500, {"error": "server_error", "error_description": repr(exc)})
                 body = response.body if isinstance(response.body, (str, bytes)) else json.dumps(response.body)
+                if self.path.startswith("/token") and outer.pad_token_response and isinstance(response.body, dict):
+                    body = json.dumps({**response.body, "padding": "x" * outer.pad_token_response})
                 data = body.encode() if isinstance(body, str) else body
                 self.send_response(response.status)
                 headers = dict(response.headers)

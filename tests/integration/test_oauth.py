@@ -287,6 +287,31 @@ def test_token_refused_again_after_refresh_holds_without_a_second_refresh(
     assert "status=bounced" not in d.log()
 
 
+def test_oversized_token_answer_defers_and_shows_refresh_failing_since(
+        tmp_path: Path, relay_factory, oauth_server: OAuthServer) -> None:
+    relay = relay_factory("implicit", oauth=("XOAUTH2",))
+    relay.oauth_check = oauth_server.check_access_token
+    e = oauth_env(tmp_path, relay, oauth_server)
+    assert login(e, oauth_server)[0] == 0
+    kept = stored(e)["refresh_token"]
+    oauth_server.pad_token_response = 3 << 20  # more than the 1 MiB pysendmail reads
+    submit(e, "waits")
+
+    stderr = e.run("sendmail", "-q").stderr.decode()
+
+    assert "answered more than 1048576 bytes" in stderr and "status=bounced" not in stderr
+    assert relay.oauth_logins == [] and len(mailq(e)) == 1
+    data = stored(e)
+    assert data["refresh_token"] == kept and isinstance(data["refresh_failing_since"], float)
+    check = e.run("pysendmail", "config", "check", "-v")
+    assert check.returncode == 0 and "WARN" in check.stdout.decode()
+    assert "OAuth2 refresh failing since" in check.stdout.decode(), check.stdout.decode()
+
+    oauth_server.pad_token_response = 0
+    e.run("sendmail", "-q")
+    assert subjects(relay) == ["waits"] and stored(e)["refresh_failing_since"] is None
+
+
 # ------------------------------------------------------------------ crash
 def test_rotation_survives_kill_9_between_token_response_and_file_write(
         tmp_path: Path, relay_factory, oauth_server: OAuthServer, daemons) -> None:
