@@ -526,6 +526,14 @@ def _login_error(s: OAuthSettings, exc: BaseException, step: str) -> PysendmailE
     return TempFailure(f"{s.where}: OAuth2 login failed at {step}: {why}; nothing was stored")
 
 
+def _number(value: object, default: float, low: float, high: float) -> float:
+    try:
+        number = float(value) if value is not None else default  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = default
+    return min(max(number, low), high) if number == number else default  # NaN: the default
+
+
 def login_device(s: OAuthSettings, out: TextIO, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """RFC 8628: print the page and the code, poll the token endpoint until the user approves."""
     if not s.device_url:
@@ -547,8 +555,12 @@ def login_device(s: OAuthSettings, out: TextIO, sleep: Callable[[float], None] =
     page = _short(grant.get("verification_uri_complete") or grant.get("verification_uri")
                   or grant.get("verification_url"))
     code = _short(grant.get("user_code"))
-    interval = float(grant.get("interval") or 5)
-    deadline = time.monotonic() + float(grant.get("expires_in") or 900)
+    if not page or not code or not isinstance(grant.get("device_code"), str):
+        raise TempFailure(f"{s.where}: the device authorization endpoint {s.device_url} answered without a page, "
+                          "a user code or a device code; nothing was stored")
+    # The provider's numbers, kept within sense: poll every 1 to 60 s (RFC 8628 3.2: default 5).
+    interval = _number(grant.get("interval"), 5.0, 1.0, 60.0)
+    deadline = time.monotonic() + _number(grant.get("expires_in"), 900.0, 60.0, 3600.0)
     out.write(f"To let pysendmail send mail as this account, open\n    {page}\nand enter the code\n    {code}\n"
               f"Waiting for you to approve (the code expires in {int(deadline - time.monotonic()) // 60} min)...\n")
     out.flush()
