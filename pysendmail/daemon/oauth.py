@@ -36,7 +36,8 @@ Crashes:    a rotated refresh token is written durably BEFORE its access
             token is handed out, so a crash anywhere leaves the file with
             either the old refresh token (the new access token was never
             used, and servers that retire the old token on first use of
-            the new pair still take it) or the new one.  Refreshes of one
+            the new pair still take it) or the new one; a temporary file a
+            crash left is removed by the next write.  Refreshes of one
             file are serialised by flock on ``FILE.lock``, so the daemon
             and ``oauth login`` never write over each other's token.
 See also:   pysendmail(8) oauth; pysendmail.toml(5) oauth_*; RFC 6749 6
@@ -270,7 +271,16 @@ def _write_file(path: str, data: dict[str, Any]) -> None:
     owner = _owner_for(path)
     _ensure_dir(path, owner)
     body = json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    directory, base = os.path.split(path)
+    tmp = os.path.join(directory, f".{base}.{os.getpid()}.tmp")
+    # Callers hold the file's lock: a temporary file of another process is
+    # what a crash mid-write left (it holds a token: removed, not kept).
+    for name in os.listdir(directory):
+        if name.startswith(f".{base}.") and name.endswith(".tmp") and name != os.path.basename(tmp):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
     queue.publish(tmp, path, body, mode=0o600, owner=owner)
 
 

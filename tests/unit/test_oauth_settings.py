@@ -92,3 +92,16 @@ def test_token_state_without_a_login_says_which_command_to_run(tmp_path: Path) -
     state = oauth.read_state(s)
     assert state["state"] == "login-needed"
     assert oauth.describe(state) == "login needed (no login yet): run 'pysendmail oauth login --relay default'"
+
+
+def test_token_file_write_is_0600_and_removes_what_a_crash_mid_write_left(tmp_path: Path) -> None:
+    path = tmp_path / "oauth" / "default.json"
+    path.parent.mkdir(mode=0o700)
+    stale = path.parent / ".default.json.999999.tmp"  # a writer killed before its rename
+    stale.write_text('{"refresh_token": "half"}')
+
+    oauth._write_file(str(path), {"refresh_token": "rt-new"})
+
+    assert not stale.exists() and sorted(p.name for p in path.parent.iterdir()) == ["default.json"]
+    assert oauth._read_file(str(path)) == {"refresh_token": "rt-new"}
+    assert path.stat().st_mode & 0o777 == 0o600
