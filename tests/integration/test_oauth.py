@@ -379,6 +379,11 @@ def test_revoked_login_holds_route_with_hint_then_new_login_delivers_nothing_los
     assert "status=bounced" not in log and len(mailq(e)) == 2
     status = e.run("pysendmail", "status").stdout.decode()
     assert "login needed" in status and "pysendmail oauth login --relay default" in status, status
+    routes = e.run("pysendmail", "route", "list").stdout.decode()
+    assert "route default: " in routes and ": held until " in routes, routes
+    assert "  oauth2: login needed (invalid_grant" in routes and "oauth login --relay default" in routes, routes
+    listed = json.loads(e.run("pysendmail", "route", "list", "--json").stdout)
+    assert [(r["state"], r["oauth2"]) for r in listed] == [("held", "login-needed")]
     check = e.run("pysendmail", "config", "check")
     assert check.returncode == 78 and "OAuth2 login needed" in check.stdout.decode()
 
@@ -391,6 +396,8 @@ def test_revoked_login_holds_route_with_hint_then_new_login_delivers_nothing_los
     assert sorted(subjects(relay)) == ["one", "three", "two"]
     assert mailq(e) == [] and not os.listdir(e.spool / "failed")
     assert e.run("pysendmail", "config", "check").returncode == 0
+    assert "  oauth2:      token valid until " in e.run("pysendmail", "status").stdout.decode()
+    assert json.loads(e.run("pysendmail", "route", "list", "--json").stdout)[0]["oauth2"] == "ok"
 
 
 # ------------------------------------------------------------------ system mode
