@@ -6,7 +6,8 @@ Contract:   ``main(argv)`` runs one subcommand and returns a sysexits.h
             idle: daemon/run.py), status, mailq, newaliases, queue
             (list, show, delete, hold, release, retry), spool init, config
             check|show, setup, test, doctor, dkim keygen|check
-            (admin/dkimcmd.py), route list|resume (admin/routecmd.py).
+            (admin/dkimcmd.py), route list|resume (admin/routecmd.py),
+            oauth login (admin/oauthcmd.py).
 Security:   run as root, commands that touch the queue first drop to the
             spool's owner, so every file they create belongs to the daemon
             user; other users get NoPermission for the queue, except mailq,
@@ -567,6 +568,16 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     st.add_argument("--spool", help="spool directory (default: the mode's)")
     st.add_argument("--force", action="store_true", help="overwrite a config or password file that differs")
     st.add_argument("--test-to", metavar="ADDR", help="send a test message to ADDR when done")
+    st.add_argument("--oauth", action="store_true",
+                    help="sign in with OAuth2 instead of a password (outlook, gmail, yandex, custom): writes "
+                         "auth = \"oauth2\" and runs 'pysendmail oauth login'")
+    st.add_argument("--client-id", help="--oauth: the application (client) id registered with the provider")
+    st.add_argument("--client-secret-file", help="--oauth: a file holding the client secret (Google, Yandex)")
+    st.add_argument("--tenant", help="--oauth with outlook: the Microsoft tenant (default: organizations)")
+    st.add_argument("--oauth-scope", help="--oauth with custom: the scope")
+    st.add_argument("--oauth-token-url", help="--oauth with custom: the token endpoint")
+    st.add_argument("--oauth-device-url", help="--oauth with custom: the device authorization endpoint")
+    st.add_argument("--oauth-authorize-url", help="--oauth with custom: the authorization endpoint (PKCE)")
     st.add_argument("--json", action="store_true")
     t = sub.add_parser("test", help="send a real test message now, showing the SMTP dialogue",
                        description="Sends synchronously through a route (credentials masked); nothing is queued.")
@@ -579,10 +590,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     dr.add_argument("--domain", help="the sending domain (default: the first [[dkim]] domain or the account's)")
     dr.add_argument("--nameserver", metavar="IP[:PORT]", help="ask this DNS server instead of the system's")
     dr.add_argument("--json", action="store_true")
-    from pysendmail.admin import dkimcmd, routecmd
+    from pysendmail.admin import dkimcmd, oauthcmd, routecmd
 
     dkimcmd.add_parser(sub)
     routecmd.add_parser(sub)
+    oauthcmd.add_parser(sub)
     return p
 
 
@@ -593,10 +605,19 @@ def cmd_setup(args: argparse.Namespace) -> int:
         provider=args.provider, user=args.user, password_stdin=args.password_stdin, host=args.host, port=args.port,
         tls=args.tls, region=args.region, ca_file=args.ca_file, from_address=args.from_address, system=args.system,
         dkim=args.dkim, selector=args.selector, spool=args.spool, force=args.force, test_to=args.test_to,
-        daemon_user=args.daemon_user,
+        daemon_user=args.daemon_user, oauth=args.oauth, client_id=args.client_id,
+        client_secret_file=args.client_secret_file, tenant=args.tenant, oauth_scope=args.oauth_scope,
+        oauth_token_url=args.oauth_token_url, oauth_device_url=args.oauth_device_url,
+        oauth_authorize_url=args.oauth_authorize_url,
     )
     summary = setup.run(opts, args.config or os.environ.get("PYSENDMAIL_CONFIG") or None, sys.stdout)
     sys.stdout.write(json.dumps(summary, indent=2) + "\n" if args.json else setup.render(summary))
+    if args.oauth:
+        from pysendmail.admin import oauthcmd
+
+        cfg = _load(str(summary["config"]))
+        # With --json, stdout holds the JSON alone: the login speaks on stderr.
+        oauthcmd.login(cfg, "default", sys.stderr if args.json else sys.stdout, sys.stdin.readline)
     if args.test_to:
         cfg = _load(str(summary["config"]))
         return cmd_test(cfg, args.test_to, None, None, False)
@@ -690,6 +711,10 @@ def run(args: argparse.Namespace) -> int:
         from pysendmail.admin import routecmd
 
         return routecmd.run(cfg, args)
+    if cmd == "oauth":
+        from pysendmail.admin import oauthcmd
+
+        return oauthcmd.run(cfg, args)
     if cmd == "config":
         return cmd_config(cfg, args.action, args.json, args.verbose)
     if cmd == "test":

@@ -7,7 +7,9 @@ Contract:   ``check(cfg)`` returns findings [(level, text)] with level OK,
             config file, the aliases file, and the spool's owners and
             modes, and (a WARN) a HELO name that is not a fully qualified
             domain name; files are judged by core/trust.py as the daemon's
-            user.  It never connects anywhere.  ``show(cfg)``
+            user.  A relay with auth = "oauth2" gets its endpoints checked
+            and its token's state (daemon/oauth.py read_state): OK with
+            valid until, WARN refresh failing since, FAIL login needed.  It never connects anywhere.  ``show(cfg)``
             returns the effective configuration, each value with its
             source (file, preset NAME, default), secrets masked.
 Security:   no secret is printed: ``password`` is shown as ********, and
@@ -143,6 +145,8 @@ def _check_relays(cfg: config.Config, daemon: tuple[int, int, list[int], str]) -
             source = secrets.password_source(s.values, s.where, name)
             if s.values.get("oauth_token_command"):
                 out.append((OK, f"{label}: OAuth2 token from {s.where}.oauth_token_command"))
+            elif str(s.values.get("auth") or "").lower() == "oauth2":
+                out += _check_oauth(cfg, name, s, label, daemon)
             elif source is None:
                 out.append((FAIL, f"{label}: {s.where}.username is set but no password: set {s.where}.password_file, "
                                   f"password_command, or the systemd credential {secrets.credential_name(s.values, name)}"))
@@ -152,6 +156,28 @@ def _check_relays(cfg: config.Config, daemon: tuple[int, int, list[int], str]) -
                 out.append((OK, f"{label}: password from {source}"))
         policy = s.values.get("from_policy")
         out.append((OK, f"{label}: from_policy {policy} ({s.sources.get('from_policy')})"))
+    return out
+
+
+def _check_oauth(cfg: config.Config, name: str, s: object, label: str,
+                 daemon: tuple[int, int, list[int], str]) -> list[tuple[str, str]]:
+    """auth = "oauth2": endpoints, the client secret file, the token file and the token's state."""
+    from pysendmail.daemon import oauth
+
+    values, where = s.values, s.where  # type: ignore[attr-defined]
+    settings = oauth.settings(values, where, name, s.provider, cfg.spool_path)  # type: ignore[attr-defined]
+    assert settings is not None  # ConfigError above: the caller reports it
+    out: list[tuple[str, str]] = [(OK, f"{label}: OAuth2 ({settings.flow} login) at {settings.token_url}")]
+    if settings.client_secret_file:
+        out.append(_secret_file(settings.client_secret_file, f"{label}: OAuth2 client secret file", daemon))
+    if os.path.exists(settings.token_file):
+        level, text = _secret_file(settings.token_file, f"{label}: OAuth2 token file", daemon)
+        if level != OK:
+            return out + [(level, text)]
+    state = oauth.read_state(settings)
+    word = state.get("state")
+    level = OK if word == "ok" else WARN if word == "refresh-failing" else FAIL
+    out.append((level, f"{label}: OAuth2 {oauth.describe(state)}"))
     return out
 
 

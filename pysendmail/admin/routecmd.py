@@ -79,11 +79,16 @@ def collect(cfg: config.Config, spool: layout.Spool, now: float | None = None) -
     from pysendmail.daemon import routes
 
     now = time.time() if now is None else now
+    from pysendmail.daemon.oauth import token_states
+
     saved = open_store(spool).load()
     out: list[dict[str, object]] = []
-    for name, s in routes.resolve(cfg).relays.items():
+    relays = routes.resolve(cfg).relays
+    tokens = token_states(cfg, relays)
+    for name, s in relays.items():
         entry = saved.get(name, {})
         state, until, why = describe(entry, now)
+        token = tokens.get(name)
         out.append({
             "name": name,
             "relay": f"{s.values.get('host')}:{s.values.get('port') or ''}".rstrip(":"),
@@ -92,6 +97,9 @@ def collect(cfg: config.Config, spool: layout.Spool, now: float | None = None) -
             "until": until,
             "kind": entry.get("pause_kind") if state == "paused" else None,
             "why": why,
+            # auth = "oauth2": the token's state and its one line (oauth.describe); None otherwise
+            "oauth2": token.get("state") if token else None,
+            "oauth2_text": token.get("text") if token else None,
         })
     return out
 
@@ -126,6 +134,8 @@ def cmd_list(cfg: config.Config, as_json: bool) -> int:
                 line += f" ({r['kind']})"
         if r["why"]:
             line += f": {r['why']}"
+        if r.get("oauth2_text"):
+            line += f"\n  oauth2: {r['oauth2_text']}"
         sys.stdout.write(line + "\n")
     return 0
 

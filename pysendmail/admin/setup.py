@@ -3,7 +3,10 @@
 Contract:   ``run(opts, config_path, out)`` writes the config, the password
             file and (``--dkim``) a DKIM key with the right owners and
             modes, creates the spool, and prints the DNS records to
-            publish.  Fully non-interactive with flags; on a terminal it
+            publish.  ``--oauth`` (outlook, gmail, yandex, custom) writes
+            ``auth = "oauth2"`` and the client id instead of a password
+            file; the caller (cli.cmd_setup) then runs 'pysendmail oauth
+            login' for it.  Fully non-interactive with flags; on a terminal it
             asks only for what is missing (the password without echo).
             Idempotent: a second run with the same answers changes
             nothing; a config, password file or key that differs is never
@@ -63,6 +66,14 @@ class Options:
     force: bool = False
     test_to: str | None = None
     daemon_user: str = DAEMON_USER
+    oauth: bool = False  # auth = "oauth2" (daemon/oauth.py): no password file
+    client_id: str | None = None
+    client_secret_file: str | None = None
+    tenant: str | None = None
+    oauth_scope: str | None = None
+    oauth_token_url: str | None = None
+    oauth_device_url: str | None = None
+    oauth_authorize_url: str | None = None
 
 
 def _ask(prompt: str, secret: bool = False) -> str:
@@ -209,7 +220,16 @@ def run(opts: Options, config_path: str | None, out: TextIO) -> dict[str, object
 
     password_path = os.path.join(confdir, "password")
     password: str | None = None
-    if opts.password_stdin:
+    if opts.oauth:
+        from pysendmail.daemon.oauth import ENDPOINTS
+
+        if provider not in ENDPOINTS and provider != "custom":
+            raise errors.UsageError(f"--oauth works with {', '.join(sorted(ENDPOINTS))} and custom, not {provider}")
+        if not opts.client_id:
+            if not tty:
+                raise _missing("the OAuth2 application (client) id registered with the provider", "--client-id")
+            opts.client_id = _ask("OAuth2 client id: ")
+    elif opts.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     elif not os.path.exists(password_path):
         if not tty:
@@ -243,7 +263,18 @@ def run(opts: Options, config_path: str | None, out: TextIO) -> dict[str, object
             lines.append(f"{key} = {_toml_str(value)}")
     if opts.port:
         lines.append(f"port = {opts.port}")
-    lines += [f"username = {_toml_str(user)}", f"password_file = {_toml_str(password_path)}", ""]
+    lines.append(f"username = {_toml_str(user)}")
+    if opts.oauth:
+        lines.append('auth = "oauth2"')
+        for key, value in (("oauth_client_id", opts.client_id), ("oauth_client_secret_file", opts.client_secret_file),
+                           ("oauth_tenant", opts.tenant), ("oauth_scope", opts.oauth_scope),
+                           ("oauth_token_url", opts.oauth_token_url), ("oauth_device_url", opts.oauth_device_url),
+                           ("oauth_authorize_url", opts.oauth_authorize_url)):
+            if value:
+                lines.append(f"{key} = {_toml_str(value)}")
+    else:
+        lines.append(f"password_file = {_toml_str(password_path)}")
+    lines.append("")
 
     signing_key: dkim.Key | None = None
     if opts.dkim:
@@ -262,7 +293,9 @@ def run(opts: Options, config_path: str | None, out: TextIO) -> dict[str, object
             lines.append(f"algorithm = {_toml_str(signing_key.algorithm)}")
         lines.append("")
 
-    if password is not None:
+    if opts.oauth:
+        summary["password_file"] = "none (OAuth2)"
+    elif password is not None:
         summary["password_file"] = _place(password_path, (password + "\n").encode(), 0o640 if system else 0o600,
                                           secret_owner, opts.force, "password file")
     else:

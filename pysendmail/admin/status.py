@@ -9,6 +9,9 @@ Contract:   ``collect(cfg, spool, pid, counts)`` returns a JSON-ready dict;
             delivers when no daemon runs, and when the daemon is required
             (a shared spool, or spool.deliver_without_daemon = false),
             how to start it; config check prints the same sentence.
+            A relay with auth = "oauth2" also shows its token's state
+            (daemon/oauth.py token_states: valid until, refresh failing
+            since, login needed), never the token.
 See also:   pysendmail(8) status; daemon/routing/route.py (Route.snapshot).
 """
 
@@ -71,6 +74,11 @@ def collect(cfg: config.Config, spool: layout.Spool, pid: int | None, counts: di
     for name, entry in open_store(spool).load().items():
         if name in routes:
             routes[name].update({k: v for k, v in entry.items() if k != "relay"})
+    from pysendmail.daemon.oauth import token_states
+
+    for name, token in token_states(cfg).items():  # auth = "oauth2": valid until, refresh failing, login needed
+        if name in routes:
+            routes[name]["oauth2"] = token
     note = delivery(cfg, spool, pid, run_pid)
     if cfg.relay_configured:
         mode = "relay"
@@ -161,4 +169,7 @@ def render(data: dict[str, object], now: float | None = None) -> str:
         until = r.get("paused_until")
         if isinstance(until, (int, float)) and until > now:
             lines.append(f"  PAUSED until {when(float(until))}: {r.get('paused_because')}")
+        token = r.get("oauth2")
+        if isinstance(token, dict):
+            lines.append(f"  oauth2:      {token.get('text')}")
     return "\n".join(lines) + "\n"

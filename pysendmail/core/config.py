@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 SYSTEM_CONFIG = "/etc/pysendmail/pysendmail.toml"
 SYSTEM_SPOOL = "/var/spool/pysendmail"
 DEFAULT_MAX_MESSAGE_SIZE = 35 * 1024 * 1024
-AUTH_CHOICES = ("auto", "plain", "login", "oauthbearer", "xoauth2")
+AUTH_CHOICES = ("auto", "plain", "login", "oauthbearer", "xoauth2", "oauth2")
 CACHE_VERSION = 3  # 2: the inline-password flag, the -bs deadlines; 3: deliver_without_daemon
 
 
@@ -131,6 +131,17 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "helo": (_STR, None),
         "timeout": (_INT, 60),
         "oauth_token_command": (_LIST, None),
+        # auth = "oauth2": pysendmail's own OAuth2 client (daemon/oauth.py, issue 14).
+        # None: the provider's row in oauth.ENDPOINTS; the token file defaults to
+        # SPOOL/state/oauth/NAME.json (filled in by build).
+        "oauth_client_id": (_STR, None),
+        "oauth_client_secret_file": (_STR, None),
+        "oauth_tenant": (_STR, None),
+        "oauth_scope": (_STR, None),
+        "oauth_token_url": (_STR, None),
+        "oauth_device_url": (_STR, None),
+        "oauth_authorize_url": (_STR, None),
+        "oauth_token_file": (_STR, None),
         "auth": (_STR, "auto"),
         "pool_size": (_INT, 2),
         "max_recipients_per_message": (_INT, 0),
@@ -521,6 +532,10 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
         policy = table["from_policy"]
         if policy is not None and policy not in ("keep", "rewrite"):
             raise ConfigError(f"{name}.from_policy in {where} must be keep or rewrite, not {policy!r}")
+        if auth is not None and str(auth).lower() == "oauth2" and table["oauth_token_file"] is None:
+            # The daemon's own directory: its user alone may read state/.
+            relay_name = DEFAULT_RELAY if name == "relay" else name.split(".", 1)[1]
+            table["oauth_token_file"] = os.path.join(str(spool["path"]), "state", "oauth", f"{relay_name}.json")
         fallback = table["fallback"]
         if fallback is not None and fallback not in relays and fallback != DEFAULT_RELAY:
             raise ConfigError(f"{name}.fallback in {where} names {fallback!r}, which is no [relay.{fallback}] table")

@@ -34,7 +34,7 @@ import signal
 import time
 
 from pysendmail.core import config, layout, log
-from pysendmail.core.lock import SpoolLock, lock_holder
+from pysendmail.core.lock import SpoolLock
 from pysendmail.daemon.main import Daemon
 
 DEFAULT_LINGER = 5.0

@@ -6,8 +6,9 @@ Contract:   ``password(relay, where, name)`` returns the password from, in
             systemd credential (``credential``, default ``relay-password``
             for [relay] and ``relay-NAME-password`` for [relay.NAME]); None
             when none is configured.  ``oauth_token(relay)`` runs
-            ``oauth_token_command``.  Problems raise ConfigError with one
-            sentence that never holds the secret.
+            ``oauth_token_command`` (auth = "oauth2" without a command is
+            daemon/oauth.py's refreshing token source).  Problems raise
+            ConfigError with one sentence that never holds the secret.
 Security:   every secret file is judged by core/trust.py's one rule (owned
             by root, the daemon's user or us; readable by nobody else but
             the daemon's group; nobody else can write it or a directory
@@ -120,3 +121,4 @@ def oauth_token(relay: dict[str, object], where: str = "relay") -> str | None:
     if not isinstance(command, list) or not command:  # a list of strings: config.py checked it
         return None
     return run_command([str(a) for a in command], f"{where}.oauth_token_command")
+

@@ -29,7 +29,7 @@ import os
 import time
 
 from pysendmail.core import errors, layout, rfc5322, spoolfile
-from pysendmail.submit import flags, intake
+from pysendmail.submit import flags
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ are set per test through attributes: ``rcpt_replies``, ``mail_reply``,
 default one (one relay playing several accounts).  ``PROVIDER_REPLIES``
 holds the exact texts providers send, for a test to script one.
 ``oauth=("XOAUTH2", "OAUTHBEARER")`` also offers those mechanisms,
-accepting only ``oauth_token``; ``fault_after`` = N lets the first N
+accepting only ``oauth_token`` (or, with ``oauth_check`` set, the tokens
+that callable accepts: OAuthServer.check_access_token); ``fault_after`` = N lets the first N
 transactions through before ``stall_data`` or ``drop_in_data`` applies,
 and ``stalling`` is set when a DATA starts to stall (for a test that
 kills the client then).  ``stall_quit`` = seconds holds the reply to QUIT
@@ -44,6 +45,7 @@ import functools
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,7 +137,12 @@ class _Handler:
         raw = base64.b64decode(args[1]) if len(args) > 1 else b""
         fields = dict(p.split(b"=", 1) for p in raw.split(b"\x01") if b"=" in p and not p.startswith(b"n,"))
         user = raw.split(b"a=", 1)[1].split(b",", 1)[0] if mech == "OAUTHBEARER" and b"a=" in raw else fields.get(b"user", b"")
-        ok = user.decode() == USER and fields.get(b"auth") == f"Bearer {relay.oauth_token}".encode()
+        bearer = fields.get(b"auth", b"")
+        if relay.oauth_check is not None:  # tokens of a real authorization server (tests/fakes/oauth_server.py)
+            token_ok = bearer.startswith(b"Bearer ") and relay.oauth_check(bearer[7:].decode(errors="replace"))
+        else:
+            token_ok = bearer == f"Bearer {relay.oauth_token}".encode()
+        ok = user.decode() == USER and token_ok
         with relay.cond:
             relay.oauth_logins.append((mech, ok))
             if ok:
@@ -293,6 +300,7 @@ class Relay:
         self.logins = 0
         self.oauth_token = "ya29.test-token-" + PASSWORD[::-1]
         self.oauth_logins: list[tuple[str, bool]] = []
+        self.oauth_check: Callable[[str], bool] | None = None  # set: it judges tokens instead of oauth_token
         self.failed_logins = 0
         self.cond = threading.Condition()
         self.rcpt_replies: dict[str, str] = {}

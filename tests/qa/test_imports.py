@@ -52,9 +52,10 @@ from tests.conftest import SIMPLE, Env, program
 FORBIDDEN = (
     "asyncio", "ssl", "aiosmtplib", "dkim", "email", "re", "json", "typing", "logging",
     "dataclasses", "tomllib", "platformdirs", "argparse", "socket", "enum",
+    "authlib", "requests",  # auth = "oauth2" (daemon/oauth.py): the daemon's and 'oauth login''s only
 )
 # What -bs, a long SMTP dialogue on stdio, must still not pull in.
-FORBIDDEN_BS = ("asyncio", "ssl", "aiosmtplib", "dkim")
+FORBIDDEN_BS = ("asyncio", "ssl", "aiosmtplib", "dkim", "authlib", "requests")
 
 MESSAGE = (
     b"From: Web Site <www@example.org>\n"

@@ -114,11 +114,11 @@ class Route:
             delay = min(HOLD_MAX, HOLD_BASE * 2 ** (self.auth_failures - 1))
             self.hold_until = now + delay
             self.hold_reason = exc.text
-            log.log(
-                f"relay {host}: AUTHENTICATION FAILED, all mail held for {int(delay)} s: {exc.text}; "
-                f"check {self.settings.where}.username and the password, then run "
-                f"'pysendmail route resume {self.name}'"
-            )
+            # An OAuth2 login to renew: the command in exc.text also resumes the route.
+            fix = "" if exc.kind == "oauth-login-needed" else (
+                f"; check {self.settings.where}.username and the password, then run "
+                f"'pysendmail route resume {self.name}'")
+            log.log(f"relay {host}: AUTHENTICATION FAILED, all mail held for {int(delay)} s: {exc.text}{fix}")
         else:
             self.down_until = now + DOWN_SECONDS
             self.down_reason = exc.text

@@ -44,7 +44,7 @@ from pysendmail.core import log, rfc5322, trust
 from pysendmail.core.clock import SYSTEM, Clock
 from pysendmail.core.errors import ConfigError
 from pysendmail.core.queue import QueuedMessage
-from pysendmail.daemon import outcome, secrets, wire
+from pysendmail.daemon import oauth, outcome, secrets, wire
 from pysendmail.daemon.routing.settings import Relay
 from pysendmail.daemon.providers import BOUNCE, HOLD_MESSAGE, HOLD_ROUTE, PAUSE
 from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Result, one_line
@@ -52,6 +52,7 @@ from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Resul
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pysendmail.daemon.dkim import Signer
+    from pysendmail.daemon.oauth import TokenSource
 
 DEFAULT_PORTS = {"implicit": 465, "starttls": 587, "none": 25}
 _NETWORK_ERRORS = (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError, EOFError)
@@ -216,6 +217,10 @@ class SmtpTransport:
             if token is not None:
                 await self._authenticate_oauth(smtp, offered, token)
                 return
+            source = oauth.source(self.settings, self.where, self.name, self.provider)
+            if source is not None:
+                await self._authenticate_refreshing(smtp, offered, source)
+                return
             password = await asyncio.to_thread(secrets.password, self.settings, self.where, self.name)
             if password is None:
                 raise RelayError(
@@ -249,7 +254,36 @@ class SmtpTransport:
         except ConfigError as exc:
             raise RelayError(str(exc), hold=True) from None
 
-    async def _authenticate_oauth(self, smtp: aiosmtplib.SMTP, offered: list[str], token: str) -> None:
+    async def _authenticate_refreshing(self, smtp: aiosmtplib.SMTP, offered: list[str], source: TokenSource) -> None:
+        """auth = "oauth2": the daemon's own token (daemon/oauth.py), refreshed off the event loop.
+
+        A refused token that was not fresh may have expired early (revoked
+        sessions, clock skew): one forced refresh and one more AUTH on the
+        same session (RFC 4954 allows it), never more per failure.  A
+        refused refresh token (invalid_grant) holds the route with the
+        command that logs in again; a token endpoint that cannot be
+        reached defers like a relay that cannot be.
+        """
+        from pysendmail.daemon.oauth import LoginNeeded, RefreshFailed
+
+        prefer = source.settings.mechanism
+        try:
+            token, fresh = await source.token()
+            try:
+                await self._authenticate_oauth(smtp, offered, token, prefer)
+            except aiosmtplib.SMTPResponseException as exc:
+                if fresh or not 500 <= exc.code < 600:
+                    raise
+                log.log(f"relay {self.host}: OAuth2 token refused ({exc.code}); refreshing it once")
+                token, _ = await source.token(force=True)
+                await self._authenticate_oauth(smtp, offered, token, prefer)
+        except LoginNeeded as exc:
+            raise RelayError(str(exc), hold=True, kind="oauth-login-needed") from None
+        except RefreshFailed as exc:
+            raise RelayError(str(exc), dsn="4.7.0") from None
+
+    async def _authenticate_oauth(self, smtp: aiosmtplib.SMTP, offered: list[str], token: str,
+                                  prefer: str = "auto") -> None:
         """AUTH OAUTHBEARER (RFC 7628) or XOAUTH2 (Google's and Microsoft's older form).
 
         The token comes fresh from ``oauth_token_command`` for every login
@@ -260,6 +294,8 @@ class SmtpTransport:
         %x01 for OAUTHBEARER) to receive the final 5xx.
         """
         wanted = str(self.settings.get("auth") or "auto").lower()
+        if wanted == "oauth2":
+            wanted = prefer  # the provider's documented mechanism (oauth.ENDPOINTS), auto for custom
         if wanted in ("oauthbearer", "xoauth2"):
             mech = wanted if wanted in offered else ""
         else:
