@@ -25,6 +25,10 @@ import stat
 from pysendmail.core import config, errors, layout, trust
 from pysendmail.daemon import secrets
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pysendmail.daemon.routes import RelaySettings
+
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 MASK = "********"
 
@@ -159,13 +163,12 @@ def _check_relays(cfg: config.Config, daemon: tuple[int, int, list[int], str]) -
     return out
 
 
-def _check_oauth(cfg: config.Config, name: str, s: object, label: str,
+def _check_oauth(cfg: config.Config, name: str, s: RelaySettings, label: str,
                  daemon: tuple[int, int, list[int], str]) -> list[tuple[str, str]]:
     """auth = "oauth2": endpoints, the client secret file, the token file and the token's state."""
     from pysendmail.daemon import oauth
 
-    values, where = s.values, s.where  # type: ignore[attr-defined]
-    settings = oauth.settings(values, where, name, s.provider, cfg.spool_path)  # type: ignore[attr-defined]
+    settings = oauth.settings(s.values, s.where, name, s.provider, cfg.spool_path)
     assert settings is not None  # ConfigError above: the caller reports it
     out: list[tuple[str, str]] = [(OK, f"{label}: OAuth2 ({settings.flow} login) at {settings.token_url}")]
     if settings.client_secret_file:

@@ -24,12 +24,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from pysendmail.core import config, errors
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pysendmail.daemon.routes import RelaySettings
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+
+def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("oauth", help="OAuth2 sign-in for a relay with auth = \"oauth2\" (login)")
     osub = p.add_subparsers(dest="oauth_action", metavar="action", required=True, parser_class=type(p))
     lg = osub.add_parser("login", help="run the provider's device or browser (PKCE) flow and store the refresh "
@@ -38,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                                                     "with auth = \"oauth2\"")
 
 
-def pick_relay(cfg: config.Config, name: str | None) -> tuple[str, object]:
+def pick_relay(cfg: config.Config, name: str | None) -> tuple[str, RelaySettings]:
     """(name, RelaySettings) of the relay to sign in."""
     from pysendmail.daemon import routes
 
@@ -65,14 +70,14 @@ def login(cfg: config.Config, name: str | None, out: TextIO, answer: Callable[[]
     from pysendmail.daemon import oauth
 
     name, s = pick_relay(cfg, name)
-    settings = oauth.settings(s.values, s.where, name, s.provider, cfg.spool_path)  # type: ignore[attr-defined]
+    settings = oauth.settings(s.values, s.where, name, s.provider, cfg.spool_path)
     assert settings is not None
     if settings.flow == "device":
         oauth.login_device(settings, out)
     else:
         oauth.login_pkce(settings, out, answer)
     state = oauth.read_state(settings)
-    out.write(f"{s.where}: signed in; refresh token stored in {settings.token_file} "  # type: ignore[attr-defined]
+    out.write(f"{s.where}: signed in; refresh token stored in {settings.token_file} "
               f"({oauth.describe(state)})\n")
     out.flush()
     _resume_if_held(cfg, name)

@@ -349,7 +349,7 @@ def describe(state: dict[str, object], now: float | None = None) -> str:
     if word == "unknown":
         return f"state unknown: {state.get('error')}"
     if word == "refresh-failing":
-        since = time.strftime(fmt, time.localtime(float(state["refresh_failing_since"])))  # type: ignore[arg-type]
+        since = time.strftime(fmt, time.localtime(_number(state.get("refresh_failing_since"), now, 0, 1e12)))
         return f"refresh failing since {since}: {state.get('error')}"
     if isinstance(until, float):
         if until > now:
@@ -590,7 +590,7 @@ def _login_error(s: OAuthSettings, exc: BaseException, step: str) -> PysendmailE
 
 def _number(value: object, default: float, low: float, high: float) -> float:
     try:
-        number = float(value) if value is not None else default  # type: ignore[arg-type]
+        number = float(value) if isinstance(value, (int, float, str)) else default
     except (TypeError, ValueError):
         number = default
     return min(max(number, low), high) if number == number else default  # NaN: the default
