@@ -607,8 +607,9 @@ def test_lifetime_expiry_bounces_and_keeps_copy_in_failed(tmp_path: Path, relay_
     (entry,) = mailq(e)
     assert entry["queue_id"] == qid and entry["state"] == "deferred"
 
-    # The one wait this file allows: the queue's own clock must pass the
-    # lifetime; the daemon has no clock a test could move from outside.
+    # The one wait this file allows: a separate process's clock must pass
+    # the lifetime (tests/unit/test_qmgr.py moves the queue manager's clock
+    # for the same rule without waiting; this checks the real commands).
     time.sleep(max(0.0, submitted_by + lifetime + 0.05 - time.time()))
     stderr = run_queue(e)
 
