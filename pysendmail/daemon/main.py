@@ -59,6 +59,7 @@ import socket
 import time
 
 from pysendmail.core import config, errors, layout, log, queue, requests
+from pysendmail.core.clock import SYSTEM, Clock
 from pysendmail.core.lock import SpoolLock, lock_holder, take_over
 from pysendmail.daemon.qmgr import Counts, QueueManager, helo_warnings
 from pysendmail.daemon.summary import Publisher
@@ -114,11 +115,12 @@ def drain_fifo(fd: int) -> bytes:
 
 
 class Daemon:
-    def __init__(self, cfg: config.Config, interval: int | None) -> None:
+    def __init__(self, cfg: config.Config, interval: int | None, *, clock: Clock = SYSTEM) -> None:
         self.cfg = cfg
         self.interval = interval
+        self.clock = clock  # the schedule's times; the loop's own timers are asyncio's
         self.spool = layout.Spool(cfg.spool_path)
-        self.manager = QueueManager(cfg)
+        self.manager = QueueManager(cfg, clock=clock)
         self.due: list[tuple[float, str]] = []
         self.wake = asyncio.Event()
         self.stopping = False
@@ -214,7 +216,7 @@ class Daemon:
         for text in helo_warnings(self.cfg):
             log.log(f"daemon: {text}")
         sd_notify(f"READY=1\nSTATUS=queue: {len(self.due)} messages")
-        last_full = time.monotonic()
+        last_full = self.clock.monotonic()
         try:
             while not self.stopping:
                 # Yield once per round: when wake-ups come back to back
@@ -242,8 +244,8 @@ class Daemon:
                 if writes:
                     await self._pickup()
                 flushing = bool(self.flush_acks)
-                if flushing or (self.interval and time.monotonic() - last_full >= self.interval):
-                    last_full = time.monotonic()
+                if flushing or (self.interval and self.clock.monotonic() - last_full >= self.interval):
+                    last_full = self.clock.monotonic()
                     self.due = [(0.0, qid) for _, qid in self.due]
                     if flushing:
                         # A connection failure's short mark, never a hold or a pause.
@@ -291,7 +293,7 @@ class Daemon:
                         self.wake.clear()
                         if self.manager.trouble is None:
                             await self._pickup()
-                    if not self.due or self.due[0][0] > time.time():
+                    if not self.due or self.due[0][0] > self.clock.time():
                         break
                     blocked = self.manager.unavailable()
                     if blocked:
@@ -320,7 +322,7 @@ class Daemon:
             if qid in self.manager.unrecorded or not msg.pending():
                 # The disk refused its records, its bounce or its move:
                 # again after the disk back-off, not at once (no busy loop).
-                heapq.heappush(self.due, (max(self.disk_retry_at, time.time() + self.disk_delay), qid))
+                heapq.heappush(self.due, (max(self.disk_retry_at, self.clock.time() + self.disk_delay), qid))
             elif msg.pending():
                 heapq.heappush(self.due, (msg.due, qid))
         while self.manager.new_ids:
@@ -334,7 +336,7 @@ class Daemon:
         # coroutine runs pickup, so pickup never runs twice at once.
         queued = await asyncio.to_thread(self.manager.pickup, PICKUP_BATCH)
         for qid in queued:
-            heapq.heappush(self.due, (time.time(), qid))
+            heapq.heappush(self.due, (self.clock.time(), qid))
         if queued:
             self.summary.changed()
         if self.manager.more_incoming:
@@ -345,7 +347,7 @@ class Daemon:
         manager = self.manager
         if manager.trouble is None:
             return True
-        if time.time() >= self.disk_retry_at or queue.free_bytes(self.spool.queue) >= self.disk_free + SPACE_STEP:
+        if self.clock.time() >= self.disk_retry_at or queue.free_bytes(self.spool.queue) >= self.disk_free + SPACE_STEP:
             manager.trouble = None  # try again; a new failure sets it again
             return True
         return False
@@ -353,7 +355,7 @@ class Daemon:
     async def _after_round(self, tried: bool) -> None:
         """Arm the back-off after a storage failure, or note that writes work again."""
         manager = self.manager
-        now = time.time()
+        now = self.clock.time()
         if manager.trouble is not None:
             if tried or self.disk_retry_at <= now:
                 self.disk_retry_at = now + self.disk_delay
@@ -376,7 +378,7 @@ class Daemon:
         if (self.flush_requested or self.reload_requested or self.resume_requested or self.reindex_requested
                 or self.stopping):
             return  # their wake-up may have been consumed by _run_due's pickup
-        now = time.time()
+        now = self.clock.time()
         wake_at = self.due[0][0] if self.due else None
         if self.blocked_until > now:
             wake_at = self.blocked_until if wake_at is None else max(wake_at, self.blocked_until)
@@ -384,7 +386,7 @@ class Daemon:
             wake_at = self.disk_retry_at if wake_at is None else min(wake_at, self.disk_retry_at)
         timeout = None if wake_at is None else max(0.0, wake_at - now)
         if self.interval:
-            left = max(0.0, self.interval - (time.monotonic() - last_full))
+            left = max(0.0, self.interval - (self.clock.monotonic() - last_full))
             timeout = left if timeout is None else min(timeout, left)
         transport = self.manager.transport
         scanner = self.manager.scanner
@@ -433,7 +435,7 @@ class Daemon:
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             cfg = config.load(self.cfg.path)
-            manager = QueueManager(cfg)
+            manager = QueueManager(cfg, clock=self.clock)
         except Exception as exc:
             log.log(f"daemon: reload failed, keeping the old configuration: {exc}")
         else:
