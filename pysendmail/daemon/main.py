@@ -212,6 +212,10 @@ class Daemon:
         self.due = self._read_index()
         self._take_resumes()  # asked for while no daemon ran, and not yet handled
         self.summary.start()
+        from pysendmail.daemon.metrics import Exporter
+
+        exporter = Exporter(self)  # [metrics]: textfile and/or loopback HTTP (daemon/metrics.py)
+        await exporter.start()
         log.log(f"daemon: started, pid {os.getpid()}, spool {self.spool.path}, {len(self.due)} messages queued")
         for text in helo_warnings(self.cfg):
             log.log(f"daemon: {text}")
@@ -269,6 +273,7 @@ class Daemon:
                 loop.remove_reader(watch.fd)
                 watch.close()
             await self.summary.stop()
+            await exporter.stop()
             await self.manager.transport.close()
             log.log("daemon: stopped")
 
