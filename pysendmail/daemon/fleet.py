@@ -16,7 +16,7 @@ Contract:   ``Fleet.from_config(cfg)`` is None without a [fleet] table
             with ``ok`` False, until when, why and which host; else the
             per-minute window (transactions) and the per-day window
             (``rate.day_unit``: messages or recipients), sliding, as
-            qmgr.RateLimit counts them -> not ok with the time room comes
+            routing.ratelimit.RateLimit counts them -> not ok with the time room comes
             back; else the units are spent in the shared windows AND in
             ``rate`` (this host's own record of its sends) -> ok.
             ``await record_block(account, kind, seconds, reason, verdict)``
@@ -60,11 +60,11 @@ Security:   the password comes from ``password_file`` (core/trust.py's
             a hostile or broken server can make this host wait (a pause
             at most 7 days long) but not crash it.
 Crashes:    nothing of this host's lives only in Redis: its sends are in
-            routes.json (qmgr.RateLimit.snapshot) and are pushed again.
+            routes.json (routing.ratelimit.RateLimit.snapshot) and are pushed again.
             A reservation whose reply was lost (timeout) may have been
             spent on the server: the fleet then counts one send too many,
             never one too few.
-See also:   pysendmail.toml(5) [fleet]; qmgr.RateLimit (the same windows,
+See also:   pysendmail.toml(5) [fleet]; routing.ratelimit.RateLimit (the same windows,
             per host); transport/router.py; bench/fleet (round trips and
             added latency per transaction).
 """
@@ -77,16 +77,16 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pysendmail.core import config, errors, log
 from pysendmail.core.netaddr import RedisEndpoint, parse_redis_url
 
 if TYPE_CHECKING:
-    from pysendmail.daemon.qmgr import RateLimit
+    from pysendmail.daemon.routing.ratelimit import RateLimit
 
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # seconds before trying an unreachable Redis again
-SYNC_INTERVAL = 10.0  # seconds between views read back (and reconnection tries) when nothing else asks
+SYNC_INTERVAL = 5.0  # seconds between views read back (and reconnection tries) when nothing else asks
 MAX_BLOCK = 7 * 86400.0  # no pause read from Redis lasts longer than this
 MAX_TEXT = 512  # characters kept of a reason or an outcome read from Redis
 DAY, MINUTE = 86400.0, 60.0
@@ -238,7 +238,8 @@ def _float(value: object) -> float:
 class AccountView:
     """What this host knows of one account from the fleet (for status and route list)."""
 
-    block: Block | None = None
+    block: Block | None = None  # the longest of ``blocks``
+    blocks: dict[str, Block] = field(default_factory=dict)  # kind -> the fleet's pause and hold, as last read
     own_blocks: dict[str, tuple[float, str, str]] = field(default_factory=dict)  # kind -> (until, reason, verdict)
     last_success: tuple[float, str, str] | None = None  # (when, text, host), fleet-wide
     last_failure: tuple[float, str, str] | None = None
@@ -262,6 +263,12 @@ class Fleet:
         self.round_trips = 0  # for bench/fleet
         self._sha: dict[str, str] = {}
         self.connected_once = False
+        self.started = False
+        self.links: list[RouteLink] = []
+        # Set by the daemon: called after a sync that changed the view (True: a block was lifted elsewhere).
+        self.on_sync: Callable[[bool], None] | None = None
+        self.seen = ""
+        self.background: set[asyncio.Task[Any]] = set()
         self.heartbeat: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one reconnection at a time
 
@@ -306,6 +313,9 @@ class Fleet:
         return aioredis.Redis(**kwargs)
 
     async def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
         if self.settings.ca_file:
             from pysendmail.core import trust
 
@@ -564,11 +574,15 @@ class Fleet:
             pause, hold, last, minute, day = replies[5 * n: 5 * n + 5]
             view = self.views.setdefault(aid, AccountView())
             view.block = None
+            view.blocks = {}
             for kind, entry in (("pause", pause), ("hold", hold)):
                 got = {_text(k): _text(v) for k, v in (entry or {}).items()}
                 until = min(_float(got.get("until")) - self.offset, now + MAX_BLOCK)
-                if until > now and (view.block is None or until > view.block.until):
-                    view.block = Block(kind, until, got.get("reason", ""), got.get("host", ""), got.get("verdict", ""))
+                if until > now:
+                    view.blocks[kind] = Block(kind, until, got.get("reason", ""), got.get("host", ""),
+                                              got.get("verdict", ""))
+                    if view.block is None or until > view.block.until:
+                        view.block = view.blocks[kind]
             got = {_text(k): _text(v) for k, v in (last or {}).items()}
             for word in ("success", "failure"):
                 when = _float(got.get(f"{word}_time"))
@@ -576,6 +590,12 @@ class Fleet:
                     else None
                 setattr(view, f"last_{word}", entry_value)
             view.used_minute, view.used_day = int(_float(minute)), int(_float(day))
+        lifted = any([link.apply(now) for link in self.links])
+        seen = repr(sorted((aid, v.block, v.used_minute, v.used_day, v.last_success, v.last_failure)
+                           for aid, v in self.views.items()))
+        if self.on_sync is not None and (lifted or seen != self.seen):
+            self.on_sync(lifted)  # the daemon saves the view for status; lifted: what waited goes now
+        self.seen = seen
 
     async def _read_views(self, written: dict[str, dict[str, str]],
                           order: list[tuple[str, tuple[Account, RateLimit]]]) -> Any:
@@ -631,6 +651,124 @@ class Fleet:
             if v.used_day is not None:
                 used.add(v.used_day, account=aid, window="day")
         return [up, mode, trips, used]
+
+
+class Marks(Protocol):
+    """Where a route keeps its pause and hold (the route itself, or its SMTP session)."""
+
+    pause_until: float
+    pause_reason: str
+    pause_kind: str
+    hold_until: float
+    hold_reason: str
+
+
+class RouteLink:
+    """One local route bound to its account in the fleet: the router's few hooks.
+
+    ``await before(recipients)`` right before a transaction: None to go
+    (the budget was spent, shared and locally), else (until, why) to defer
+    it; a block the fleet knows is also copied onto the route's marks, so
+    the queue manager leaves that route's mail alone until then, and
+    ``budget_block(now)`` keeps the route "over budget" until the shared
+    window has room.  ``await after(pause, hold)`` with the marks from
+    before the transaction shares a pause or hold the transaction caused.
+    ``apply()`` (after each sync) copies the fleet's blocks onto the marks
+    and lifts the copies the fleet no longer has.  ``resume()`` lifts the
+    fleet's block too ('route resume').  ``entry()`` is the fleet's part of
+    the route's routes.json entry.
+    """
+
+    def __init__(self, fleet: Fleet, account: Account, rate: RateLimit, marks: Marks) -> None:
+        self.fleet = fleet
+        self.account = account
+        self.rate = rate
+        self.marks = marks
+        self.copied: dict[str, float] = {}  # kind -> the deadline this link put on the marks
+        self.budget_until = 0.0
+        self.budget_why = ""
+        fleet.register(account, rate)
+        fleet.links.append(self)
+
+    def budget_block(self, now: float) -> tuple[float, str] | None:
+        return (self.budget_until, self.budget_why) if self.budget_until > now else None
+
+    def _copy(self, block: Block) -> None:
+        marks = self.marks
+        why = describe(block, self.fleet.host)
+        if block.kind == "pause":
+            if block.until > marks.pause_until:
+                marks.pause_until, marks.pause_reason, marks.pause_kind = block.until, why, block.verdict
+                self.copied["pause"] = block.until
+        elif block.until > marks.hold_until:
+            marks.hold_until, marks.hold_reason = block.until, why
+            self.copied["hold"] = block.until
+
+    async def before(self, recipients: int) -> tuple[float, str] | None:
+        if not self.fleet.started:
+            await self.fleet.start()
+        grant = await self.fleet.reserve(self.account, self.rate, recipients)
+        if grant.ok:
+            self.budget_until = 0.0
+            return None
+        if grant.block is not None:
+            self._copy(grant.block)
+        else:
+            self.budget_until, self.budget_why = grant.until, grant.why
+        return grant.until, grant.why
+
+    async def after(self, pause_before: float, hold_before: float) -> None:
+        marks = self.marks
+        if marks.pause_until > pause_before and self.copied.get("pause") != marks.pause_until:
+            await self.fleet.record_block(self.account, "pause", marks.pause_until, marks.pause_reason,
+                                          marks.pause_kind)
+        if marks.hold_until > hold_before and self.copied.get("hold") != marks.hold_until:
+            await self.fleet.record_block(self.account, "hold", marks.hold_until, marks.hold_reason)
+
+    def apply(self, now: float) -> bool:
+        """Copy the fleet's blocks onto the marks; lift what the fleet lifted.  True when something was lifted."""
+        view = self.fleet.views.get(self.account.id, AccountView())
+        for block in view.blocks.values():
+            if block.host != self.fleet.host:
+                self._copy(block)
+        if not self.fleet.up:
+            return False  # Redis away: keep obeying what was learnt
+        lifted = False
+        marks = self.marks
+        # A copy, or a block of our own, that the fleet no longer holds was lifted
+        # ('route resume' on some host): lift it here too.
+        for kind, until in list(self.copied.items()) + [(k, v[0]) for k, v in view.own_blocks.items()]:
+            if kind in view.blocks or until <= now:
+                continue
+            if kind == "pause" and marks.pause_until == until:
+                marks.pause_until, marks.pause_reason, marks.pause_kind = 0.0, "", ""
+                lifted = True
+            elif kind == "hold" and marks.hold_until == until:
+                marks.hold_until, marks.hold_reason = 0.0, ""
+                lifted = True
+            self.copied.pop(kind, None)
+            view.own_blocks.pop(kind, None)
+        if lifted:
+            log.log(f"fleet: account {self.account.id}: the fleet's pause was lifted (route resume on another "
+                    "host); sending again")
+        return lifted
+
+    def resume(self) -> None:
+        """'route resume' lifted the marks here: lift the fleet's block for every host (in the background)."""
+        self.copied.clear()
+        self.budget_until = 0.0
+        task = asyncio.get_running_loop().create_task(self.fleet.clear(self.account))
+        self.fleet.background.add(task)
+        task.add_done_callback(self.fleet.background.discard)
+
+    def entry(self) -> dict[str, object]:
+        return self.fleet.view(self.account)
+
+
+def account_of(values: dict[str, object]) -> Account | None:
+    """The provider host and user name of a [relay] table; None when it logs in as nobody (not shared)."""
+    host, user = values.get("host"), values.get("username")
+    return Account(str(host), str(user)) if host and user else None
 
 
 def _is_noscript(exc: BaseException) -> bool:

@@ -332,7 +332,8 @@ class Exporter:
         out += self._route_families(now)
         out += self._dkim_families(disk, keys)
         out += self._token_families()
-        for fn in list(_collectors):
+        fleet = getattr(self.daemon.manager.transport, "fleet", None)
+        for fn in list(_collectors) + ([fleet.collect] if fleet is not None else []):
             try:
                 out += list(fn())
             except Exception as exc:  # a hook's bug must not take the metrics down

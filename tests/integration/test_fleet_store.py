@@ -18,7 +18,7 @@ import pytest
 from pysendmail.core import errors
 from pysendmail.core.netaddr import parse_redis_url
 from pysendmail.daemon.fleet import Account, Fleet, Settings
-from pysendmail.daemon.qmgr import RateLimit
+from pysendmail.daemon.routing.ratelimit import RateLimit
 from tests.fakes.redisd import RedisServer, cleanup
 
 ACCOUNT = Account("smtp.yandex.ru", "robot@example.org")

@@ -41,6 +41,7 @@ from pysendmail.daemon.transport.base import DEFERRED, FAILED, Plan, Result, chu
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pysendmail.daemon.dkim import Signer
+    from pysendmail.daemon.fleet import Fleet
 
 
 class Router:
@@ -63,6 +64,16 @@ class Router:
             for name, entry in store.load().items():
                 if name in self.routes:
                     self.routes[name].restore(entry, now)
+        # [fleet]: every route that logs in to an account shares its budget and pauses (daemon/fleet.py).
+        self.fleet: Fleet | None = None
+        if any(p.startswith("fleet.") for p in cfg.present):
+            from pysendmail.daemon import fleet
+
+            self.fleet = fleet.Fleet.from_config(cfg)
+            for route in self.routes.values():
+                account = fleet.account_of(route.settings.values)
+                if self.fleet is not None and account is not None:
+                    route.link = fleet.RouteLink(self.fleet, account, route.rate, route)
 
     @property
     def signer(self) -> Signer | None:
@@ -166,12 +177,21 @@ class Router:
         if mail_from != msg.envelope.sender or message is not msg.message:
             out = msg.variant(sender=mail_from, message=message)
             header_from = None if message is not msg.message else header_from  # a rewritten From is read again
-        route.rate.spend(self.clock.time(), len(indices))
         blocked = route.health(self.clock.time())
+        marks = (route.pause_until, route.hold_until)
+        if blocked is None and route.link is not None:
+            # One round trip: the fleet's pause and hold, then its budget, spent there and here at once.
+            shared = await route.link.before(len(indices))
+            if shared:
+                return [Result(i, DEFERRED, "4.7.0", shared[1], route=route.name) for i in indices]
+        elif route.link is None:
+            route.rate.spend(self.clock.time(), len(indices))
         if blocked:
             results = [Result(i, DEFERRED, "4.4.1", blocked[1]) for i in indices]
         else:
             results = await route.smtp.deliver(out, indices, header_from=header_from)
+            if route.link is not None:
+                await route.link.after(*marks)  # a pause or hold this transaction caused: for every host
         now = self.clock.time()
         self.relay, self.tls_version = route.smtp.relay, route.smtp.tls_version
         tagged = []
@@ -191,6 +211,8 @@ class Router:
         if route is None:
             return False
         route.resume()
+        if route.link is not None:
+            route.link.resume()  # the account's pause is lifted for every host of the fleet
         return True
 
     def has_idle(self) -> bool:
@@ -203,7 +225,13 @@ class Router:
     async def close(self) -> None:
         for r in self.routes.values():
             await r.smtp.close()
+        if self.fleet is not None:
+            await self.fleet.close()
 
     def route_state(self) -> dict[str, dict[str, object]]:
         now = self.clock.time()
-        return {name: r.snapshot(now) for name, r in self.routes.items()}
+        out = {name: r.snapshot(now) for name, r in self.routes.items()}
+        for name, r in self.routes.items():
+            if r.link is not None:
+                out[name]["fleet"] = r.link.entry()  # who paused the account and why; Redis or the fallback
+        return out
