@@ -205,6 +205,11 @@ def cmd_resume(cfg: config.Config, name: str) -> int:
         open_store(spool).resume(name)
     finally:
         lock.release()
-    sys.stdout.write(f"route {name}: resumed ({was}); the daemon is not running: "
+    fleet = ""
+    if any(p.startswith("fleet.") for p in cfg.present):  # [fleet]: the pause is the account's, on every host
+        from pysendmail.daemon import fleet as fleet_state, routes
+
+        fleet = fleet_state.clear_now(cfg, routes.resolve(cfg).relays[name].values)
+    sys.stdout.write(f"route {name}: resumed ({was}){fleet}; the daemon is not running: "
                      "'pysendmail flush' sends the mail waiting for it now\n")
     return 0

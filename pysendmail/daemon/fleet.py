@@ -714,7 +714,11 @@ class RouteLink:
         if grant.block is not None:
             self._copy(grant.block)
         else:
-            self.budget_until, self.budget_why = grant.until, grant.why
+            until = grant.until
+            if grant.mode != "redis":
+                # The share's window says nothing about the fleet's: ask again once Redis may be back.
+                until = min(until, max(self.fleet.retry_at, time.time() + RETRY_FIRST))
+            self.budget_until, self.budget_why = until, grant.why
         return grant.until, grant.why
 
     async def after(self, pause_before: float, hold_before: float) -> None:
@@ -763,6 +767,27 @@ class RouteLink:
 
     def entry(self) -> dict[str, object]:
         return self.fleet.view(self.account)
+
+
+def clear_now(cfg: config.Config, values: dict[str, object]) -> str:
+    """'route resume' without a daemon: lift the fleet's pause and hold of this route's account; what happened."""
+    account = account_of(values)
+    fleet = Fleet.from_config(cfg)
+    if fleet is None or account is None:
+        return ""
+
+    async def run() -> bool:
+        assert fleet is not None and account is not None
+        try:
+            await fleet.start()
+            return await fleet.clear(account)
+        finally:
+            await fleet.close()
+
+    if asyncio.run(run()):
+        return f"; lifted for every host of the fleet (account {account.id})"
+    return (f"; but Redis did not answer ({fleet.error}): the fleet's pause of {account.id} stays for the other "
+            "hosts until it ends or a resume reaches Redis")
 
 
 def account_of(values: dict[str, object]) -> Account | None:

@@ -152,3 +152,31 @@ def test_killing_redis_mid_drain_loses_nothing_and_follows_the_share_fallback(tm
                timeout=90)
     wait_until(lambda: "fleet:       redis as host0.example.org" in envs[0].run("pysendmail", "status").stdout.decode(),
                "status to show Redis again", timeout=60)
+
+
+def test_route_resume_without_a_daemon_lifts_the_fleets_pause(tmp_path: Path, relay_factory, redis) -> None:
+    relay = relay_factory()
+    (e, other, _) = fleet_envs(tmp_path, relay, redis, rate_per_day=100)
+    prefix = e.config.read_text().split('key_prefix = "', 1)[1].split('"', 1)[0]
+    key = f"{prefix}{{localhost/robot@example.org}}:pause"
+    redis.command("HSET", key, "until", str(time.time() + 3600), "reason", "554 5.7.1 suspicion of SPAM",
+                  "host", "host9.example.org", "verdict", "spam-block", "recorded", str(time.time()))
+    proc = other.run("pysendmail", "route", "resume", "default", check=True)
+    assert b"lifted for every host of the fleet" in proc.stdout
+    assert redis.command("EXISTS", key) == 0
+
+
+@pytest.mark.parametrize("table,words", [
+    ('redis = "redis://:hunter2@127.0.0.1:6379/0"\nfleet_size_hint = 3', b"no password in the URL"),
+    ('redis = "redis://127.0.0.1:6379/0"', b"needs fleet.fleet_size_hint"),
+    ('redis = "redis://127.0.0.1:6379/0"\nfallback = "ignore"', b"must be share or pause"),
+    ('fleet_size_hint = 3', b"needs fleet.redis"),
+    ('redis = "http://127.0.0.1/"\nfleet_size_hint = 3', b"is not redis://"),
+])
+def test_bad_fleet_table_is_refused_with_one_sentence(tmp_path: Path, table: str, words: bytes) -> None:
+    from tests.conftest import write_config
+
+    e = write_config(tmp_path, f"[fleet]\n{table}\n")
+    proc = e.run("pysendmail", "config", "check")
+    assert proc.returncode == 78 and words in proc.stderr, proc.stderr
+    assert b"hunter2" not in proc.stderr
