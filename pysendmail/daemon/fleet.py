@@ -264,6 +264,7 @@ class Fleet:
         self._sha: dict[str, str] = {}
         self.connected_once = False
         self.started = False
+        self.quiet = False  # no log lines ('config check' says it in its own words)
         self.links: list[RouteLink] = []
         # Set by the daemon: called after a sync that changed the view (True: a block was lifted elsewhere).
         self.on_sync: Callable[[bool], None] | None = None
@@ -363,7 +364,7 @@ class Fleet:
         what = str(exc) or type(exc).__name__
         if isinstance(exc, asyncio.TimeoutError):
             what = f"no answer within {self.settings.timeout * 1000:.0f} ms"
-        if not self.error:  # once per episode
+        if not self.error and not self.quiet:  # once per episode
             share = ("this host spends at most rate_per_minute and rate_per_day / "
                      f"{self.settings.size_hint} (fleet.fleet_size_hint) of each account"
                      if self.settings.fallback == "share" else "nothing is sent until it answers (fleet.fallback = pause)")
@@ -390,7 +391,9 @@ class Fleet:
                 return False
             self.up = True
             self.retry_delay = RETRY_FIRST
-            if self.error:
+            if self.quiet:
+                pass
+            elif self.error:
                 log.log(f"fleet: Redis at {self.settings.endpoint} answers again; this host's sends and pauses "
                         "pushed, shared budgets and pauses apply again")
             elif not self.connected_once:

@@ -180,3 +180,16 @@ def test_bad_fleet_table_is_refused_with_one_sentence(tmp_path: Path, table: str
     proc = e.run("pysendmail", "config", "check")
     assert proc.returncode == 78 and words in proc.stderr, proc.stderr
     assert b"hunter2" not in proc.stderr
+
+
+def test_config_check_says_whether_redis_answers(tmp_path: Path, relay_factory, redis) -> None:
+    relay = relay_factory()
+    (e, _, _) = fleet_envs(tmp_path, relay, redis, rate_per_day=100)
+    proc = e.run("pysendmail", "config", "check", "--json", check=True)
+    texts = [f["text"] for f in json.loads(proc.stdout) if f["level"] == "OK"]
+    assert any("fleet: Redis at 127.0.0.1" in t and "as host0.example.org" in t for t in texts)
+    redis.kill()
+    proc = e.run("pysendmail", "config", "check", "--json", check=True)  # a warning, not an error: mail still flows
+    warnings = [f["text"] for f in json.loads(proc.stdout) if f["level"] != "OK"]
+    assert any("does not answer" in t and "fleet.fallback = share" in t for t in warnings)
+    assert proc.stderr == b""
