@@ -183,3 +183,16 @@ def test_bad_metrics_keys_are_refused_with_one_sentence(tmp_path: Path, value: s
     e = write_config(tmp_path, f"[metrics]\n{value}\n")
     proc = e.run("pysendmail", "config", "check")
     assert proc.returncode == 78 and words in proc.stderr, proc.stderr
+
+
+def test_metrics_port_in_use_stops_the_daemon_with_one_sentence(tmp_path: Path, relay_factory) -> None:
+    relay = relay_factory()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        e = metrics_env(tmp_path, relay, port)
+        proc = e.run("pysendmail", "daemon", timeout=60)
+    assert proc.returncode == 78
+    assert f"metrics.listen: cannot listen on 127.0.0.1 port {port}".encode() in proc.stderr
+    assert b"Traceback" not in proc.stderr
