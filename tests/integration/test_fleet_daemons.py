@@ -193,3 +193,29 @@ def test_config_check_says_whether_redis_answers(tmp_path: Path, relay_factory, 
     warnings = [f["text"] for f in json.loads(proc.stdout) if f["level"] != "OK"]
     assert any("does not answer" in t and "fleet.fallback = share" in t for t in warnings)
     assert proc.stderr == b""
+
+
+@pytest.mark.parametrize("with_fleet", [False, True])
+def test_redis_client_is_loaded_only_with_a_fleet_table(tmp_path: Path, relay_factory, redis,
+                                                        with_fleet: bool) -> None:
+    import subprocess
+
+    from tests.conftest import program, stop_process
+
+    relay = relay_factory()
+    if with_fleet:
+        e = fleet_envs(tmp_path, relay, redis, rate_per_day=100)[0]
+    else:
+        e = relay_env(tmp_path, relay)
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([program("pysendmail"), "daemon"], env=dict(e.environ, PYTHONPROFILEIMPORTTIME="1"),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        submit(e, "one")
+        relay.wait_for(1)
+    finally:
+        stop_process(proc)
+    imported = {line.rsplit("|", 1)[1].strip() for line in log_path.read_text().splitlines()
+                if line.startswith("import time:") and "|" in line}
+    assert ("redis" in imported) == with_fleet
