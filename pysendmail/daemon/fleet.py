@@ -269,6 +269,7 @@ class Fleet:
         # Set by the daemon: called after a sync that changed the view (True: a block was lifted elsewhere).
         self.on_sync: Callable[[bool], None] | None = None
         self.seen = ""
+        self.run_id = ""  # the server's, from INFO: a new one means a restart
         self.background: set[asyncio.Task[Any]] = set()
         self.heartbeat: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one reconnection at a time
@@ -361,7 +362,7 @@ class Fleet:
         return await asyncio.wait_for(coro, self.settings.timeout)
 
     def _down(self, exc: BaseException) -> None:
-        what = str(exc) or type(exc).__name__
+        what = _describe(exc)
         if isinstance(exc, asyncio.TimeoutError):
             what = f"no answer within {self.settings.timeout * 1000:.0f} ms"
         if not self.error and not self.quiet:  # once per episode
@@ -383,6 +384,7 @@ class Fleet:
             try:
                 server = await self._call(self.client.time())
                 self.offset = float(server[0]) + float(server[1]) / 1e6 - time.time()
+                self.run_id = _run_id(await self._call(self.client.info("server")))
                 for script in (RESERVE, RECORD_BLOCK):
                     self._sha[script] = _text(await self._call(self.client.script_load(script)))
                 await self._push_own()
@@ -571,7 +573,15 @@ class Fleet:
             return
         for aid in written:
             self.outcomes.pop(aid, None)
-        replies = replies[2 * sum(1 for aid in written if aid in self.accounts):]
+        run_id = _run_id(replies[0])
+        if run_id != self.run_id:
+            # Another server, or the same one restarted: it may have lost this host's sends and pauses.
+            self.run_id = run_id
+            ok, _ = await self._with_redis(self._push_own)
+            if ok and not self.quiet:
+                log.log(f"fleet: Redis at {self.settings.endpoint} restarted; this host's sends and pauses pushed "
+                        "again")
+        replies = replies[1 + 2 * sum(1 for aid in written if aid in self.accounts):]
         now = time.time()
         for n, (aid, _) in enumerate(order):
             pause, hold, last, minute, day = replies[5 * n: 5 * n + 5]
@@ -603,6 +613,10 @@ class Fleet:
     async def _read_views(self, written: dict[str, dict[str, str]],
                           order: list[tuple[str, tuple[Account, RateLimit]]]) -> Any:
         pipe = self.client.pipeline(transaction=False)
+        # First: which server answers.  A Redis restarted between two syncs
+        # may be back before this host's next call fails (a client library
+        # that reconnects by itself), and may have lost everything.
+        pipe.info("server")
         for aid, fields in written.items():
             if aid in self.accounts:
                 key = self.key(self.accounts[aid][0], "last")
@@ -797,6 +811,29 @@ def account_of(values: dict[str, object]) -> Account | None:
     """The provider host and user name of a [relay] table; None when it logs in as nobody (not shared)."""
     host, user = values.get("host"), values.get("username")
     return Account(str(host), str(user)) if host and user else None
+
+
+def _describe(exc: BaseException) -> str:
+    """The exception's text and its causes' (redis-py 4 wraps a refused certificate as "Error 1 connecting")."""
+    texts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(texts) < 4:
+        text = str(seen) or type(seen).__name__
+        if text not in texts:
+            texts.append(text)
+        seen = seen.__cause__ or seen.__context__
+    return ": ".join(texts)
+
+
+def _run_id(info: object) -> str:
+    """The run_id from INFO server, parsed or raw."""
+    if isinstance(info, dict):
+        return _text(info.get("run_id") or info.get(b"run_id") or "")
+    raw = info.decode("utf-8", "replace") if isinstance(info, bytes) else info if isinstance(info, str) else ""
+    for line in raw.splitlines():
+        if line.startswith("run_id:"):
+            return line[7:].strip()
+    return ""
 
 
 def _is_noscript(exc: BaseException) -> bool:
