@@ -819,7 +819,8 @@ def _describe(exc: BaseException) -> str:
     seen: BaseException | None = exc
     while seen is not None and len(texts) < 4:
         text = str(seen) or type(seen).__name__
-        if text not in texts:
+        bare = text.split("] ", 1)[1] if text.startswith("[Errno ") and "] " in text else text
+        if not any(bare in t for t in texts):  # a cause the wrapper's text already quotes adds nothing
             texts.append(text)
         seen = seen.__cause__ or seen.__context__
     return ": ".join(texts)
