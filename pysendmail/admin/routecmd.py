@@ -202,14 +202,11 @@ def cmd_resume(cfg: config.Config, name: str) -> int:
             os.unlink(resume_request_path(spool, name))  # a request the dead daemon left undone
         except FileNotFoundError:
             pass
-        open_store(spool).resume(name)
+        store = open_store(spool, cfg)  # with [fleet], the account's pause is lifted for every host too
+        store.resume(name)
     finally:
         lock.release()
-    fleet = ""
-    if any(p.startswith("fleet.") for p in cfg.present):  # [fleet]: the pause is the account's, on every host
-        from pysendmail.daemon import fleet as fleet_state, routes
-
-        fleet = fleet_state.clear_now(cfg, routes.resolve(cfg).relays[name].values)
+    fleet = getattr(store, "said", "")  # [fleet]: whether Redis took it (daemon/fleet.py FleetRouteStore)
     sys.stdout.write(f"route {name}: resumed ({was}){fleet}; the daemon is not running: "
                      "'pysendmail flush' sends the mail waiting for it now\n")
     return 0

@@ -75,7 +75,7 @@ import asyncio
 import hashlib
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -84,6 +84,7 @@ from pysendmail.core.netaddr import RedisEndpoint, parse_redis_url
 
 if TYPE_CHECKING:
     from pysendmail.daemon.routing.ratelimit import RateLimit
+    from pysendmail.daemon.routing.state import RouteStore
 
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # seconds before trying an unreachable Redis again
 SYNC_INTERVAL = 5.0  # seconds between views read back (and reconnection tries) when nothing else asks
@@ -784,6 +785,52 @@ class RouteLink:
 
     def entry(self) -> dict[str, object]:
         return self.fleet.view(self.account)
+
+
+class FleetRouteStore:
+    """The route-state store with the fleet behind it: what routing/state.py open_store picks with [fleet].
+
+    The file stays this host's own record (its pauses, its budget's send
+    times, last outcomes: what a restart restores and the commands read);
+    the fleet is the shared one.  ``load()`` is the file's; ``save()``
+    adds to each bound route's entry the fleet's view of its account
+    (``"fleet"``: Redis or the fallback in force, who recorded a pause or
+    hold and why, the fleet's count), which status and route list show;
+    ``resume(name)`` lifts the route in the file and its account's pause
+    and hold in Redis for every host (``said`` tells how that went).  The
+    Router binds each route that logs in to an account to ``fleet``
+    (``bind``): the budget check before each transaction.
+    """
+
+    def __init__(self, file: RouteStore, cfg: config.Config) -> None:
+        self.file = file
+        self.cfg = cfg
+        fleet = Fleet.from_config(cfg)
+        assert fleet is not None  # open_store chose this store for a [fleet] table
+        self.fleet = fleet
+        self.links: dict[str, RouteLink] = {}
+        self.said = ""
+
+    def bind(self, name: str, values: dict[str, object], rate: RateLimit, marks: Marks) -> RouteLink | None:
+        account = account_of(values)
+        if account is None:
+            return None  # logs in as nobody: nothing the provider counts per account
+        self.links[name] = RouteLink(self.fleet, account, rate, marks)
+        return self.links[name]
+
+    def load(self) -> dict[str, dict[str, object]]:
+        return self.file.load()
+
+    def save(self, routes: Mapping[str, Mapping[str, object]], now: float) -> None:
+        self.file.save({name: {**entry, "fleet": self.links[name].entry()} if name in self.links else entry
+                        for name, entry in routes.items()}, now)
+
+    def resume(self, name: str) -> None:
+        self.file.resume(name)
+        from pysendmail.daemon import routes
+
+        relay = routes.resolve(self.cfg).relays.get(name)
+        self.said = clear_now(self.cfg, relay.values) if relay is not None else ""
 
 
 def clear_now(cfg: config.Config, values: dict[str, object]) -> str:

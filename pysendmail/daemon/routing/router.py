@@ -64,16 +64,16 @@ class Router:
             for name, entry in store.load().items():
                 if name in self.routes:
                     self.routes[name].restore(entry, now)
-        # [fleet]: every route that logs in to an account shares its budget and pauses (daemon/fleet.py).
+        # [fleet]: the store has the fleet behind it (state.py open_store); every route that logs
+        # in to an account shares that account's budget and pauses (daemon/fleet.py).
         self.fleet: Fleet | None = None
-        if any(p.startswith("fleet.") for p in cfg.present):
-            from pysendmail.daemon import fleet
+        if store is not None and any(p.startswith("fleet.") for p in cfg.present):
+            from pysendmail.daemon.fleet import FleetRouteStore
 
-            self.fleet = fleet.Fleet.from_config(cfg)
-            for route in self.routes.values():
-                account = fleet.account_of(route.settings.values)
-                if self.fleet is not None and account is not None:
-                    route.link = fleet.RouteLink(self.fleet, account, route.rate, route)
+            if isinstance(store, FleetRouteStore):
+                self.fleet = store.fleet
+                for name, route in self.routes.items():
+                    route.link = store.bind(name, route.settings.values, route.rate, route)
 
     @property
     def signer(self) -> Signer | None:
@@ -230,8 +230,4 @@ class Router:
 
     def route_state(self) -> dict[str, dict[str, object]]:
         now = self.clock.time()
-        out = {name: r.snapshot(now) for name, r in self.routes.items()}
-        for name, r in self.routes.items():
-            if r.link is not None:
-                out[name]["fleet"] = r.link.entry()  # who paused the account and why; Redis or the fallback
-        return out
+        return {name: r.snapshot(now) for name, r in self.routes.items()}
