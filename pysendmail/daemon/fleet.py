@@ -31,6 +31,10 @@ Contract:   ``Fleet.from_config(cfg)`` is None without a [fleet] table
             ``view(account)`` is that view for routes.json (status, route
             list): backend state, the block with its host and reason, the
             fleet's last outcomes, the shared windows' counts.
+            The daemon meets all this through two seams: FleetRouteStore,
+            the route-state store routing/state.py open_store picks for a
+            [fleet] table, and RouteLink, the budget check and the pause
+            sharing the Router hooks into each route (both below).
 Failure:    a call slower than ``timeout_ms`` or failing counts as "Redis
             unreachable": logged once per episode, and until a reconnection
             works (tried after 1 s, doubling to 30 s, never while a

@@ -14,6 +14,12 @@ Contract:   ``Router(cfg, helo, store=None, clock=SYSTEM)`` is a Transport
             the sender (sender.py) and hands the chunk to the route's SMTP
             session.  ``unavailable()`` is set only when every route is.
             ``route_state()`` is every route's entry for the state store.
+            With a fleet store (daemon/fleet.py FleetRouteStore) each route
+            that logs in to an account is bound to the fleet (Route.link):
+            right before a transaction its budget is spent in Redis and
+            here in one round trip (a pause or hold another host recorded
+            defers it instead), and a pause or hold the transaction caused
+            is shared; ``resume`` lifts it for every host.
             A recipient at a local domain (core/aliases.py LocalDomains)
             is never relayed: cleanup resolves those at pickup, so one
             here was queued unresolved (by an older pysendmail, or before
