@@ -254,3 +254,32 @@ def test_tls_verifies_the_server_and_never_falls_back_to_plaintext(redis_factory
     trusted, untrusted, error = run(main())
     assert trusted == "redis"
     assert untrusted == "fallback share" and "certificate" in error.lower()
+
+
+def test_per_minute_window_is_shared_too(redis: RedisServer) -> None:
+    async def main() -> list[tuple[bool, float]]:
+        a, b = await hosts(redis, 2)
+        ra, rb = RateLimit(2, 0), RateLimit(2, 0)
+        out = []
+        for fleet, rate in ((a, ra), (b, rb), (a, ra), (b, rb)):
+            g = await fleet.reserve(ACCOUNT, rate)
+            out.append((g.ok, g.until - __import__("time").time()))
+        await close([a, b])
+        return out
+
+    out = run(main())
+    assert [ok for ok, _ in out] == [True, True, False, False]
+    assert all(55 < left <= 60.5 for _, left in out[2:])  # when the first send leaves the minute
+
+
+def test_refused_login_hold_is_shared_as_a_hold(redis: RedisServer) -> None:
+    async def main() -> None:
+        a, b = await hosts(redis, 2)
+        await a.record_block(ACCOUNT, "hold", __import__("time").time() + 300,
+                             "535 5.7.8 Username and Password not accepted")
+        g = await b.reserve(ACCOUNT, RateLimit(0, 0))  # no budget at all: the hold still stops it
+        assert not g.ok and g.block is not None and g.block.kind == "hold"
+        assert "on hold by host host0.example.org" in g.why
+        await close([a, b])
+
+    run(main())
