@@ -373,7 +373,8 @@ class Fleet:
         if not self.error and not self.quiet:  # once per episode
             share = ("this host spends at most rate_per_minute and rate_per_day / "
                      f"{self.settings.size_hint} (fleet.fleet_size_hint) of each account"
-                     if self.settings.fallback == "share" else "nothing is sent until it answers (fleet.fallback = pause)")
+                     if self.settings.fallback == "share"
+                     else "nothing is sent until it answers (fleet.fallback = pause)")
             log.log(f"warning: fleet: Redis at {self.settings.endpoint} unreachable ({log.safe(what)}): {share}; "
                     "mail stays queued")
         self.up = False

@@ -12,8 +12,8 @@ Contract:   ``Route(settings, helo, clock)`` owns everything the daemon
             * down (connection failed): 30 s, lifted by a flush
               (``reset_down``).
             Then the sending budget (with [fleet], also the account's
-            shared one: ``link``, daemon/fleet.py RouteLink).  The session reports a failure of the
-            whole route through ``failed(RelayError)`` (the RouteHealth
+            shared one: ``link``, daemon/fleet.py RouteLink).  The session
+            reports a failure of the whole route through ``failed(RelayError)`` (the RouteHealth
             seam) and a successful login through ``logged_in()``; the log
             lines for a pause and a hold are written here.  ``resume()``
             lifts all three marks ('pysendmail route resume').
