@@ -219,3 +219,17 @@ def test_redis_client_is_loaded_only_with_a_fleet_table(tmp_path: Path, relay_fa
     imported = {line.rsplit("|", 1)[1].strip() for line in log_path.read_text().splitlines()
                 if line.startswith("import time:") and "|" in line}
     assert ("redis" in imported) == with_fleet
+
+
+def test_flush_without_a_daemon_spends_the_shared_budget_too(tmp_path: Path, relay_factory, redis) -> None:
+    relay = relay_factory()
+    first, second, _ = fleet_envs(tmp_path, relay, redis, rate_per_day=3)
+    for e, n in ((first, 2), (second, 2)):
+        for i in range(n):
+            submit(e, f"{e.root.name}-{i}")
+    first.flush()  # cron's 'sendmail -q': no daemon, the same budget
+    second.flush()
+    assert len(relay.messages) == 3 and day_count(redis, first) == 3
+    assert len(mailq(second)) == 1
+    row = route(second)
+    assert row["state"] == "budget" and "the fleet's sending budget" in str(row["why"])
