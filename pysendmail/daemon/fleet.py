@@ -26,7 +26,7 @@ Contract:   ``Fleet.from_config(cfg)`` is None without a [fleet] table
             differ), and the key expires with it.  ``await clear(account)``
             lifts both ('route resume' on any host lifts them for all).
             ``note_outcome`` queues the last success/failure; ``await
-            sync()`` (once per daemon round) writes them and reads back the
+            sync()`` (every SYNC_INTERVAL, 5 s, from start()) writes them and reads back the
             fleet's view of every account in one pipelined round trip;
             ``view(account)`` is that view for routes.json (status, route
             list): backend state, the block with its host and reason, the
@@ -262,7 +262,8 @@ class Fleet:
         self.retry_at = 0.0
         self.retry_delay = RETRY_FIRST
         self.offset = 0.0  # server clock minus ours, from the last reply
-        self.accounts: dict[str, tuple[Account, RateLimit]] = {}
+        self.accounts: dict[str, tuple[Account, list[RateLimit]]] = {}  # each local route's windows
+        self.last_now = 0.0  # every send gets its own time: it names the send in Redis
         self.views: dict[str, AccountView] = {}
         self.outcomes: dict[str, dict[str, str]] = {}  # account id -> hash fields not yet written
         self.round_trips = 0  # for bench/fleet
@@ -449,31 +450,37 @@ class Fleet:
             return
         pipe = self.client.pipeline(transaction=False)
         now = time.time()
-        for aid, (account, rate) in self.accounts.items():
-            rate.delay(now)  # drops what has left the windows
-            if rate.per_minute and rate.minute:
-                pipe.zadd(self.key(account, "minute"),
-                          {self.stem(t) + "|m": t + self.offset for t in rate.minute}, nx=True)
-                pipe.expire(self.key(account, "minute"), 120)
-            if rate.per_day and rate.day:
-                members: dict[str, float] = {}
-                previous, index = None, 0
-                for t in rate.day:  # [t] * units for one transaction: the same names as reserve gave
-                    index = index + 1 if t == previous else 0
-                    previous = t
-                    members[f"{self.stem(t)}|{index}"] = t + self.offset
-                pipe.zadd(self.key(account, "day"), members, nx=True)
-                pipe.expire(self.key(account, "day"), 172800)
+        for aid, (account, rates) in self.accounts.items():
+            for rate in rates:
+                self._push_sends(pipe, account, rate, now)
             for kind, (until, reason, verdict) in list(self.views.get(aid, AccountView()).own_blocks.items()):
                 if until > now:
                     pipe.evalsha(self._sha[RECORD_BLOCK], 1, self.key(account, kind), f"{until - now:.3f}",
                                  reason, self.host, verdict)
         await self._call(pipe.execute())
 
+    def _push_sends(self, pipe: Any, account: Account, rate: RateLimit, now: float) -> None:
+        """Queue on ``pipe`` the sends in ``rate``'s windows, under the names reserve gave them."""
+        rate.delay(now)  # drops what has left the windows
+        if rate.per_minute and rate.minute:
+            pipe.zadd(self.key(account, "minute"), {self.stem(t) + "|m": t + self.offset for t in rate.minute}, nx=True)
+            pipe.expire(self.key(account, "minute"), 120)
+        if rate.per_day and rate.day:
+            members: dict[str, float] = {}
+            previous, index = None, 0
+            for t in rate.day:  # [t] * units for one transaction
+                index = index + 1 if t == previous else 0
+                previous = t
+                members[f"{self.stem(t)}|{index}"] = t + self.offset
+            pipe.zadd(self.key(account, "day"), members, nx=True)
+            pipe.expire(self.key(account, "day"), 172800)
+
     # ------------------------------------------------------------ budget
     def register(self, account: Account, rate: RateLimit) -> None:
         """Make ``account`` known (its sends are pushed on reconnection) with this host's windows ``rate``."""
-        self.accounts[account.id] = (account, rate)
+        _, rates = self.accounts.setdefault(account.id, (account, []))
+        if not any(r is rate for r in rates):
+            rates.append(rate)  # two routes of one account: both their sends are this host's
         self.views.setdefault(account.id, AccountView())
 
     def known_block(self, account: Account, now: float | None = None) -> Block | None:
@@ -486,7 +493,7 @@ class Fleet:
 
     async def reserve(self, account: Account, rate: RateLimit, recipients: int = 1) -> Grant:
         self.register(account, rate)
-        now = time.time()
+        now = self.last_now = max(time.time(), math.nextafter(self.last_now, math.inf))
         units = rate._day_units(recipients)
         keys = [self.key(account, w) for w in ("minute", "day", "pause", "hold")]
         ok, reply = await self._with_redis(
@@ -569,7 +576,7 @@ class Fleet:
         })
 
     async def sync(self) -> None:
-        """Once per round: write the outcomes noted, read every account's view back; one round trip."""
+        """Every SYNC_INTERVAL (start()'s heartbeat): write the outcomes noted, read every account's view back; one round trip."""
         if not self.accounts:
             return
         written = dict(self.outcomes)
@@ -617,7 +624,7 @@ class Fleet:
         self.seen = seen
 
     async def _read_views(self, written: dict[str, dict[str, str]],
-                          order: list[tuple[str, tuple[Account, RateLimit]]]) -> Any:
+                          order: list[tuple[str, tuple[Account, list[RateLimit]]]]) -> Any:
         pipe = self.client.pipeline(transaction=False)
         # First: which server answers.  A Redis restarted between two syncs
         # may be back before this host's next call fails (a client library
