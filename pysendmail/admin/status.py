@@ -191,4 +191,8 @@ def render(data: dict[str, object], now: float | None = None) -> str:
         fleet = r.get("fleet")
         if isinstance(fleet, dict):
             lines.append("  " + fleet_line(fleet))
+            for key, label in (("last_success", "fleet sent:  "), ("last_failure", "fleet failed:")):
+                item = fleet.get(key)  # the account's, on whichever host: [when, reply, host]
+                if isinstance(item, list) and len(item) == 3 and isinstance(item[0], (int, float)):
+                    lines.append(f"  {label} {when(float(item[0]))} on {item[2]}: {item[1]}")
     return "\n".join(lines) + "\n"

@@ -25,9 +25,10 @@ Contract:   ``Fleet.from_config(cfg)`` is None without a [fleet] table
             computed on the Redis server's clock (hosts' clocks may
             differ), and the key expires with it.  ``await clear(account)``
             lifts both ('route resume' on any host lifts them for all).
-            ``note_outcome`` queues the last success/failure; ``await
-            sync()`` (every SYNC_INTERVAL, 5 s, from start()) writes them and reads back the
-            fleet's view of every account in one pipelined round trip;
+            ``note_outcome`` queues the last success/failure (the reply
+            text, never an address); ``await sync()`` (every
+            SYNC_INTERVAL, 5 s, from start()) writes them and reads back
+            the fleet's view of every account in one pipelined round trip;
             ``view(account)`` is that view for routes.json (status, route
             list): backend state, the block with its host and reason, the
             fleet's last outcomes, the shared windows' counts.
@@ -576,7 +577,7 @@ class Fleet:
         })
 
     async def sync(self) -> None:
-        """Every SYNC_INTERVAL (start()'s heartbeat): write the outcomes noted, read every account's view back; one round trip."""
+        """Every SYNC_INTERVAL (start()'s heartbeat): write the outcomes noted, read every view back; one round trip."""
         if not self.accounts:
             return
         written = dict(self.outcomes)
@@ -786,6 +787,10 @@ class RouteLink:
             log.log(f"fleet: account {self.account.id}: the fleet's pause was lifted (route resume on another "
                     "host); sending again")
         return lifted
+
+    def outcome(self, sent: bool, reply: str) -> None:
+        """A transaction's last reply, for the fleet's last success or failure (no address: only the reply)."""
+        self.fleet.note_outcome(self.account, sent, reply)
 
     def resume(self) -> None:
         """'route resume' lifted the marks here: lift the fleet's block for every host (in the background)."""

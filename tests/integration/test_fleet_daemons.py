@@ -88,6 +88,9 @@ def test_three_hosts_share_one_daily_budget_exactly(tmp_path: Path, relay_factor
     wait_until(lambda: "fleet:       redis as host1.example.org, account localhost/robot@example.org: 10 sent in the "
                "last 24 h by every host" in envs[1].run("pysendmail", "status", check=True).stdout.decode(),
                "host1's status to show the fleet's count")
+    # host1 may have sent nothing itself, yet shows the account's last success, and where it happened.
+    status = envs[1].run("pysendmail", "status", check=True).stdout.decode()
+    assert "  fleet sent:   " in status and ": 250 2.0.0 Ok: queued as R" in status
 
 
 def test_spam_block_on_one_host_stops_every_host_until_resumed(tmp_path: Path, relay_factory, daemons,

@@ -198,6 +198,8 @@ class Router:
             results = await route.smtp.deliver(out, indices, header_from=header_from)
             if route.link is not None:
                 await route.link.after(*marks)  # a pause or hold this transaction caused: for every host
+                if results:
+                    route.link.outcome(results[-1].status == "sent", results[-1].text)
         now = self.clock.time()
         self.relay, self.tls_version = route.smtp.relay, route.smtp.tls_version
         tagged = []
