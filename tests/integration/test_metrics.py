@@ -196,3 +196,20 @@ def test_metrics_port_in_use_stops_the_daemon_with_one_sentence(tmp_path: Path, 
     assert proc.returncode == 78
     assert f"metrics.listen: cannot listen on 127.0.0.1 port {port}".encode() in proc.stderr
     assert b"Traceback" not in proc.stderr
+
+
+def test_listen_with_a_port_alone_serves_both_loopbacks(tmp_path: Path, relay_factory, daemons) -> None:
+    relay = relay_factory()
+    port = free_port()
+    e = relay_env(tmp_path, relay, extra=f'[metrics]\nlisten = "{port}"\n')
+    d = daemons(e)
+    assert "pysendmail_queue_messages" in families(scrape(port))
+    has_v6 = socket.has_ipv6 and os.path.exists("/proc/net/if_inet6") and \
+        any(line.split()[0] == "0" * 31 + "1" for line in open("/proc/net/if_inet6"))
+    if has_v6:
+        with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=10) as resp:
+            assert "pysendmail_queue_messages" in families(resp.read().decode())
+    assert f"http://127.0.0.1:{port}/metrics" in d.log()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", method="HEAD")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200 and resp.read() == b"" and int(resp.headers["Content-Length"]) > 0
