@@ -290,7 +290,7 @@ def cmd_run(cfg: config.Config, linger: float, to_log: bool) -> int:
     if linger < 0:
         raise errors.UsageError("run --linger must be 0 or more seconds")
     _ready_spool(cfg)  # as root: the spool's owner from here on, as the daemon
-    log.set_format(str(cfg.get("log", "format")))
+    log.set_format(cfg.log.format)
     return delivery.run(cfg, linger, to_log)
 
 
@@ -298,7 +298,7 @@ def cmd_daemon(cfg: config.Config, interval: int | None, log_format: str | None 
     from pysendmail.daemon import main as daemon_main
 
     _ready_spool(cfg)
-    log.set_format(log_format or str(cfg.get("log", "format")))  # the option wins over [log] format
+    log.set_format(log_format or cfg.log.format)  # the option wins over [log] format
     return daemon_main.run(cfg, interval)
 
 

@@ -108,14 +108,14 @@ def check(cfg: config.Config) -> list[tuple[str, str]]:
 
 def _check_fleet(cfg: config.Config, daemon: tuple[int, int, list[int], str]) -> list[tuple[str, str]]:
     """[fleet] (issue 15): its secret and trust anchor as the daemon will judge them, and whether Redis answers."""
-    if not any(p.startswith("fleet.") for p in cfg.present):
+    if not cfg.fleet.configured:
         return []
     import asyncio
 
     from pysendmail.daemon import fleet as fleet_state
 
     out: list[tuple[str, str]] = []
-    password_file = cfg.get("fleet", "password_file")
+    password_file = cfg.fleet.password_file
     if password_file:
         out.append(_secret_file(str(password_file), "fleet.password_file", daemon))
     if cfg.relay_configured:

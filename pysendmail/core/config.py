@@ -247,6 +247,9 @@ class Config:
         self.maildir = sections.MaildirConfig(values["maildir"])
         self.submit = sections.SubmitConfig(values["submit"])
         self.queue = sections.QueueConfig(values["queue"])
+        self.log = sections.LogConfig(values["log"])
+        self.metrics = sections.MetricsConfig(values["metrics"])
+        self.fleet = sections.FleetConfig(values["fleet"], any(p.startswith("fleet.") for p in present))
         self.dkim_keys = tuple(sections.DkimConfig(table) for table in dkim)
 
     def get(self, section: str, key: str) -> object:

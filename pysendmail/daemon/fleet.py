@@ -210,19 +210,12 @@ class Settings:
 
     @classmethod
     def from_config(cls, cfg: config.Config) -> Settings | None:
-        if not any(p.startswith("fleet.") for p in cfg.present):
+        f = cfg.fleet
+        if not f.configured or f.redis is None:
             return None
-        where = f"fleet.redis in {cfg.path or 'the configuration'}"
-        endpoint = parse_redis_url(str(cfg.get("fleet", "redis")), where)
-        hint = cfg.get("fleet", "fleet_size_hint")
-        return cls(endpoint, _opt(cfg.get("fleet", "password_file")), bool(cfg.get("fleet", "tls")) or endpoint.tls,
-                   _opt(cfg.get("fleet", "ca_file")), str(cfg.get("fleet", "key_prefix")),
-                   str(cfg.get("fleet", "fallback")), int(hint) if isinstance(hint, int) else 1,
-                   int(cfg.get("fleet", "timeout_ms")) / 1000.0)  # type: ignore[call-overload]
-
-
-def _opt(value: object) -> str | None:
-    return str(value) if value else None
+        endpoint = parse_redis_url(f.redis, f"fleet.redis in {cfg.path or 'the configuration'}")
+        return cls(endpoint, f.password_file, f.tls or endpoint.tls, f.ca_file, f.key_prefix, f.fallback,
+                   f.fleet_size_hint or 1, f.timeout_ms / 1000.0)
 
 
 def _text(value: object) -> str:

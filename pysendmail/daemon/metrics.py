@@ -239,10 +239,10 @@ class Exporter:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         cfg = daemon.cfg
-        self.textfile = cfg.get("metrics", "textfile")
-        self.interval = float(cfg.get("metrics", "textfile_interval"))  # type: ignore[arg-type]
-        listen = cfg.get("metrics", "listen")
-        self.listen = parse_listen(str(listen), "metrics.listen") if listen else None
+        self.textfile = cfg.metrics.textfile
+        self.interval = float(cfg.metrics.textfile_interval)
+        listen = cfg.metrics.listen
+        self.listen = parse_listen(listen, "metrics.listen") if listen else None
         self.started = time.time()
         self.outcomes = Outcomes()
         self.servers: list[asyncio.AbstractServer] = []

@@ -73,7 +73,7 @@ class Router:
         # [fleet]: the store has the fleet behind it (state.py open_store); every route that logs
         # in to an account shares that account's budget and pauses (daemon/fleet.py).
         self.fleet: Fleet | None = None
-        if store is not None and any(p.startswith("fleet.") for p in cfg.present):
+        if store is not None and cfg.fleet.configured:
             from pysendmail.daemon.fleet import FleetRouteStore
 
             if isinstance(store, FleetRouteStore):

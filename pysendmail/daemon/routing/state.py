@@ -100,7 +100,7 @@ def open_store(spool: layout.Spool, cfg: config.Config | None = None) -> RouteSt
     state behind it (daemon/fleet.py FleetRouteStore); else the file.
     """
     file = FileRouteStore(spool.route_state)
-    if cfg is not None and any(p.startswith("fleet.") for p in cfg.present):
+    if cfg is not None and cfg.fleet.configured:
         from pysendmail.daemon.fleet import FleetRouteStore
 
         return FleetRouteStore(file, cfg)
