@@ -45,8 +45,15 @@ Contract:   ``Exporter(daemon)``; ``await start()`` inside the daemon's
                                                in use; 0: changed or gone
                                                since the last (re)load (send
                                                SIGHUP, or fix the file)
-              oauth_token_valid{route}, oauth_token_expiry_timestamp_seconds{route}
-                                               from ``report_token`` (daemon/oauth.py)
+              oauth_token_state{route,state}    gauge: 1 for the token's state
+                                               (ok, refresh-failing,
+                                               login-needed, unknown, config:
+                                               daemon/oauth.py token_states),
+                                               0 for the others
+              oauth_token_valid{route}         1: a refresh token is stored and
+                                               refreshing works
+              oauth_token_expiry_timestamp_seconds{route}
+                                               the last access token's expiry
               fleet_*                          from daemon/fleet.py (``add_collector``)
               daemon_start_time_seconds        gauge
             Counters start at 0 with the daemon (Prometheus' rate() takes
@@ -130,20 +137,9 @@ def render(families: Iterable[Family]) -> str:
 
 
 # ------------------------------------------------------------ hooks for other modules
-@dataclass
-class TokenHealth:
-    valid: bool
-    expires_at: float | None
-
-
-_tokens: dict[str, TokenHealth] = {}
 Collector = Callable[[], Iterable[Family]]
 _collectors: list[Collector] = []
-
-
-def report_token(route: str, valid: bool, expires_at: float | None = None) -> None:
-    """An OAuth token's health for route ``route`` (daemon/oauth.py calls this after each refresh)."""
-    _tokens[route] = TokenHealth(valid, expires_at)
+TOKEN_STATES = ("ok", "refresh-failing", "login-needed", "unknown", "config")
 
 
 def add_collector(fn: Collector) -> None:
@@ -210,10 +206,17 @@ def _qid_time(qid: str) -> float | None:
 class DiskView:
     """What a collection reads from the spool (in a worker thread: a long queue/ takes a while to list)."""
 
-    __slots__ = ("queued", "oldest", "incoming", "failed", "quarantine", "key_files")
+    __slots__ = ("queued", "oldest", "incoming", "failed", "quarantine", "key_files", "tokens")
 
     def __init__(self, daemon: Daemon, key_paths: list[str]) -> None:
         spool = daemon.spool
+        self.tokens: dict[str, dict[str, object]] = {}
+        if daemon.cfg.relay_configured and any(
+                str(t.get("auth") or "").lower() == "oauth2" for t in [daemon.cfg.values["relay"],
+                                                                      *daemon.cfg.relays.values()]):
+            from pysendmail.daemon import oauth
+
+            self.tokens = oauth.token_states(daemon.cfg)  # the token files: small, read here off the loop
         try:
             ids = queue.list_ids(spool.queue)
         except OSError:
@@ -331,7 +334,7 @@ class Exporter:
         out = [q, oldest, self.outcomes.family()]
         out += self._route_families(now)
         out += self._dkim_families(disk, keys)
-        out += self._token_families()
+        out += self._token_families(disk, now)
         fleet = getattr(self.daemon.manager.transport, "fleet", None)
         for fn in list(_collectors) + ([fleet.collect] if fleet is not None else []):
             try:
@@ -389,14 +392,20 @@ class Exporter:
             current.add(1 if seen is not None and disk.key_files.get(path) == seen else 0, **labels)
         return [bits, weak, current]
 
-    def _token_families(self) -> list[Family]:
-        valid = Family("oauth_token_valid", "gauge", "1 while the route's OAuth token can be refreshed and used.")
-        expiry = Family("oauth_token_expiry_timestamp_seconds", "gauge", "When the route's access token expires.")
-        for route, health in sorted(_tokens.items()):
-            valid.add(1 if health.valid else 0, route=route)
-            if health.expires_at is not None:
-                expiry.add(health.expires_at, route=route)
-        return [valid, expiry]
+    def _token_families(self, disk: DiskView, now: float) -> list[Family]:
+        states = Family("oauth_token_state", "gauge", "1 for the route's OAuth token state, 0 for the others.")
+        valid = Family("oauth_token_valid", "gauge", "1 while a refresh token is stored and refreshing works.")
+        expiry = Family("oauth_token_expiry_timestamp_seconds", "gauge",
+                        "When the route's last access token expires (Unix time).")
+        for route, state in sorted(disk.tokens.items()):
+            word = str(state.get("state"))
+            for s in TOKEN_STATES:
+                states.add(1 if s == word else 0, route=route, state=s)
+            valid.add(1 if word == "ok" else 0, route=route)
+            until = state.get("valid_until")
+            if isinstance(until, (int, float)):
+                expiry.add(float(until), route=route)
+        return [states, valid, expiry]
 
     # ---------------------------------------------------------- textfile
     async def _write_loop(self) -> None:

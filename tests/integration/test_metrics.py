@@ -213,3 +213,36 @@ def test_listen_with_a_port_alone_serves_both_loopbacks(tmp_path: Path, relay_fa
     req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", method="HEAD")
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 200 and resp.read() == b"" and int(resp.headers["Content-Length"]) > 0
+
+
+def test_oauth_token_health_follows_the_token_file(tmp_path: Path, relay_factory, daemons) -> None:
+    import json
+    import time
+
+    from tests.fakes.relay import USER
+
+    relay = relay_factory()
+    port = free_port()
+    token = tmp_path / "oauth-default.json"
+    expires = time.time() + 3600
+    token.write_text(json.dumps({"refresh_token": "refresh-Secret-1", "access_expires_at": expires}))
+    token.chmod(0o600)
+    e = write_config(tmp_path, (
+        f'[relay]\nprovider = "custom"\nhost = "localhost"\nport = {relay.port}\ntls = "implicit"\n'
+        f'username = "{USER}"\nauth = "oauth2"\noauth_client_id = "client-1"\noauth_scope = "smtp"\n'
+        f'oauth_token_url = "https://127.0.0.1:9/token"\noauth_device_url = "https://127.0.0.1:9/device"\n'
+        f'oauth_token_file = "{token}"\nca_file = "{relay.ca_file}"\n\n'
+        f'[metrics]\nlisten = "127.0.0.1:{port}"\n'))
+    e.run("pysendmail", "spool", "init", check=True)
+    daemons(e)
+    m = parse(scrape(port))
+    assert m[("pysendmail_oauth_token_state", (("route", "default"), ("state", "ok")))] == 1
+    assert m[("pysendmail_oauth_token_valid", (("route", "default"),))] == 1
+    assert abs(m[("pysendmail_oauth_token_expiry_timestamp_seconds", (("route", "default"),))] - expires) < 1
+    # The provider refused the refresh token (invalid_grant): a login is needed, and the gauge says so.
+    token.write_text(json.dumps({"refresh_token": "refresh-Secret-1", "login_needed": True, "error": "invalid_grant"}))
+    wait_until(lambda: parse(scrape(port))[("pysendmail_oauth_token_valid", (("route", "default"),))] == 0,
+               "the token to show as needing a login")
+    m = parse(scrape(port))
+    assert m[("pysendmail_oauth_token_state", (("route", "default"), ("state", "login-needed")))] == 1
+    assert "refresh-Secret-1" not in scrape(port)
