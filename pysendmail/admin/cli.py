@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterable
 
 from pysendmail import __version__
-from pysendmail.core import aliases, config, errors, layout, queue, spoolfile
+from pysendmail.core import aliases, config, errors, layout, log, queue, spoolfile
 from pysendmail.core.qid import is_qid
 from pysendmail.admin.privileges import drop_privileges, spool_owner
 
@@ -290,13 +290,15 @@ def cmd_run(cfg: config.Config, linger: float, to_log: bool) -> int:
     if linger < 0:
         raise errors.UsageError("run --linger must be 0 or more seconds")
     _ready_spool(cfg)  # as root: the spool's owner from here on, as the daemon
+    log.set_format(cfg.log.format)
     return delivery.run(cfg, linger, to_log)
 
 
-def cmd_daemon(cfg: config.Config, interval: int | None) -> int:
+def cmd_daemon(cfg: config.Config, interval: int | None, log_format: str | None = None) -> int:
     from pysendmail.daemon import main as daemon_main
 
     _ready_spool(cfg)
+    log.set_format(log_format or cfg.log.format)  # the option wins over [log] format
     return daemon_main.run(cfg, interval)
 
 
@@ -523,6 +525,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
     d = sub.add_parser("daemon", help="run the queue daemon in the foreground until SIGTERM")
     d.add_argument("--interval", type=int, help="also run the whole queue every N seconds")
+    d.add_argument("--log-format", choices=["text", "json"],
+                   help="log lines as Postfix-shaped text (default) or one JSON object per line (journald, Loki); "
+                        "default: [log] format")
     sub.add_parser("flush", help="try every queued message now, ignoring backoff, then exit")
     r = sub.add_parser("run", help="deliver what is due, wait --linger seconds for more, then exit (what sendmail "
                                    "starts when no daemon runs)")
@@ -688,7 +693,7 @@ def run(args: argparse.Namespace) -> int:
                          "run 'pysendmail setup --provider NAME --user ADDRESS'\n")
     cmd = args.command
     if cmd == "daemon":
-        return cmd_daemon(cfg, args.interval)
+        return cmd_daemon(cfg, args.interval, args.log_format)
     if cmd == "flush":
         return cmd_flush(cfg)
     if cmd == "run":

@@ -102,6 +102,51 @@ def check(cfg: config.Config) -> list[tuple[str, str]]:
         out.append(_secret_file(table.key_file, f"DKIM key for {table.domain}", daemon))
     out += _check_spool(cfg, daemon)
     out += _check_delivery(cfg)
+    out += _check_fleet(cfg, daemon)
+    return out
+
+
+def _check_fleet(cfg: config.Config, daemon: tuple[int, int, list[int], str]) -> list[tuple[str, str]]:
+    """[fleet] (issue 15): its secret and trust anchor as the daemon will judge them, and whether Redis answers."""
+    if not cfg.fleet.configured:
+        return []
+    import asyncio
+
+    from pysendmail.daemon import fleet as fleet_state
+
+    out: list[tuple[str, str]] = []
+    password_file = cfg.fleet.password_file
+    if password_file:
+        out.append(_secret_file(str(password_file), "fleet.password_file", daemon))
+    if cfg.relay_configured:
+        from pysendmail.daemon import routes
+
+        for name, s in routes.resolve(cfg).relays.items():
+            if fleet_state.account_of(s.values) is None:
+                out.append((WARN, f"route {name} logs in as nobody ({s.where}.username unset): its budget and "
+                                  "pauses stay this host's own"))
+    if any(level == FAIL for level, _ in out):
+        return out
+    fleet = fleet_state.Fleet.from_config(cfg)
+    assert fleet is not None
+    fleet.quiet = True
+
+    async def probe() -> None:
+        try:
+            await fleet.start()
+        finally:
+            await fleet.close()
+
+    try:
+        asyncio.run(probe())
+    except errors.ConfigError as exc:
+        return out + [(FAIL, str(exc))]
+    if fleet.error:
+        out.append((WARN, f"fleet: Redis at {fleet.settings.endpoint} does not answer ({fleet.error}): the daemon "
+                          f"follows fleet.fallback = {fleet.settings.fallback} until it does"))
+    else:
+        out.append((OK, f"fleet: Redis at {fleet.settings.endpoint} answers; this host shares route state as "
+                        f"{fleet.host}"))
     return out
 
 

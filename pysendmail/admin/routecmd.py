@@ -100,6 +100,8 @@ def collect(cfg: config.Config, spool: layout.Spool, now: float | None = None) -
             # auth = "oauth2": the token's state and its one line (oauth.describe); None otherwise
             "oauth2": token.get("state") if token else None,
             "oauth2_text": token.get("text") if token else None,
+            # [fleet]: the account's shared state (daemon/fleet.py view): backend, who recorded a block and why.
+            "fleet": entry.get("fleet") if isinstance(entry.get("fleet"), dict) else None,
         })
     return out
 
@@ -137,6 +139,10 @@ def cmd_list(cfg: config.Config, as_json: bool) -> int:
         if r.get("oauth2_text"):
             line += f"\n  oauth2: {r['oauth2_text']}"
         sys.stdout.write(line + "\n")
+        if isinstance(r["fleet"], dict):
+            from pysendmail.admin.status import fleet_line
+
+            sys.stdout.write("  " + fleet_line(r["fleet"]) + "\n")
     return 0
 
 
@@ -196,9 +202,11 @@ def cmd_resume(cfg: config.Config, name: str) -> int:
             os.unlink(resume_request_path(spool, name))  # a request the dead daemon left undone
         except FileNotFoundError:
             pass
-        open_store(spool).resume(name)
+        store = open_store(spool, cfg)  # with [fleet], the account's pause is lifted for every host too
+        store.resume(name)
     finally:
         lock.release()
-    sys.stdout.write(f"route {name}: resumed ({was}); the daemon is not running: "
+    fleet = getattr(store, "said", "")  # [fleet]: whether Redis took it (daemon/fleet.py FleetRouteStore)
+    sys.stdout.write(f"route {name}: resumed ({was}){fleet}; the daemon is not running: "
                      "'pysendmail flush' sends the mail waiting for it now\n")
     return 0

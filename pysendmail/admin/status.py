@@ -142,6 +142,22 @@ def _delivery_text(note: object) -> str:
     return f"{', but required' if note.get('daemon_required') else ''}: {note.get('text')}"
 
 
+def fleet_line(fleet: dict[str, object]) -> str:
+    """'fleet: redis as HOST, account A: N sent in the last 24 h (every host)', or the fallback in force and why."""
+    backend = str(fleet.get("backend") or "?")
+    text = f"fleet:       {backend} as {fleet.get('host')}, account {fleet.get('account')}"
+    if backend != "redis":
+        text = (f"fleet:       FALLBACK {backend.removeprefix('fallback ')} as {fleet.get('host')} (Redis "
+                f"unreachable: {fleet.get('error')}), account {fleet.get('account')}")
+    used = fleet.get("used_day")
+    if isinstance(used, int):
+        text += f": {used} sent in the last 24 h by every host"
+    by = fleet.get("blocked_by")
+    if by:
+        text += f"; {fleet.get('blocked')} recorded by {by}: {fleet.get('blocked_because')}"
+    return text
+
+
 def render(data: dict[str, object], now: float | None = None) -> str:
     now = time.time() if now is None else now
     pid = data["daemon_pid"]
@@ -172,4 +188,11 @@ def render(data: dict[str, object], now: float | None = None) -> str:
         token = r.get("oauth2")
         if isinstance(token, dict):
             lines.append(f"  oauth2:      {token.get('text')}")
+        fleet = r.get("fleet")
+        if isinstance(fleet, dict):
+            lines.append("  " + fleet_line(fleet))
+            for key, label in (("last_success", "fleet sent:  "), ("last_failure", "fleet failed:")):
+                item = fleet.get(key)  # the account's, on whichever host: [when, reply, host]
+                if isinstance(item, list) and len(item) == 3 and isinstance(item[0], (int, float)):
+                    lines.append(f"  {label} {when(float(item[0]))} on {item[2]}: {item[1]}")
     return "\n".join(lines) + "\n"

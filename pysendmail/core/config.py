@@ -170,6 +170,27 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "retry_schedule": (_LIST, None),  # durations: ["1m", "5m", "15m", "1h", "4h"]
         "postmaster": (_STR, None),
     },
+    # Issue 15: what the daemon logs and exports (daemon/metrics.py), and
+    # route state shared through Redis (daemon/fleet.py).
+    "log": {
+        "format": (_STR, "text"),  # text | json (core/log.py); pysendmail daemon --log-format wins
+    },
+    "metrics": {
+        "textfile": (_STR, None),  # node_exporter textfile collector: a *.prom path, rewritten atomically
+        "textfile_interval": (_INT, 10),  # seconds between rewrites
+        "listen": (_STR, None),  # PORT (loopback) or HOST:PORT: GET /metrics over HTTP
+        "allow_remote": (_BOOL, False),  # listen may name an address that is not loopback
+    },
+    "fleet": {
+        "redis": (_STR, None),  # redis://host:6379/0, rediss://..., unix:///path
+        "password_file": (_STR, None),
+        "tls": (_BOOL, False),
+        "ca_file": (_STR, None),
+        "key_prefix": (_STR, "pysendmail:"),
+        "fallback": (_STR, "share"),  # share | pause: while Redis is unreachable or slow
+        "fleet_size_hint": (_INT, None),  # hosts sharing an account; share spends rate / this many
+        "timeout_ms": (_INT, 500),  # a Redis call slower than this counts as unreachable
+    },
 }
 # [[dkim]] is an array of tables with these keys.
 DKIM_SCHEMA: dict[str, tuple[str, object]] = {
@@ -226,6 +247,9 @@ class Config:
         self.maildir = sections.MaildirConfig(values["maildir"])
         self.submit = sections.SubmitConfig(values["submit"])
         self.queue = sections.QueueConfig(values["queue"])
+        self.log = sections.LogConfig(values["log"])
+        self.metrics = sections.MetricsConfig(values["metrics"])
+        self.fleet = sections.FleetConfig(values["fleet"], any(p.startswith("fleet.") for p in present))
         self.dkim_keys = tuple(sections.DkimConfig(table) for table in dkim)
 
     def get(self, section: str, key: str) -> object:
@@ -539,7 +563,55 @@ def build(data: dict[str, object], path: str | None, source: str) -> Config:
         fallback = table["fallback"]
         if fallback is not None and fallback not in relays and fallback != DEFAULT_RELAY:
             raise ConfigError(f"{name}.fallback in {where} names {fallback!r}, which is no [relay.{fallback}] table")
+    _check_issue15(values, present, where)
     return Config(path, source, values, dkim, aliases, present, relays, routes)
+
+
+def _check_issue15(values: dict[str, dict[str, object]], present: set[str], where: str) -> None:
+    """[log], [metrics] and [fleet] values that the schema's types cannot judge alone."""
+    if values["log"]["format"] not in ("text", "json"):
+        raise ConfigError(f"log.format in {where} must be text or json, not {values['log']['format']!r}")
+    metrics = values["metrics"]
+    if int(metrics["textfile_interval"]) < 1:  # type: ignore[call-overload]
+        raise ConfigError(f"metrics.textfile_interval in {where} must be at least 1 second")
+    textfile = metrics["textfile"]
+    if textfile is not None and (not os.path.isabs(str(textfile)) or not str(textfile).endswith(".prom")):
+        raise ConfigError(f"metrics.textfile in {where} must be an absolute path ending in .prom (node_exporter's "
+                          f"textfile collector reads only *.prom), not {textfile!r}")
+    if metrics["listen"] is not None:
+        from pysendmail.core.netaddr import parse_listen
+
+        hosts, _ = parse_listen(str(metrics["listen"]), f"metrics.listen in {where}")
+        if not metrics["allow_remote"]:
+            from pysendmail.core.netaddr import is_loopback
+
+            for host in hosts:
+                if not is_loopback(host):
+                    raise ConfigError(f"metrics.listen in {where} names {host}, which is not a loopback address: "
+                                      "the metrics name routes, relays and queue sizes; set metrics.allow_remote "
+                                      "= true to serve them to the network")
+    if not any(p.startswith("fleet.") for p in present):
+        return
+    fleet = values["fleet"]
+    if not fleet["redis"]:
+        raise ConfigError(f"[fleet] in {where} needs fleet.redis (redis://HOST:6379/0)")
+    if fleet["fallback"] not in ("share", "pause"):
+        raise ConfigError(f"fleet.fallback in {where} must be share or pause, not {fleet['fallback']!r}")
+    hint = fleet["fleet_size_hint"]
+    if fleet["fallback"] == "share" and (not isinstance(hint, int) or hint < 1):
+        raise ConfigError(f"fleet.fallback = \"share\" in {where} needs fleet.fleet_size_hint (how many hosts "
+                          "share the accounts): while Redis is unreachable this host spends rate_per_day / "
+                          "fleet_size_hint")
+    if isinstance(hint, int) and hint < 1:
+        raise ConfigError(f"fleet.fleet_size_hint in {where} must be at least 1")
+    if int(fleet["timeout_ms"]) < 1:  # type: ignore[call-overload]
+        raise ConfigError(f"fleet.timeout_ms in {where} must be at least 1")
+    for key in ("password_file", "ca_file"):
+        if fleet[key] is not None and not os.path.isabs(str(fleet[key])):
+            raise ConfigError(f"fleet.{key} in {where} must be an absolute path")
+    from pysendmail.core.netaddr import parse_redis_url
+
+    parse_redis_url(str(fleet["redis"]), f"fleet.redis in {where}")
 
 
 def _alias_where(path: str | None, where: str, name: str) -> str:

@@ -1,8 +1,10 @@
 """Typed, read-only views of the configuration's checked sections: cfg.spool.unready_lifetime is an int.
 
 Contract:   ``SpoolConfig``, ``HostConfig``, ``MaildirConfig``,
-            ``SubmitConfig``, ``QueueConfig`` and ``DkimConfig`` (one
-            [[dkim]] table) are built by core/config.py from tables it has
+            ``SubmitConfig``, ``QueueConfig``, ``LogConfig``,
+            ``MetricsConfig``, ``FleetConfig`` (``configured``: the file
+            has a [fleet] table) and ``DkimConfig`` (one [[dkim]] table)
+            are built by core/config.py from tables it has
             type-checked and filled with defaults; assigning or deleting an
             attribute raises AttributeError.  The [relay] tables have their
             own view in the daemon (routes).
@@ -155,3 +157,50 @@ class DkimConfig(_View):
         """From a checked table with every key (config.dkim_view fills the defaults)."""
         self._init(domain=_str(t["domain"]), selector=_str(t["selector"]), key_file=_str(t["key_file"]),
                    algorithm=_str(t["algorithm"]), headers=_strs(t["headers"]), subdomains=_bool(t["subdomains"]))
+
+
+class LogConfig(_View):
+    """[log]"""
+
+    __slots__ = ("format",)
+    format: str  # text | json
+
+    def __init__(self, t: dict[str, object]) -> None:
+        self._init(format=_str(t["format"]))
+
+
+class MetricsConfig(_View):
+    """[metrics]"""
+
+    __slots__ = ("textfile", "textfile_interval", "listen", "allow_remote")
+    textfile: str | None
+    textfile_interval: int
+    listen: str | None
+    allow_remote: bool
+
+    def __init__(self, t: dict[str, object]) -> None:
+        self._init(textfile=_opt_str(t["textfile"]), textfile_interval=_int(t["textfile_interval"]),
+                   listen=_opt_str(t["listen"]), allow_remote=_bool(t["allow_remote"]))
+
+
+class FleetConfig(_View):
+    """[fleet]; ``configured`` is False without the table (route state is then per host)."""
+
+    __slots__ = ("configured", "redis", "password_file", "tls", "ca_file", "key_prefix", "fallback",
+                 "fleet_size_hint", "timeout_ms")
+    configured: bool
+    redis: str | None
+    password_file: str | None
+    tls: bool
+    ca_file: str | None
+    key_prefix: str
+    fallback: str  # share | pause
+    fleet_size_hint: int | None
+    timeout_ms: int
+
+    def __init__(self, t: dict[str, object], configured: bool) -> None:
+        hint = t["fleet_size_hint"]
+        self._init(configured=configured, redis=_opt_str(t["redis"]), password_file=_opt_str(t["password_file"]),
+                   tls=_bool(t["tls"]), ca_file=_opt_str(t["ca_file"]), key_prefix=_str(t["key_prefix"]),
+                   fallback=_str(t["fallback"]), fleet_size_hint=None if hint is None else _int(hint),
+                   timeout_ms=_int(t["timeout_ms"]))

@@ -212,6 +212,11 @@ class Daemon:
         self.due = self._read_index()
         self._take_resumes()  # asked for while no daemon ran, and not yet handled
         self.summary.start()
+        from pysendmail.daemon.metrics import Exporter
+
+        exporter = Exporter(self)  # [metrics]: textfile and/or loopback HTTP (daemon/metrics.py)
+        await exporter.start()
+        await self._start_fleet()
         log.log(f"daemon: started, pid {os.getpid()}, spool {self.spool.path}, {len(self.due)} messages queued")
         for text in helo_warnings(self.cfg):
             log.log(f"daemon: {text}")
@@ -269,6 +274,7 @@ class Daemon:
                 loop.remove_reader(watch.fd)
                 watch.close()
             await self.summary.stop()
+            await exporter.stop()
             await self.manager.transport.close()
             log.log("daemon: stopped")
 
@@ -409,6 +415,21 @@ class Daemon:
             pass
         await transport.close_idle(idle)
 
+    async def _start_fleet(self) -> None:
+        """[fleet]: Redis now, so that an idle host shares its view too (daemon/fleet.py)."""
+        fleet = getattr(self.manager.transport, "fleet", None)
+        if fleet is None:
+            return
+
+        def synced(lifted: bool) -> None:
+            self.manager.save_route_state()  # status and route list show the fleet's view
+            if lifted:  # 'route resume' on another host: what waited for the account goes now
+                self.due = [(0.0, qid) for _, qid in self.due]
+                self.wake.set()
+
+        fleet.on_sync = synced
+        await fleet.start()
+
     def _take_resumes(self) -> None:
         """Carry out 'pysendmail route resume' requests (resume_requests()); then save the state, then ack.
 
@@ -442,6 +463,10 @@ class Daemon:
             manager.scanner.adopt(self.manager.scanner)  # what pickup left alone stays known
             old, self.cfg, self.manager = self.manager, cfg, manager
             await old.transport.close()
+            try:
+                await self._start_fleet()
+            except errors.ConfigError as exc:
+                log.log(f"daemon: fleet: {exc}; the fallback applies until the configuration is fixed")
             log.log("daemon: configuration reloaded")
             for text in helo_warnings(cfg):
                 log.log(f"daemon: {text}")

@@ -147,7 +147,7 @@ class QueueManager:
         self.cfg = cfg
         self.clock = clock
         self.spool = layout.Spool(cfg.spool_path)
-        self.store: RouteStore = store or open_store(self.spool)
+        self.store: RouteStore = store or open_store(self.spool, cfg)
         self.ctx = make_context(cfg)
         self.transport = transport or make_transport(cfg, self.store, clock)
         if cfg.dkim:  # keys are loaded and checked once per (re)load; a bad one is a ConfigError

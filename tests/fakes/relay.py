@@ -10,7 +10,9 @@ and every command word received in clear (``plaintext_commands``;
 ``saw_plaintext_mail`` when one was MAIL, RCPT, DATA or AUTH).  Faults
 are set per test through attributes: ``rcpt_replies``, ``mail_reply``,
 ``data_reply``, ``auth_reply``, ``stall_data``, ``drop_in_data``,
-``greet_421``, ``size_limit``; ``users`` accepts more logins than the
+``greet_421``, ``size_limit``, ``daily_quota`` (accepted transactions per
+login before ``quota_reply``; ``quota_refusals`` counts them),
+``replies_once`` (end-of-data replies used once each, in order); ``users`` accepts more logins than the
 default one (one relay playing several accounts).  ``PROVIDER_REPLIES``
 holds the exact texts providers send, for a test to script one.
 ``oauth=("XOAUTH2", "OAUTHBEARER")`` also offers those mechanisms,
@@ -209,6 +211,12 @@ class _Handler:
         login = session.auth_data
         account = login.login.decode() if isinstance(login, LoginPassword) else ""
         with relay.cond:
+            if relay.replies_once:  # the provider's verdict on this one submission only
+                relay.refused_once.append(relay.replies_once[0])
+                return relay.replies_once.pop(0)
+            if relay.daily_quota and sum(1 for m in relay.messages if m.account == account) >= relay.daily_quota:
+                relay.quota_refusals += 1
+                return relay.quota_reply
             relay.messages.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content or b""),
                          _is_tls(server), list(envelope.mail_options), account)
@@ -306,6 +314,14 @@ class Relay:
         self.rcpt_replies: dict[str, str] = {}
         self.mail_reply: str | None = None
         self.data_reply: str | None = None
+        # A provider's account: at most daily_quota accepted transactions per
+        # login "today" (the relay's lifetime), then quota_reply; and
+        # replies_once, answered to the next submissions' end of data, one each.
+        self.daily_quota = 0
+        self.quota_reply = "550 5.4.5 Daily user sending limit exceeded"
+        self.quota_refusals = 0
+        self.replies_once: list[str] = []
+        self.refused_once: list[str] = []
         self.auth_reply: str | None = None  # answer every AUTH with this instead of checking
         self.users: dict[str, str] = {USER: password}  # login -> password
         self.logins_by_user: dict[str, int] = {}

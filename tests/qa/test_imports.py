@@ -53,6 +53,7 @@ FORBIDDEN = (
     "asyncio", "ssl", "aiosmtplib", "dkim", "email", "re", "json", "typing", "logging",
     "dataclasses", "tomllib", "platformdirs", "argparse", "socket", "enum",
     "authlib", "requests",  # auth = "oauth2" (daemon/oauth.py): the daemon's and 'oauth login''s only
+    "redis",  # [fleet] (daemon/fleet.py): the daemon's only, and only with a [fleet] table
 )
 # What -bs, a long SMTP dialogue on stdio, must still not pull in.
 FORBIDDEN_BS = ("asyncio", "ssl", "aiosmtplib", "dkim", "authlib", "requests")

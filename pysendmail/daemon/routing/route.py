@@ -11,8 +11,9 @@ Contract:   ``Route(settings, helo, clock)`` owns everything the daemon
               (``auth_failures``), at most 4 h;
             * down (connection failed): 30 s, lifted by a flush
               (``reset_down``).
-            Then the sending budget.  The session reports a failure of the
-            whole route through ``failed(RelayError)`` (the RouteHealth
+            Then the sending budget (with [fleet], also the account's
+            shared one: ``link``, daemon/fleet.py RouteLink).  The session
+            reports a failure of the whole route through ``failed(RelayError)`` (the RouteHealth
             seam) and a successful login through ``logged_in()``; the log
             lines for a pause and a hold are written here.  ``resume()``
             lifts all three marks ('pysendmail route resume').
@@ -32,6 +33,10 @@ from pysendmail.core.clock import Clock
 from pysendmail.daemon import routes
 from pysendmail.daemon.routing.ratelimit import RateLimit
 from pysendmail.daemon.transport.smtp import RelayError, SmtpTransport
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pysendmail.daemon.fleet import RouteLink
 
 DOWN_SECONDS = 30  # after a failed connection, defer the rest of the queue this long
 HOLD_BASE, HOLD_MAX = 300, 4 * 3600  # auth failure: 5 min, doubling, at most 4 h
@@ -56,6 +61,7 @@ class Route:
         self.pause_until = 0.0  # a provider's quota or block window; a flush does not lift it
         self.pause_reason = ""
         self.pause_kind = ""  # the verdict's kind (providers.py): spam-block, daily-quota, ...
+        self.link: RouteLink | None = None  # [fleet]: the account's shared budget and pauses (daemon/fleet.py)
 
     @property
     def max_rcpt(self) -> int:
@@ -81,7 +87,7 @@ class Route:
         wait = self.rate.delay(now, recipients)
         if wait > 0:
             return now + wait, f"sending budget ({self.settings.where}.rate_per_minute / rate_per_day) used up"
-        return None
+        return self.link.budget_block(now) if self.link is not None else None
 
     def state(self, now: float) -> str:
         """One word for 'pysendmail route list': paused, held, down, budget or ok (unavailable()'s order)."""

@@ -14,6 +14,12 @@ Contract:   ``Router(cfg, helo, store=None, clock=SYSTEM)`` is a Transport
             the sender (sender.py) and hands the chunk to the route's SMTP
             session.  ``unavailable()`` is set only when every route is.
             ``route_state()`` is every route's entry for the state store.
+            With a fleet store (daemon/fleet.py FleetRouteStore) each route
+            that logs in to an account is bound to the fleet (Route.link):
+            right before a transaction its budget is spent in Redis and
+            here in one round trip (a pause or hold another host recorded
+            defers it instead), and a pause or hold the transaction caused
+            is shared; ``resume`` lifts it for every host.
             A recipient at a local domain (core/aliases.py LocalDomains)
             is never relayed: cleanup resolves those at pickup, so one
             here was queued unresolved (by an older pysendmail, or before
@@ -41,6 +47,7 @@ from pysendmail.daemon.transport.base import DEFERRED, FAILED, Plan, Result, chu
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pysendmail.daemon.dkim import Signer
+    from pysendmail.daemon.fleet import Fleet
 
 
 class Router:
@@ -63,6 +70,16 @@ class Router:
             for name, entry in store.load().items():
                 if name in self.routes:
                     self.routes[name].restore(entry, now)
+        # [fleet]: the store has the fleet behind it (state.py open_store); every route that logs
+        # in to an account shares that account's budget and pauses (daemon/fleet.py).
+        self.fleet: Fleet | None = None
+        if store is not None and cfg.fleet.configured:
+            from pysendmail.daemon.fleet import FleetRouteStore
+
+            if isinstance(store, FleetRouteStore):
+                self.fleet = store.fleet
+                for name, route in self.routes.items():
+                    route.link = store.bind(name, route.settings.values, route.rate, route)
 
     @property
     def signer(self) -> Signer | None:
@@ -166,12 +183,23 @@ class Router:
         if mail_from != msg.envelope.sender or message is not msg.message:
             out = msg.variant(sender=mail_from, message=message)
             header_from = None if message is not msg.message else header_from  # a rewritten From is read again
-        route.rate.spend(self.clock.time(), len(indices))
         blocked = route.health(self.clock.time())
+        marks = (route.pause_until, route.hold_until)
+        if blocked is None and route.link is not None:
+            # One round trip: the fleet's pause and hold, then its budget, spent there and here at once.
+            shared = await route.link.before(len(indices))
+            if shared:
+                return [Result(i, DEFERRED, "4.7.0", shared[1], route=route.name) for i in indices]
+        elif route.link is None:
+            route.rate.spend(self.clock.time(), len(indices))
         if blocked:
             results = [Result(i, DEFERRED, "4.4.1", blocked[1]) for i in indices]
         else:
             results = await route.smtp.deliver(out, indices, header_from=header_from)
+            if route.link is not None:
+                await route.link.after(*marks)  # a pause or hold this transaction caused: for every host
+                if results:
+                    route.link.outcome(results[-1].status == "sent", results[-1].text)
         now = self.clock.time()
         self.relay, self.tls_version = route.smtp.relay, route.smtp.tls_version
         tagged = []
@@ -191,6 +219,8 @@ class Router:
         if route is None:
             return False
         route.resume()
+        if route.link is not None:
+            route.link.resume()  # the account's pause is lifted for every host of the fleet
         return True
 
     def has_idle(self) -> bool:
@@ -203,6 +233,8 @@ class Router:
     async def close(self) -> None:
         for r in self.routes.values():
             await r.smtp.close()
+        if self.fleet is not None:
+            await self.fleet.close()
 
     def route_state(self) -> dict[str, dict[str, object]]:
         now = self.clock.time()

@@ -13,7 +13,9 @@ Contract:   ``RouteStore`` is what the daemon, a foreground flush,
             ``{"routes": {NAME: ENTRY}, "written": TIME}``, so pauses
             survive an upgrade; another backend (a fleet's shared store)
             implements the same three methods and is chosen in
-            ``open_store(spool)``, which every caller uses.
+            ``open_store(spool, cfg)``, which every caller uses: with a
+            [fleet] table, daemon/fleet.py's FleetRouteStore (this file,
+            and the account state shared through Redis behind it).
 Crashes:    a save writes a temporary file, fsyncs it and renames it over
             routes.json (core/durable.py publish): a reader sees the old state or the
             new one, never half.  A failed save raises OSError and leaves
@@ -31,7 +33,7 @@ import os
 from collections.abc import Mapping
 from typing import Protocol
 
-from pysendmail.core import durable, errors, layout
+from pysendmail.core import config, durable, errors, layout
 
 # What an entry says once 'pysendmail route resume' has lifted everything.
 RESUMED: dict[str, object] = {
@@ -91,9 +93,18 @@ class FileRouteStore:
             raise errors.from_oserror(exc, f"write {self.path}") from None
 
 
-def open_store(spool: layout.Spool) -> RouteStore:
-    """The route-state store of ``spool``: the one place that picks a backend."""
-    return FileRouteStore(spool.route_state)
+def open_store(spool: layout.Spool, cfg: config.Config | None = None) -> RouteStore:
+    """The route-state store of ``spool``: the one place that picks a backend.
+
+    With a [fleet] table in ``cfg``, the file with the fleet's shared
+    state behind it (daemon/fleet.py FleetRouteStore); else the file.
+    """
+    file = FileRouteStore(spool.route_state)
+    if cfg is not None and cfg.fleet.configured:
+        from pysendmail.daemon.fleet import FleetRouteStore
+
+        return FleetRouteStore(file, cfg)
+    return file
 
 
 def describe(entry: Mapping[str, object], now: float) -> tuple[str, float | None, str | None]:
