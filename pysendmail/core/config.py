@@ -572,7 +572,7 @@ def _check_issue15(values: dict[str, dict[str, object]], present: set[str], wher
     if values["log"]["format"] not in ("text", "json"):
         raise ConfigError(f"log.format in {where} must be text or json, not {values['log']['format']!r}")
     metrics = values["metrics"]
-    if int(metrics["textfile_interval"]) < 1:  # type: ignore[call-overload]
+    if not isinstance(metrics["textfile_interval"], int) or metrics["textfile_interval"] < 1:
         raise ConfigError(f"metrics.textfile_interval in {where} must be at least 1 second")
     textfile = metrics["textfile"]
     if textfile is not None and (not os.path.isabs(str(textfile)) or not str(textfile).endswith(".prom")):
@@ -604,7 +604,7 @@ def _check_issue15(values: dict[str, dict[str, object]], present: set[str], wher
                           "fleet_size_hint")
     if isinstance(hint, int) and hint < 1:
         raise ConfigError(f"fleet.fleet_size_hint in {where} must be at least 1")
-    if int(fleet["timeout_ms"]) < 1:  # type: ignore[call-overload]
+    if not isinstance(fleet["timeout_ms"], int) or fleet["timeout_ms"] < 1:
         raise ConfigError(f"fleet.timeout_ms in {where} must be at least 1")
     for key in ("password_file", "ca_file"):
         if fleet[key] is not None and not os.path.isabs(str(fleet[key])):

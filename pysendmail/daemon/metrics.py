@@ -86,6 +86,7 @@ from pysendmail.core import errors, log, queue
 from pysendmail.core.netaddr import parse_listen
 
 if TYPE_CHECKING:
+    from pysendmail.daemon.dkim import Key, Signer
     from pysendmail.daemon.main import Daemon
 
 PREFIX = "pysendmail_"
@@ -255,7 +256,7 @@ class Exporter:
         self.cached: tuple[float, str] | None = None
         self.write_failing = False
         self.keys_seen: dict[str, tuple[int, int, int, int] | None] = {}  # key file -> stamp when loaded
-        self.signer: object = None
+        self.signer: Signer | None = None
         self.bound: list[tuple[str, int]] = []  # (address, port) actually listening
 
     @property
@@ -300,24 +301,25 @@ class Exporter:
         self.servers = []
 
     # ---------------------------------------------------------- collection
-    def _dkim_keys(self) -> list[object]:
-        signer = getattr(self.daemon.manager.transport, "signer", None)
+    def _dkim_keys(self) -> list[Key]:
+        signer = self.daemon.manager.transport.signer
+        keys = list(signer.keys) if signer is not None else []
         if signer is not self.signer:  # a (re)load: what is on disk now is the key in use
             self.signer = signer
-            self.keys_seen = {k.path: _stamp(k.path) for k in getattr(signer, "keys", [])}
-        return list(getattr(signer, "keys", []))
+            self.keys_seen = {k.path: _stamp(k.path) for k in keys}
+        return keys
 
     async def collect(self) -> str:
         now = time.time()
         if self.cached and now - self.cached[0] < CACHE_SECONDS:
             return self.cached[1]
         keys = self._dkim_keys()
-        disk = await asyncio.to_thread(DiskView, self.daemon, [k.path for k in keys])  # type: ignore[attr-defined]
+        disk = await asyncio.to_thread(DiskView, self.daemon, [k.path for k in keys])
         text = render(self.families(disk, keys, time.time()))
         self.cached = (time.time(), text)
         return text
 
-    def families(self, disk: DiskView, keys: list[object], now: float) -> list[Family]:
+    def families(self, disk: DiskView, keys: list[Key], now: float) -> list[Family]:
         d = self.daemon
         scheduled = len(d.due) + len(d.inflight)
         due_now = sum(1 for due, _ in d.due if due <= now) + len(d.inflight)
@@ -335,7 +337,8 @@ class Exporter:
         out += self._route_families(now)
         out += self._dkim_families(disk, keys)
         out += self._token_families(disk, now)
-        fleet = getattr(self.daemon.manager.transport, "fleet", None)
+        transport = self.daemon.manager.transport
+        fleet = transport.fleet
         for fn in list(_collectors) + ([fleet.collect] if fleet is not None else []):
             try:
                 out += list(fn())
@@ -348,14 +351,13 @@ class Exporter:
 
     def _route_families(self, now: float) -> list[Family]:
         transport = self.daemon.manager.transport
-        state_of = getattr(transport, "route_state", None)
-        routes: dict[str, object] = state_of() if state_of else {}
+        routes = transport.route_state()
         states = Family("route_state", "gauge", "1 for the route's current state (ok, paused, held, down, budget).")
         blocked = Family("route_blocked_until_timestamp_seconds", "gauge",
                          "When the route takes mail again (Unix time; 0: it does now).")
         used = Family("route_budget_used", "gauge", "Units spent inside the route's sending windows.")
         limit = Family("route_budget_limit", "gauge", "The route's rate_per_minute and rate_per_day (0: none).")
-        limits = getattr(transport, "routes", {})
+        limits = transport.routes
         for name, entry in routes.items():
             if not isinstance(entry, dict):
                 continue
@@ -369,25 +371,24 @@ class Exporter:
                 for window in ("minute", "day"):
                     spent = times.get(window)
                     used.add(len(spent) if isinstance(spent, list) else 0, route=name, window=window)
-            rate = getattr(limits.get(name), "rate", None) if isinstance(limits, dict) else None
-            if rate is not None:
-                limit.add(int(getattr(rate, "per_minute", 0) or 0), route=name, window="minute")
-                limit.add(int(getattr(rate, "per_day", 0) or 0), route=name, window="day")
+            route = limits.get(name)
+            if route is not None:
+                limit.add(route.rate.per_minute, route=name, window="minute")
+                limit.add(route.rate.per_day, route=name, window="day")
         return [states, blocked, used, limit]
 
-    def _dkim_families(self, disk: DiskView, keys: list[object]) -> list[Family]:
+    def _dkim_families(self, disk: DiskView, keys: list[Key]) -> list[Family]:
         bits = Family("dkim_key_bits", "gauge", "Size of each DKIM key in use (Ed25519: 256).")
         weak = Family("dkim_key_weak", "gauge", "1 for an RSA key under 2048 bits (RFC 8301 asks for 2048).")
         current = Family("dkim_key_file_current", "gauge",
                          "1 while the key file on disk is the one loaded; 0 when it changed or went away "
                          "(reload with SIGHUP, or restore the file).")
         for key in keys:
-            labels = {"domain": str(getattr(key, "domain")), "selector": str(getattr(key, "selector")),
-                      "algorithm": str(getattr(key, "algorithm"))}
-            size = int(getattr(key, "bits", 0) or 0)
+            labels = {"domain": key.domain, "selector": key.selector, "algorithm": key.algorithm}
+            size = key.bits
             bits.add(size, **labels)
             weak.add(1 if labels["algorithm"] == "rsa-sha256" and size < 2048 else 0, **labels)
-            path = str(getattr(key, "path"))
+            path = key.path
             seen = self.keys_seen.get(path)
             current.add(1 if seen is not None and disk.key_files.get(path) == seen else 0, **labels)
         return [bits, weak, current]

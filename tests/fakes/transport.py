@@ -17,6 +17,8 @@ from pysendmail.daemon.transport.base import SENT, Plan, Result, chunked
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pysendmail.daemon.dkim import Signer
+    from pysendmail.daemon.fleet import Fleet
+    from pysendmail.daemon.routing.route import Route
 
 
 class FakeTransport:
@@ -26,6 +28,8 @@ class FakeTransport:
 
     def __init__(self, max_rcpt: int = 0) -> None:
         self.relay = "fake[127.0.0.1]:25"
+        self.routes: dict[str, Route] = {}
+        self.fleet: Fleet | None = None
         self.max_rcpt = max_rcpt
         self.answer: Callable[[str], tuple[str, str, str]] = lambda rcpt: (SENT, "2.0.0", "250 2.0.0 Ok")
         self.blocked: tuple[float, str] | None = None  # what plan() says about the route

@@ -32,6 +32,8 @@ from pysendmail.core.queue import QueuedMessage
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pysendmail.daemon.dkim import Signer
+    from pysendmail.daemon.fleet import Fleet
+    from pysendmail.daemon.routing.route import Route
 
 SENT, DEFERRED, FAILED, HELD = "sent", "deferred", "failed", "held"  # held: kept for the admin
 
@@ -91,6 +93,8 @@ class Transport(Protocol):
     tls_version: str
     pool_size: int  # deliveries the daemon runs at once
     idle_timeout: float  # seconds a pooled connection may stay idle
+    routes: dict[str, Route]  # by name; {} for a transport without routes (Maildir)
+    fleet: Fleet | None  # the shared route state ([fleet]), else None
 
     @property
     def signer(self) -> Signer | None: ...

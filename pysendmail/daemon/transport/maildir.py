@@ -28,6 +28,8 @@ from pysendmail.daemon.transport.base import DEFERRED, SENT, Plan, Result, chunk
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pysendmail.daemon.fleet import Fleet
+    from pysendmail.daemon.routing.route import Route
     from pysendmail.daemon.dkim import Signer
 
 
@@ -45,6 +47,8 @@ class MaildirTransport:
         self.path = path
         self.clock = clock
         self.relay = f"maildir[{path}]"
+        self.routes: dict[str, Route] = {}
+        self.fleet: Fleet | None = None
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
         self._count = 0
         # Signed like relayed mail, so that a developer sees (and can verify)
