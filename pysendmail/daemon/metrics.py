@@ -82,7 +82,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pysendmail.core import errors, log, queue
+from pysendmail.core import durable, errors, log, queue
 from pysendmail.core.netaddr import parse_listen
 
 if TYPE_CHECKING:
@@ -481,21 +481,10 @@ class Exporter:
 
 
 def write_textfile(target: str, text: str) -> None:
-    """Replace ``target`` with ``text`` atomically: a hidden temporary in the same directory, then rename."""
+    """Replace ``target`` with ``text`` atomically: a hidden temporary in the same directory, then rename.
+
+    Mode 0644: node_exporter runs as another user.  A failed write leaves
+    no temporary behind (core/durable.py).
+    """
     directory, name = os.path.split(target)
-    tmp = os.path.join(directory, f".{name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        os.fchmod(fd, 0o644)  # node_exporter runs as another user
-        data = text.encode()
-        while data:
-            data = data[os.write(fd, data):]
-    except OSError:
-        os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    os.close(fd)
-    os.rename(tmp, target)
+    durable.publish(os.path.join(directory, f".{name}.tmp"), target, text.encode(), mode=0o644)
