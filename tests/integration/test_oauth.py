@@ -22,7 +22,7 @@ import signal
 import stat
 import subprocess
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 import requests
@@ -30,7 +30,7 @@ import requests
 from tests.conftest import Env, ensure_user, needs_root, program, wait_until, write_config
 from tests.fakes.oauth_server import CLIENT_ID, SCOPE, OAuthServer
 from tests.fakes.relay import USER, Relay
-from tests.integration.test_daemon import Daemon
+from tests.integration.test_daemon import Daemon, daemons  # noqa: F401 (daemons: the fixture)
 
 SENDER = "alice@example.org"
 
@@ -41,20 +41,6 @@ def oauth_server(tmp_path: Path) -> Iterator[OAuthServer]:
     server = OAuthServer(tmp_path).start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Callable[[Env], Daemon]]:
-    started: list[Daemon] = []
-
-    def start(e: Env) -> Daemon:
-        d = Daemon(e, tmp_path, f"daemon-{len(started)}")
-        started.append(d)
-        return d.ready()
-
-    yield start
-    for d in started:
-        d.close()
 
 
 def oauth_table(relay: Relay, server: OAuthServer, *, device: bool = True, extra: str = "") -> str:
