@@ -279,15 +279,17 @@ class Daemon:
             log.log("daemon: stopped")
 
     async def _run_due(self) -> None:
-        """Attempt every due message, up to the transport's pool size at once.
+        """Attempt every due message, as many at once as the transport can use.
 
+        A pipelining relay takes several deliveries per connection
+        (SmtpTransport.concurrency): fewer would leave its pipelines empty.
         The attempts are the children of one TaskGroup: leaving it waits
         for every attempt still running (a SIGTERM lets them finish), and
         an attempt that raises (qmgr's boundary catches what delivery
         raises, so this is a bug) cancels the others and stops the daemon
         the way any crash of its loop does, instead of being dropped.
         """
-        limit = self.manager.transport.pool_size
+        limit = self.manager.transport.concurrency
         running: set[asyncio.Task[None]] = set()
         self.blocked_until = 0.0
         try:
