@@ -291,24 +291,39 @@ class Daemon:
         """
         limit = self.manager.transport.concurrency
         running: set[asyncio.Task[None]] = set()
+        pickup: asyncio.Task[None] | None = None
         self.blocked_until = 0.0
+
+        async def progress() -> None:
+            """Until an attempt or the pickup in progress finishes."""
+            waiting = running | ({pickup} if pickup is not None else set())
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            running.difference_update(done)
+
         try:
             async with asyncio.TaskGroup() as attempts:
                 while not self.stopping:
-                    if self.wake.is_set():
+                    if pickup is not None and pickup.done():
+                        pickup = None  # its exception, if any, is the group's
+                    if self.wake.is_set() and pickup is None:
                         # A new submission arrived: pick it up before the backlog
-                        # goes on, so one message never waits behind a long drain.
+                        # goes on, so one message never waits behind a long drain;
+                        # beside the attempts, so that the deliveries under way
+                        # keep their connections' pipelines fed meanwhile.
                         self.wake.clear()
                         if self.manager.trouble is None:
-                            await self._pickup()
+                            pickup = attempts.create_task(self._pickup())
                     if not self.due or self.due[0][0] > self.clock.time():
-                        break
+                        if pickup is None:
+                            break
+                        await progress()  # what the pickup brings is due at once
+                        continue
                     blocked = self.manager.unavailable()
                     if blocked:
                         self.blocked_until = blocked[0]
                         break
                     if len(running) >= limit:
-                        _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                        await progress()
                         continue
                     _, qid = heapq.heappop(self.due)
                     if qid in self.inflight:
