@@ -304,7 +304,7 @@ def test_sigkill_during_drain_loses_nothing(tmp_path: Path, relay_factory, daemo
     # Each kill can cut at most the deliveries then between the relay's 250
     # and our record of it: the daemon runs pool_size x PIPELINE_DEPTH at
     # once against a pipelining relay (several per connection).
-    pool_size = 2
+    pool_size = 4
     assert duplicates <= len(kill_points) * pool_size * PIPELINE_DEPTH, counts.most_common(5)
     assert mailq(e) == [] and e.incoming() == [] and e.queued() == []
     assert os.listdir(e.spool / "failed") == []

@@ -315,3 +315,18 @@ def test_sigkill_of_daemon_mid_group_loses_nothing(tmp_path: Path, relay_factory
     # relay had accepted when the daemon died, at most.
     assert sum(n - 1 for n in counts.values()) <= taken_before
     assert e.queued() == [] and e.incoming() == []
+
+
+def test_pool_size_is_capped_by_the_providers_published_connection_limit(relay_factory) -> None:
+    # Microsoft 365 takes three connections per mailbox and answers a
+    # fourth with "432 4.3.2 Concurrent connections limit exceeded".
+    relay = relay_factory("implicit")
+    settings = {"host": "localhost", "port": relay.port, "tls": "implicit", "username": USER, "password": PASSWORD,
+                "ca_file": str(relay.ca_file), "timeout": 10, "pool_size": 10}
+    t = SmtpTransport(settings, "client.example.org", provider="outlook")
+    msgs = [message(n, [f"to{n}@example.net"]) for n in range(60)]
+
+    results = deliver_all(t, msgs)
+
+    assert all(r.status == SENT for res in results for r in res)
+    assert t.pool_size == 3 and relay.logins == 3

@@ -47,7 +47,7 @@ from pysendmail.core.errors import ConfigError
 from pysendmail.core.queue import QueuedMessage
 from pysendmail.daemon import oauth, outcome, secrets, wire
 from pysendmail.daemon.routing.settings import Relay
-from pysendmail.daemon.providers import BOUNCE, HOLD_MESSAGE, HOLD_ROUTE, PAUSE
+from pysendmail.daemon.providers import BOUNCE, HOLD_MESSAGE, HOLD_ROUTE, PAUSE, PRESETS
 from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Result, one_line
 from pysendmail.daemon.transport.pipelining import NotSent, Pipeline, PipeliningSMTP, ReplyError, Transaction
 
@@ -156,6 +156,10 @@ class SmtpTransport:
         self.helo = helo
         self.timeout = float(typed.timeout)
         self.pool_size = max(1, typed.pool_size)
+        preset = PRESETS.get(provider) if provider else None
+        if preset is not None and preset.max_connections:
+            # More than the provider takes only earns refusals ("432 4.3.2" at Microsoft).
+            self.pool_size = min(self.pool_size, preset.max_connections)
         self.concurrency = self.pool_size * PIPELINE_DEPTH  # deliveries worth running at once (queued if not)
         self.max_rcpt = typed.max_recipients_per_message
         self.idle_timeout = float(typed.idle_timeout)
