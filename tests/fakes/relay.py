@@ -40,7 +40,9 @@ CHUNKING (RFC 3030): BDAT n [LAST] reads exactly n octets whatever the
 answer; after a refused BDAT everything but RSET, NOOP, QUIT and BDAT
 (whose octets are read and discarded) gets 503 until RSET (section 2: the
 state is indeterminate).  ``commands`` lists every command word received
-in order (RSET included), for tests of what a client sent.
+in order (RSET included), for tests of what a client sent;
+``extra_after_eod`` (bytes) follows every reply to an end of data, a reply
+to no command (a relay out of step, or an injection).
 
 Reply shapes: ``reply_shapes[COMMAND] = SHAPE`` (or the test marker
 ``@pytest.mark.relay_reply(COMMAND, SHAPE)``, which relay_factory applies)
@@ -344,6 +346,8 @@ class _SMTP(SMTP):
             self._out += response + b"\r\n"
         else:
             self._out += _reshape(shape, response)
+        if command == "EOD":
+            self._out += self.relay.extra_after_eod  # a reply nobody asked for
         if shape == "drip":
             await self._flush(lambda n: list(range(1, n)))
             return
@@ -412,6 +416,7 @@ class Relay:
         self.chunking = chunking
         self.split_replies: Callable[[int], list[int]] | None = None  # flush of n bytes -> cut offsets
         self.flushes = 0  # writes of held replies: the client's round trips
+        self.extra_after_eod = b""  # written after each reply to an end of data: a reply to no command
         self.commands: list[str] = []  # every command word, in order
         self.eightbitmime = eightbitmime
         self.password = password

@@ -235,6 +235,22 @@ def test_out_of_step_reply_closes_connection_and_defers_without_loss(relay_facto
     assert set(recorded(relay)) <= {f"message {n}" for n in range(5)}
 
 
+def test_reply_to_no_command_closes_connection_and_next_message_goes_on_a_new_one(relay_factory) -> None:
+    # The extra reply would otherwise answer the next message's MAIL.
+    relay = relay_factory("implicit")
+    relay.extra_after_eod = b"250 2.1.0 a reply to no command\r\n"
+    msgs = [message(n, [f"to{n}@example.net"]) for n in range(1, 4)]
+
+    results = deliver_all(transport(relay), msgs, warm=message(0, ["warm@example.net"]))
+
+    assert all(r.status in (SENT, DEFERRED) for res in results for r in res)
+    sent = {f"message {n}" for n, res in enumerate(results, 1) if res[0].status == SENT}
+    # Sent exactly when the relay has it (DATA's content goes only after a
+    # true 354): the extra reply never stood in for another's.
+    assert sent == set(recorded(relay)) - {"message 0"}
+    assert relay.logins >= 2  # the connection that heard it was closed, never reused
+
+
 def test_connection_lost_mid_group_defers_everything_in_flight(relay_factory, chunking: bool) -> None:
     relay = relay_factory("implicit", chunking=chunking)
     relay.drop_in_data = True

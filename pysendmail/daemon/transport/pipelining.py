@@ -59,6 +59,13 @@ Security:   every reply byte is hostile: a line is at most aiosmtplib's
             connection (RFC 3207 section 4.2: they may be injected).
             Commands go through aiosmtplib's own address quoting and
             control-character check.
+XXX:        replies carry no tag (RFC 2920): an extra reply inside a group
+            shifts the pairing until the surplus shows at the group's end
+            (or a code does not fit its command, e.g. 250 to DATA), and a
+            transaction answered only by 250s within that group may settle
+            on its neighbour's reply.  TLS keeps injected replies out; a
+            relay that emits them could as well lie outright.  Tagging
+            would need a server extension that does not exist.
 Crashes:    nothing is stored here; a crash or a lost connection with a
             final reply outstanding leaves that message in the queue, sent
             again later (a duplicate only when the relay had accepted it).
@@ -414,6 +421,7 @@ class Pipeline:
         """Write ``prefix`` (content and end of data, whose replies are ``slots``) and every group that may go now."""
         slots = list(slots or [])
         parts = [prefix] if prefix else []
+        batch: list[_Job] = []
         if self._broken is None:
             while self._queue and self._data_job is None:
                 job = self._queue[0]
@@ -435,15 +443,20 @@ class Pipeline:
                     parts.append(b"DATA\r\n")
                     slots.append((job, "data"))
                     self._data_job = job
-                job.written = True
-                self._written.append(job)
+                batch.append(job)
+                self._written.append(job)  # unsettled from here: the next transaction's RSET counts it
         if not parts:
             return
         try:
             waiters = self.protocol.send(b"".join(parts), len(slots))
         except (aiosmtplib.SMTPException, OSError, RuntimeError) as exc:
+            for job in reversed(batch):  # never written: NotSent, safe to try elsewhere
+                self._written.remove(job)
+                self._queue.appendleft(job)
             self._break(exc)
             return
+        for job in batch:
+            job.written = True
         self.writes += 1
         for waiter, (job, kind) in zip(waiters, slots):
             waiter.add_done_callback(functools.partial(self._on_reply, job, kind))

@@ -5,7 +5,8 @@ Contract:   ``SmtpTransport(relay, helo)`` delivers queued messages through
             certificates verified (system store plus ``ca_file``, optional
             SHA-256 pin), AUTH PLAIN/LOGIN/OAUTHBEARER/XOAUTH2, a pool of at
             most ``pool_size`` authenticated connections reused across
-            messages (one login each).  When the relay offers PIPELINING
+            messages (one login each; a provider's published connection
+            limit, providers.Preset.max_connections, caps pool_size).  When the relay offers PIPELINING
             (RFC 2920), a connection carries up to PIPELINE_DEPTH concurrent
             ``deliver`` calls, their transactions pipelined (pipelining.py:
             one round trip per message on a warm connection; with CHUNKING,
