@@ -61,7 +61,7 @@ DEFAULT_PORTS = {"implicit": 465, "starttls": 587, "none": 25}
 # Deliveries sharing one pipelining connection at most, and how many it
 # takes before another connection opens: one transaction waiting for its
 # replies and the next one ready keep the pipe full.
-PIPELINE_DEPTH, PIPELINE_FILL = 4, 2
+PIPELINE_DEPTH, PIPELINE_FILL = 8, 2
 _NETWORK_ERRORS = (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError, EOFError)
 
 
