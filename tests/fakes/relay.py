@@ -42,7 +42,9 @@ answer; after a refused BDAT everything but RSET, NOOP, QUIT and BDAT
 state is indeterminate).  ``commands`` lists every command word received
 in order (RSET included), for tests of what a client sent;
 ``extra_after_eod`` (bytes) follows every reply to an end of data, a reply
-to no command (a relay out of step, or an injection).
+to no command (a relay out of step, or an injection);
+``inject_after_starttls`` (bytes) follows the 220 to STARTTLS in clear, as
+a man in the middle would add them (RFC 3207 section 4.2).
 
 Reply shapes: ``reply_shapes[COMMAND] = SHAPE`` (or the test marker
 ``@pytest.mark.relay_reply(COMMAND, SHAPE)``, which relay_factory applies)
@@ -348,6 +350,8 @@ class _SMTP(SMTP):
             self._out += _reshape(shape, response)
         if command == "EOD":
             self._out += self.relay.extra_after_eod  # a reply nobody asked for
+        if command == "STARTTLS" and response.startswith(b"220"):
+            self._out += self.relay.inject_after_starttls  # in clear, before the handshake
         if shape == "drip":
             await self._flush(lambda n: list(range(1, n)))
             return
@@ -417,6 +421,7 @@ class Relay:
         self.split_replies: Callable[[int], list[int]] | None = None  # flush of n bytes -> cut offsets
         self.flushes = 0  # writes of held replies: the client's round trips
         self.extra_after_eod = b""  # written after each reply to an end of data: a reply to no command
+        self.inject_after_starttls = b""  # written in clear right after the 220 to STARTTLS (a MITM's bytes)
         self.commands: list[str] = []  # every command word, in order
         self.eightbitmime = eightbitmime
         self.password = password

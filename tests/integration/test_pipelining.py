@@ -251,6 +251,21 @@ def test_reply_to_no_command_closes_connection_and_next_message_goes_on_a_new_on
     assert relay.logins >= 2  # the connection that heard it was closed, never reused
 
 
+def test_bytes_injected_after_starttls_220_close_the_connection_and_nothing_is_sent(relay_factory) -> None:
+    # RFC 3207 4.2: read inside TLS, they would answer the first command
+    # (here a forged 250 to EHLO, then to MAIL).
+    relay = relay_factory("starttls")
+    relay.inject_after_starttls = b"250 forged.example\r\n250 2.1.0 forged\r\n"
+    t = transport(relay, tls="starttls")
+
+    results = deliver_all(t, [message(1, ["to1@example.net"])])
+
+    (r,) = results[0]
+    assert r.status == DEFERRED
+    assert relay.logins == 0 and relay.mail_commands == [] and relay.messages == []
+    assert not relay.saw_plaintext_mail
+
+
 def test_connection_lost_mid_group_defers_everything_in_flight(relay_factory, chunking: bool) -> None:
     relay = relay_factory("implicit", chunking=chunking)
     relay.drop_in_data = True
