@@ -136,3 +136,96 @@ def test_one_command_calls_queue_behind_pipelined_replies() -> None:
         theirs.close()
 
     asyncio.run(go())
+
+
+# ---------------------------------------------------------------- Pipeline against a scripted server
+class Scripted:
+    """A plain-TCP SMTP server on loopback answering each command line as ``answer`` says; records what it read."""
+
+    def __init__(self, answer) -> None:  # type: ignore[no-untyped-def]
+        self.answer = answer
+        self.received = bytearray()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 scripted ESMTP\r\n")
+        in_data = False
+        while line := await reader.readline():
+            self.received += line
+            if in_data:
+                if line == b".\r\n":
+                    in_data = False
+                    writer.write(self.answer("EOD"))
+                continue
+            verb = line.split(b" ", 1)[0].strip().upper().decode()
+            reply = self.answer(verb)
+            in_data = verb == "DATA" and reply.startswith(b"354")
+            writer.write(reply)
+            if verb == "QUIT":
+                break
+        writer.close()
+
+
+async def scripted_session(answer):  # type: ignore[no-untyped-def]
+    from pysendmail.daemon.transport.pipelining import Pipeline, PipeliningSMTP
+
+    server = Scripted(answer)
+    srv = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    smtp = PipeliningSMTP(hostname="127.0.0.1", port=port, use_tls=False, start_tls=False, timeout=5)
+    await smtp.connect()
+    await smtp.ehlo()
+    assert smtp.pipelining
+    return server, srv, smtp, Pipeline(smtp, timeout=5)
+
+
+def test_354_after_every_rcpt_refused_gets_a_lone_dot_and_is_not_the_outcome() -> None:
+    # RFC 2920 3.1: a server may accept DATA with no recipient; the client
+    # then sends a single dot, never the message, and the reply to it is
+    # about an empty transaction.
+    from pysendmail.daemon.transport.pipelining import Transaction
+
+    def answer(verb: str) -> bytes:
+        return {"EHLO": b"250-scripted\r\n250 PIPELINING\r\n", "MAIL": b"250 ok\r\n",
+                "RCPT": b"550 5.1.1 no such user\r\n", "DATA": b"354 go ahead anyway\r\n",
+                "EOD": b"554 5.5.1 no valid recipients\r\n", "QUIT": b"221 bye\r\n"}.get(verb, b"250 ok\r\n")
+
+    async def go() -> None:
+        server, srv, smtp, pipeline = await scripted_session(answer)
+        replies = await pipeline.send(Transaction("a@example.org", ("b@example.net",), b"Subject: secret\r\n\r\nbody\r\n"))
+        assert replies.mail.code == 250 and [r.code for r in replies.rcpt] == [550] and replies.data is None
+        await smtp.quit()
+        srv.close()
+        assert b"secret" not in server.received
+        assert server.received.endswith(b"DATA\r\n.\r\nQUIT\r\n")
+
+    asyncio.run(go())
+
+
+def test_421_mid_group_fails_its_transaction_and_the_rest_were_never_answered() -> None:
+    from pysendmail.daemon.transport.pipelining import NotSent, ReplyError, Transaction
+
+    seen: list[str] = []
+
+    def answer(verb: str) -> bytes:
+        seen.append(verb)
+        if verb == "EHLO":
+            return b"250-scripted\r\n250 PIPELINING\r\n"
+        if verb == "RCPT" and seen.count("RCPT") == 2:
+            return b"421 4.3.2 shutting down\r\n"
+        return {"DATA": b"354 go\r\n", "EOD": b"250 queued\r\n"}.get(verb, b"250 ok\r\n")
+
+    async def go() -> None:
+        server, srv, smtp, pipeline = await scripted_session(answer)
+        first = asyncio.ensure_future(pipeline.send(Transaction("a@x.org", ("one@x.net",), b"one\r\n")))
+        second = asyncio.ensure_future(pipeline.send(Transaction("a@x.org", ("two@x.net",), b"two\r\n")))
+        third = asyncio.ensure_future(pipeline.send(Transaction("a@x.org", ("three@x.net",), b"three\r\n")))
+        assert (await first).data is not None and (await first).data.code == 250  # type: ignore[union-attr]
+        with pytest.raises(ReplyError) as raised:
+            await second
+        assert raised.value.code == 421 and raised.value.command == "RCPT"
+        with pytest.raises(NotSent):
+            await third
+        assert pipeline.broken and not smtp.is_connected
+        srv.close()
+
+    asyncio.run(go())
