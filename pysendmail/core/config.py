@@ -143,7 +143,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "oauth_authorize_url": (_STR, None),
         "oauth_token_file": (_STR, None),
         "auth": (_STR, "auto"),
-        "pool_size": (_INT, 2),
+        "pool_size": (_INT, 4),
         "max_recipients_per_message": (_INT, 0),
         "rate_per_minute": (_INT, 0),
         "rate_per_day": (_INT, 0),

@@ -88,6 +88,7 @@ def sd_notify(state: str) -> None:
 
 
 PICKUP_BATCH = 100
+PICKUP_FIRST = 20  # while nothing else is due: the first messages leave sooner (later batches run beside them)
 DISK_RETRY_FIRST, DISK_RETRY_MAX = 5.0, 60.0  # seconds between pickups while the spool's disk refuses writes
 SPACE_STEP = 256 * 1024  # free space grown by this much since the failure: try again before the timer
 FIFO_DRAIN_LIMIT = 1 << 20  # bytes read per wake-up callback: the pipe holds 64 KiB, so this drains it
@@ -279,34 +280,51 @@ class Daemon:
             log.log("daemon: stopped")
 
     async def _run_due(self) -> None:
-        """Attempt every due message, up to the transport's pool size at once.
+        """Attempt every due message, as many at once as the transport can use.
 
+        A pipelining relay takes several deliveries per connection
+        (SmtpTransport.concurrency): fewer would leave its pipelines empty.
         The attempts are the children of one TaskGroup: leaving it waits
         for every attempt still running (a SIGTERM lets them finish), and
         an attempt that raises (qmgr's boundary catches what delivery
         raises, so this is a bug) cancels the others and stops the daemon
         the way any crash of its loop does, instead of being dropped.
         """
-        limit = self.manager.transport.pool_size
+        limit = self.manager.transport.concurrency
         running: set[asyncio.Task[None]] = set()
+        pickup: asyncio.Task[None] | None = None
         self.blocked_until = 0.0
+
+        async def progress() -> None:
+            """Until an attempt or the pickup in progress finishes."""
+            waiting = running | ({pickup} if pickup is not None else set())
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            running.difference_update(done)
+
         try:
             async with asyncio.TaskGroup() as attempts:
                 while not self.stopping:
-                    if self.wake.is_set():
+                    if pickup is not None and pickup.done():
+                        pickup = None  # its exception, if any, is the group's
+                    if self.wake.is_set() and pickup is None:
                         # A new submission arrived: pick it up before the backlog
-                        # goes on, so one message never waits behind a long drain.
+                        # goes on, so one message never waits behind a long drain;
+                        # beside the attempts, so that the deliveries under way
+                        # keep their connections' pipelines fed meanwhile.
                         self.wake.clear()
                         if self.manager.trouble is None:
-                            await self._pickup()
+                            pickup = attempts.create_task(self._pickup())
                     if not self.due or self.due[0][0] > self.clock.time():
-                        break
+                        if pickup is None:
+                            break
+                        await progress()  # what the pickup brings is due at once
+                        continue
                     blocked = self.manager.unavailable()
                     if blocked:
                         self.blocked_until = blocked[0]
                         break
                     if len(running) >= limit:
-                        _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                        await progress()
                         continue
                     _, qid = heapq.heappop(self.due)
                     if qid in self.inflight:
@@ -340,7 +358,7 @@ class Daemon:
         # thread: each pickup costs two fsyncs, which would otherwise stall
         # the dialogues of the connections already delivering.  Only this
         # coroutine runs pickup, so pickup never runs twice at once.
-        queued = await asyncio.to_thread(self.manager.pickup, PICKUP_BATCH)
+        queued = await asyncio.to_thread(self.manager.pickup, PICKUP_BATCH if self.due else PICKUP_FIRST)
         for qid in queued:
             heapq.heappush(self.due, (self.clock.time(), qid))
         if queued:

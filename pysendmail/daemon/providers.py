@@ -52,6 +52,9 @@ class Preset:
     # What rate_per_day counts: "messages" (one per transaction) or
     # "recipients" (each RCPT), as the provider's own limit is written.
     rate_unit: str = "messages"
+    # Parallel connections the provider takes from one account; 0: none
+    # published, relay.pool_size decides.  A preset's number caps pool_size.
+    max_connections: int = 0
 
 
 PRESETS: dict[str, Preset] = {
@@ -114,6 +117,11 @@ PRESETS: dict[str, Preset] = {
         spf_include="spf.protection.outlook.com", username_hint="the mailbox's address",
         password_hint="the mailbox password (SMTP AUTH must be enabled for it) or an OAuth2 token command",
         rate_unit="recipients",  # "10,000 recipients per day"
+        # "Message storage and concurrent connection throttling for SMTP
+        # Authenticated Submission" (learn.microsoft.com): "Up to three
+        # concurrent connections", a fourth gets "432 4.3.2 Concurrent
+        # connections limit exceeded".
+        max_connections=3,
     ),
     # Fastmail: "Server names and ports" (smtp.fastmail.com, 465 SSL/TLS,
     # or 587 STARTTLS) and "App passwords" (required for SMTP).  Fastmail

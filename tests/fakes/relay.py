@@ -9,7 +9,8 @@ every RCPT command likewise (``rcpt_commands``),
 and every command word received in clear (``plaintext_commands``;
 ``saw_plaintext_mail`` when one was MAIL, RCPT, DATA or AUTH).  Faults
 are set per test through attributes: ``rcpt_replies``, ``mail_reply``,
-``data_reply``, ``auth_reply``, ``stall_data``, ``drop_in_data``,
+``data_reply`` (``mail_replies`` / ``data_replies``: the same for one
+sender only), ``auth_reply``, ``stall_data``, ``drop_in_data``,
 ``greet_421``, ``size_limit``, ``daily_quota`` (accepted transactions per
 login before ``quota_reply``; ``quota_refusals`` counts them),
 ``replies_once`` (end-of-data replies used once each, in order); ``users`` accepts more logins than the
@@ -24,6 +25,26 @@ kills the client then).  ``stall_quit`` = seconds holds the reply to QUIT
 (``quitting`` is set when a QUIT arrives): a client that is closing.
 ``smtputf8=False`` / ``eightbitmime=False`` leave SMTPUTF8 / 8BITMIME
 out of the EHLO reply.
+
+Pipelining: ``pipelining=True`` (the default, as Gmail, Yandex and
+Postfix) offers PIPELINING (RFC 2920).  aiosmtpd reads commands one line
+at a time from its buffer, so pipelined commands are really processed in
+order; the relay's replies are held and written together only when no
+complete command is left in its input (after one turn of the event loop
+for bytes already in transit), as a pipelining server flushes: each
+flush is one round trip, counted in ``flushes``.  ``split_replies`` =
+f(n) -> offsets cuts each flush of n bytes at those offsets into separate
+writes (a short pause between them), so replies reach the client merged
+and split at arbitrary byte boundaries.  ``chunking=True`` also offers
+CHUNKING (RFC 3030): BDAT n [LAST] reads exactly n octets whatever the
+answer; after a refused BDAT everything but RSET, NOOP, QUIT and BDAT
+(whose octets are read and discarded) gets 503 until RSET (section 2: the
+state is indeterminate).  ``commands`` lists every command word received
+in order (RSET included), for tests of what a client sent;
+``extra_after_eod`` (bytes) follows every reply to an end of data, a reply
+to no command (a relay out of step, or an injection);
+``inject_after_starttls`` (bytes) follows the 220 to STARTTLS in clear, as
+a man in the middle would add them (RFC 3207 section 4.2).
 
 Reply shapes: ``reply_shapes[COMMAND] = SHAPE`` (or the test marker
 ``@pytest.mark.relay_reply(COMMAND, SHAPE)``, which relay_factory applies)
@@ -50,10 +71,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import trustme
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
 
 USER = "robot@example.org"
 PASSWORD = "s3cret-Pa55word-for-tests"
@@ -168,14 +190,18 @@ class _Handler:
         session.host_name = hostname
         if not self.relay.eightbitmime:  # a relay that takes 7-bit only (RFC 6152 not offered)
             responses = [r for r in responses if r != "250-8BITMIME"]
-        return responses
+        extra = ["250-PIPELINING"] * self.relay.pipelining + ["250-CHUNKING"] * self.relay.chunking
+        return responses[:-1] + extra + responses[-1:]
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
         self.relay.saw_plaintext_mail |= not _is_tls(server) and self.relay.mode != "plain"
         with self.relay.cond:
             self.relay.mail_commands.append(address)
-        if self.relay.mail_reply:
-            return self.relay.mail_reply
+        if server.bdat_failed:
+            return "503 5.5.1 Error: RSET required after a failed BDAT"
+        reply = self.relay.mail_reply or self.relay.mail_replies.get(address)
+        if reply:
+            return reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -183,6 +209,8 @@ class _Handler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
         with self.relay.cond:
             self.relay.rcpt_commands.append(address)
+        if server.bdat_failed:
+            return "503 5.5.1 Error: RSET required after a failed BDAT"
         reply = self.relay.rcpt_replies.get(address)
         if reply:
             return reply
@@ -206,8 +234,9 @@ class _Handler:
         if relay.drop_in_data and faulty:
             server.transport.close()
             return "421 4.3.0 dropped"
-        if relay.data_reply:
-            return relay.data_reply
+        reply = relay.data_reply or relay.data_replies.get(envelope.mail_from)
+        if reply:
+            return reply
         login = session.auth_data
         account = login.login.decode() if isinstance(login, LoginPassword) else ""
         with relay.cond:
@@ -231,6 +260,9 @@ class _SMTP(SMTP):
     def __init__(self, *args: object, **kw: object) -> None:
         super().__init__(*args, **kw)  # type: ignore[arg-type]
         self._command = ""
+        self._out = bytearray()  # replies held until the input has no complete command left
+        self._bdat: list[bytes] = []  # the chunks of the current BDAT transaction
+        self.bdat_failed = False
         # Note which command each reply answers, for reply_shapes.
         for name, method in list(self._smtp_methods.items()):
             self._smtp_methods[name] = self._noting(name, method)
@@ -239,9 +271,72 @@ class _SMTP(SMTP):
         @functools.wraps(method)
         async def wrapper(arg):  # type: ignore[no-untyped-def]
             self._command = name
+            with self.relay.cond:
+                self.relay.commands.append(name)
+            if self.bdat_failed and name not in ("RSET", "NOOP", "QUIT", "BDAT"):
+                await self.push("503 5.5.1 Error: RSET required after a failed BDAT")
+                return None
             return await method(arg)
 
         return wrapper
+
+    def _set_rset_state(self) -> None:
+        super()._set_rset_state()
+        self._bdat = []
+        self.bdat_failed = False
+
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        """RFC 3030: BDAT <size> [LAST]; the octets are read whatever the reply."""
+        relay = self.relay
+        if not relay.chunking:
+            await self.push('500 Error: command "BDAT" not recognized')
+            return
+        words = (arg or "").split()
+        if not (1 <= len(words) <= 2 and words[0].isdigit() and len(words[0]) <= 12
+                and (len(words) == 1 or words[1].upper() == "LAST")):
+            # Without a size the rest of the stream cannot be framed.
+            await self.push("501 5.5.4 Syntax: BDAT size [LAST]; closing")
+            self.transport.close()
+            return
+        size, last = int(words[0]), len(words) == 2
+        limit = self.data_size_limit or 0
+        kept = sum(map(len, self._bdat))
+        chunk = b""
+        left = size
+        while left:  # read in pieces: a huge announced size must not be held at once
+            piece = await self._reader.readexactly(min(left, 1 << 16))
+            left -= len(piece)
+            if not limit or kept + len(chunk) + len(piece) <= limit:
+                chunk += piece
+            else:
+                chunk = b""
+                kept = limit + 1
+        if self.bdat_failed:
+            await self.push("503 5.5.1 Error: RSET required after a failed BDAT")
+            return
+        problem = ""
+        if not self.envelope.mail_from:
+            problem = "503 5.5.1 Error: need MAIL command"
+        elif not self.envelope.rcpt_tos:
+            problem = "554 5.5.1 Error: no valid recipients"
+        elif limit and kept + size > limit:
+            problem = "552 5.3.4 Error: too much mail data"
+        if problem:
+            self.bdat_failed = True
+            self._bdat = []
+            await self.push(problem)
+            return
+        self._bdat.append(chunk)
+        if not last:
+            await self.push(f"250 2.0.0 {size} octets received")
+            return
+        content = b"".join(self._bdat)
+        self._bdat = []
+        self.envelope.content = self.envelope.original_content = content
+        self._command = "DATA"  # the reply to the message, as to an end of data (reply shapes: EOD)
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     async def push(self, status) -> None:  # type: ignore[no-untyped-def]
         response = status.encode("utf-8") if isinstance(status, str) else status
@@ -250,17 +345,39 @@ class _SMTP(SMTP):
             command = "EOD"
         shape = self.relay.reply_shapes.get(command)
         if shape is None or (command == "AUTH" and response.startswith(b"334")):
-            await super().push(status)
-            return
-        wire = _reshape(shape, response)
-        if shape == "drip":
-            for i in range(len(wire)):
-                self._writer.write(wire[i : i + 1])
-                await self._writer.drain()
-                await asyncio.sleep(0.001)
+            self._out += response + b"\r\n"
         else:
-            self._writer.write(wire)
+            self._out += _reshape(shape, response)
+        if command == "EOD":
+            self._out += self.relay.extra_after_eod  # a reply nobody asked for
+        if command == "STARTTLS" and response.startswith(b"220"):
+            self._out += self.relay.inject_after_starttls  # in clear, before the handshake
+        if shape == "drip":
+            await self._flush(lambda n: list(range(1, n)))
+            return
+        if self.relay.pipelining and self._input_has_command():
+            await asyncio.sleep(0)  # bytes already in transit join the input first
+            if self._input_has_command():
+                return  # RFC 2920 3.2: the reply waits for the group's last command
+        await self._flush(self.relay.split_replies)
+
+    def _input_has_command(self) -> bool:
+        return b"\n" in getattr(self._reader, "_buffer", b"")
+
+    async def _flush(self, split: "Callable[[int], list[int]] | None") -> None:
+        wire, self._out = bytes(self._out), bytearray()
+        if not wire or self.transport is None or self.transport.is_closing():
+            return
+        with self.relay.cond:
+            self.relay.flushes += 1
+        cuts = sorted({c for c in split(len(wire)) if 0 < c < len(wire)}) if split else []
+        start = 0
+        for cut in [*cuts, len(wire)]:
+            self._writer.write(wire[start:cut])
             await self._writer.drain()
+            if cut != len(wire):
+                await asyncio.sleep(0.001)  # a segment of its own
+            start = cut
 
     def data_received(self, data: bytes) -> None:
         # Watch the wire, not the handlers: aiosmtpd refuses MAIL before
@@ -297,8 +414,15 @@ class _Controller(Controller):
 class Relay:
     def __init__(self, mode: str = "implicit", tmpdir: Path | None = None, size_limit: int = 35 * 1024 * 1024,
                  smtputf8: bool = True, password: str = PASSWORD, oauth: tuple[str, ...] = (),
-                 eightbitmime: bool = True) -> None:
+                 eightbitmime: bool = True, pipelining: bool = True, chunking: bool = False) -> None:
         self.mode = mode
+        self.pipelining = pipelining
+        self.chunking = chunking
+        self.split_replies: Callable[[int], list[int]] | None = None  # flush of n bytes -> cut offsets
+        self.flushes = 0  # writes of held replies: the client's round trips
+        self.extra_after_eod = b""  # written after each reply to an end of data: a reply to no command
+        self.inject_after_starttls = b""  # written in clear right after the 220 to STARTTLS (a MITM's bytes)
+        self.commands: list[str] = []  # every command word, in order
         self.eightbitmime = eightbitmime
         self.password = password
         self.messages: list[Received] = []
@@ -322,6 +446,8 @@ class Relay:
         self.quota_refusals = 0
         self.replies_once: list[str] = []
         self.refused_once: list[str] = []
+        self.mail_replies: dict[str, str] = {}  # sender -> reply to its MAIL
+        self.data_replies: dict[str, str] = {}  # sender -> reply to its end of data (or BDAT LAST)
         self.auth_reply: str | None = None  # answer every AUTH with this instead of checking
         self.users: dict[str, str] = {USER: password}  # login -> password
         self.logins_by_user: dict[str, int] = {}

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 class FakeTransport:
     tls_version = ""
     pool_size = 1
+    concurrency = 1
     idle_timeout = 0.0
 
     def __init__(self, max_rcpt: int = 0) -> None:

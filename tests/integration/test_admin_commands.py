@@ -242,7 +242,7 @@ def test_config_show_masks_the_password_and_names_each_source(tmp_path: Path, re
     assert relay_values["rate_per_day"] == [500, "preset yandex"]
     assert relay_values["rate_unit"] == ["recipients", "preset yandex"]
     assert relay_values["port"] == [relay.port, "file"]
-    assert relay_values["timeout"] == [10, "file"] and relay_values["pool_size"] == [2, "default"]
+    assert relay_values["timeout"] == [10, "file"] and relay_values["pool_size"] == [4, "default"]
 
 
 @needs_root

@@ -51,7 +51,7 @@ def test_attempt_that_raises_cancels_the_attempts_running_beside_it(
         proc = env.sendmail("-t", "-i", input=f"To: someone@example.org\nSubject: {n}\n\nbody\n".encode())
         assert proc.returncode == 0, proc.stderr
     daemon = Daemon(config.load(str(env.config)), None)
-    daemon.manager.transport.pool_size = 2  # type: ignore[attr-defined]
+    daemon.manager.transport.concurrency = 2  # type: ignore[attr-defined]  # two attempts at once
     cancelled: list[str] = []
     started = asyncio.Event()
 

@@ -37,7 +37,7 @@ class Relay:
     ca_file: str | None = None
     tls_fingerprint: str | None = None
     timeout: int = 60
-    pool_size: int = 2
+    pool_size: int = 4
     idle_timeout: int = 5
     max_recipients_per_message: int = 0
     rate_per_minute: int = 0
@@ -70,7 +70,7 @@ class Relay:
             password_command=words("password_command"), credential=text("credential"),
             oauth_token_command=words("oauth_token_command"), auth=(text("auth") or "auto").lower(),
             ca_file=text("ca_file"), tls_fingerprint=text("tls_fingerprint"),
-            timeout=number("timeout", 60), pool_size=number("pool_size", 2), idle_timeout=number("idle_timeout", 5),
+            timeout=number("timeout", 60), pool_size=number("pool_size", 4), idle_timeout=number("idle_timeout", 5),
             max_recipients_per_message=number("max_recipients_per_message", 0),
             rate_per_minute=number("rate_per_minute", 0), rate_per_day=number("rate_per_day", 0),
             rate_unit=text("rate_unit") or "messages", from_policy=text("from_policy") or "keep",

@@ -41,6 +41,7 @@ def ensure_maildir(path: str) -> None:
 class MaildirTransport:
     tls_version = ""
     pool_size = 1
+    concurrency = 1
     idle_timeout = 0.0
 
     def __init__(self, path: str, clock: Clock = SYSTEM) -> None:

@@ -3,10 +3,18 @@
 Contract:   ``SmtpTransport(relay, helo)`` delivers queued messages through
             the configured relay: implicit TLS (465) or STARTTLS (587),
             certificates verified (system store plus ``ca_file``, optional
-            SHA-256 pin), AUTH PLAIN/LOGIN/OAUTHBEARER/XOAUTH2, a small pool of
-            authenticated connections reused across messages.  ``deliver``
-            returns one Result per recipient and never raises for a relay
-            problem.  One job: the SMTP session.  A failure of the whole
+            SHA-256 pin), AUTH PLAIN/LOGIN/OAUTHBEARER/XOAUTH2, a pool of at
+            most ``pool_size`` authenticated connections reused across
+            messages (one login each; a provider's published connection
+            limit, providers.Preset.max_connections, caps pool_size).  When the relay offers PIPELINING
+            (RFC 2920), a connection carries up to PIPELINE_DEPTH concurrent
+            ``deliver`` calls, their transactions pipelined (pipelining.py:
+            one round trip per message on a warm connection; with CHUNKING,
+            several messages in flight); ``concurrency`` says how many
+            ``deliver`` calls are worth running at once.  Without it, one
+            delivery per connection, each command waiting for its reply.
+            ``deliver`` returns one Result per recipient and never raises
+            for a relay problem.  One job: the SMTP session.  A failure of the whole
             route (refused login, a provider's pause, no connection) is
             reported to the route's ``health`` (the RouteHealth seam,
             routing/route.py keeps the marks and logs them), and a login
@@ -18,13 +26,7 @@ Security:   no plaintext fallback: a STARTTLS relay that does not offer
             STARTTLS is an error, never a reason to continue in clear;
             ``tls = "none"`` is refused for anything but loopback; the
             password and token never reach a log or an exception text.
-XXX:        no PIPELINING (RFC 2920): aiosmtplib reads exactly one reply
-            per command it writes, so MAIL, each RCPT and DATA cost a round
-            trip each.  Connection reuse and the pool hide most of it on a
-            nearby relay; a far one with many recipients pays RTT x (n+2).
-            A pipelined transaction needs a reply reader of our own under
-            aiosmtplib's transport.
-See also:   RFC 5321, RFC 3207 (STARTTLS), RFC 8314 (implicit TLS), RFC 4954
+See also:   pipelining.py (RFC 2920, RFC 3030), RFC 5321, RFC 3207 (STARTTLS), RFC 8314 (implicit TLS), RFC 4954
             (AUTH), RFC 7628 (OAUTHBEARER), RFC 1870 (SIZE), RFC 6531 (SMTPUTF8); Google's and
             Microsoft's XOAUTH2 documentation.
 """
@@ -46,8 +48,9 @@ from pysendmail.core.errors import ConfigError
 from pysendmail.core.queue import QueuedMessage
 from pysendmail.daemon import oauth, outcome, secrets, wire
 from pysendmail.daemon.routing.settings import Relay
-from pysendmail.daemon.providers import BOUNCE, HOLD_MESSAGE, HOLD_ROUTE, PAUSE
+from pysendmail.daemon.providers import BOUNCE, HOLD_MESSAGE, HOLD_ROUTE, PAUSE, PRESETS
 from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Result, one_line
+from pysendmail.daemon.transport.pipelining import NotSent, Pipeline, PipeliningSMTP, ReplyError, Transaction
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,6 +58,10 @@ if TYPE_CHECKING:
     from pysendmail.daemon.oauth import TokenSource
 
 DEFAULT_PORTS = {"implicit": 465, "starttls": 587, "none": 25}
+# Deliveries sharing one pipelining connection at most, and how many it
+# takes before another connection opens: one transaction waiting for its
+# replies and the next one ready keep the pipe full.
+PIPELINE_DEPTH, PIPELINE_FILL = 8, 2
 _NETWORK_ERRORS = (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError, EOFError)
 
 
@@ -101,8 +108,12 @@ class _NoHealth:
 
 
 class _Conn:
-    def __init__(self, smtp: aiosmtplib.SMTP, peer: str, tls_version: str, now: float) -> None:
+    def __init__(self, smtp: aiosmtplib.SMTP, peer: str, tls_version: str, now: float,
+                 pipeline: Pipeline | None = None) -> None:
         self.smtp = smtp
+        self.pipeline = pipeline  # None: the relay does not pipeline, one delivery at a time
+        self.users = 0  # deliveries using it now
+        self.unhealthy = False  # closed when its last user leaves
         self.peer = peer
         self.tls_version = tls_version
         self.last_used = now
@@ -113,9 +124,14 @@ class _Conn:
         self.smtputf8 = "smtputf8" in ext
         self.messages = 0
 
+    def usable(self) -> bool:
+        return (not self.unhealthy and self.smtp.is_connected
+                and (self.pipeline is None or not self.pipeline.broken))
+
 
 class SmtpTransport:
-    smtp_class: type[aiosmtplib.SMTP] = aiosmtplib.SMTP  # 'pysendmail test' puts a tracing one here
+    # 'pysendmail test' puts a tracing one (plain aiosmtplib.SMTP, so one command at a time) here
+    smtp_class: type[aiosmtplib.SMTP] = PipeliningSMTP
 
     def __init__(self, relay: dict[str, object], helo: str, name: str = "default",
                  provider: str | None = None, *, health: RouteHealth | None = None, clock: Clock = SYSTEM,
@@ -141,6 +157,11 @@ class SmtpTransport:
         self.helo = helo
         self.timeout = float(typed.timeout)
         self.pool_size = max(1, typed.pool_size)
+        preset = PRESETS.get(provider) if provider else None
+        if preset is not None and preset.max_connections:
+            # More than the provider takes only earns refusals ("432 4.3.2" at Microsoft).
+            self.pool_size = min(self.pool_size, preset.max_connections)
+        self.concurrency = self.pool_size * PIPELINE_DEPTH  # deliveries worth running at once (queued if not)
         self.max_rcpt = typed.max_recipients_per_message
         self.idle_timeout = float(typed.idle_timeout)
         fingerprint = typed.tls_fingerprint
@@ -158,8 +179,10 @@ class SmtpTransport:
                 raise ConfigError(f"relay.ca_file {typed.ca_file} cannot be loaded: {exc}") from None
         self.relay = f"{self.host}:{self.port}"
         self.tls_version = ""
-        self._idle: list[_Conn] = []
-        self._slots: asyncio.Semaphore | None = None
+        self._idle: list[_Conn] = []  # open, no delivery on it
+        self._busy: list[_Conn] = []  # open, carrying deliveries
+        self._opening = 0
+        self._changed: asyncio.Event | None = None  # set (and replaced) when a connection frees up or fails to open
         self.signer: Signer | None = None  # the [[dkim]] keys, set by the queue manager
 
     # ------------------------------------------------------------ connections
@@ -184,10 +207,12 @@ class SmtpTransport:
                 await smtp.ehlo()
             tls_version, peer = self._check_peer(smtp)
             await self._authenticate(smtp)
+            pipelined = isinstance(smtp, PipeliningSMTP) and smtp.pipelining
+            pipeline = Pipeline(smtp, depth=PIPELINE_DEPTH, timeout=self.timeout) if pipelined else None
         except BaseException:
             smtp.close()
             raise
-        return _Conn(smtp, peer, tls_version, self.clock.monotonic())
+        return _Conn(smtp, peer, tls_version, self.clock.monotonic(), pipeline)
 
     def _check_peer(self, smtp: aiosmtplib.SMTP) -> tuple[str, str]:
         transport = smtp.transport
@@ -320,21 +345,62 @@ class SmtpTransport:
         if resp.code != 235:
             raise aiosmtplib.SMTPAuthenticationError(resp.code, resp.message)
 
-    async def _acquire(self) -> _Conn:
-        now = self.clock.monotonic()
-        while self._idle:
-            conn = self._idle.pop()
-            if now - conn.last_used < self.idle_timeout and conn.smtp.is_connected:
-                return conn
-            await self._quit(conn)
-        return await self._open()
+    async def _acquire(self) -> tuple[_Conn, bool]:
+        """A connection for one delivery, and whether it sat idle after carrying mail (the relay may have closed it).
+
+        In order: an idle connection; a pipelining one with fewer than
+        PIPELINE_FILL deliveries; a new one while fewer than pool_size are
+        open or opening; a pipelining one with fewer than PIPELINE_DEPTH;
+        else wait until one of these holds.
+        """
+        while True:
+            now = self.clock.monotonic()
+            while self._idle:
+                conn = self._idle.pop()
+                if now - conn.last_used < self.idle_timeout and conn.usable():
+                    return self._use(conn), True
+                await self._quit(conn)
+            shared = [c for c in self._busy if c.pipeline is not None and c.usable()]
+            best = min(shared, key=lambda c: c.users, default=None)
+            if best is not None and best.users < PIPELINE_FILL:
+                return self._use(best), False
+            if len(self._busy) + len(self._idle) + self._opening < self.pool_size:
+                break
+            if best is not None and best.users < PIPELINE_DEPTH:
+                return self._use(best), False
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            await self._changed.wait()
+        self._opening += 1
+        try:
+            conn = await self._open()
+        finally:
+            self._opening -= 1
+            self._notify()  # a failed open frees its place in the pool
+        return self._use(conn), False
+
+    def _use(self, conn: _Conn) -> _Conn:
+        if conn.users == 0:
+            self._busy.append(conn)
+        conn.users += 1
+        return conn
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def _release(self, conn: _Conn, healthy: bool) -> None:
         conn.last_used = self.clock.monotonic()
-        if healthy and conn.smtp.is_connected:
-            self._idle.append(conn)
-        else:
-            conn.smtp.close()
+        conn.unhealthy |= not healthy
+        conn.users -= 1
+        if conn.users == 0:
+            self._busy.remove(conn)
+            if conn.usable():
+                self._idle.append(conn)
+            else:
+                conn.smtp.close()
+        self._notify()
 
     async def _quit(self, conn: _Conn) -> None:
         try:
@@ -344,6 +410,7 @@ class SmtpTransport:
 
     async def close_idle(self, older_than: float = 0.0) -> None:
         now = self.clock.monotonic()
+        self._notify()  # a delivery waiting for a connection looks again
         keep = []
         for conn in self._idle:
             if now - conn.last_used >= older_than:
@@ -361,19 +428,15 @@ class SmtpTransport:
     # ------------------------------------------------------------ delivery
     async def deliver(self, msg: QueuedMessage, indices: list[int], *, header_from: str | None = None) -> list[Result]:
         """One transaction for ``indices`` (at most max_recipients_per_message of them)."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.pool_size)
-        async with self._slots:
-            return await self._deliver(msg, indices, header_from=header_from)
+        return await self._deliver(msg, indices, header_from=header_from)
 
     async def _deliver(self, msg: QueuedMessage, indices: list[int], *, header_from: str | None = None) -> list[Result]:
         env = msg.envelope
         needs_utf8 = not (env.sender.isascii() and all(env.recipients[i].isascii() for i in indices))
         results: dict[int, Result] = {}
         for attempt in (1, 2):
-            reused = bool(self._idle)
             try:
-                conn = await self._acquire()
+                conn, reused = await self._acquire()
             except RelayError as exc:
                 return self._route_failure(exc, indices)
             except _NETWORK_ERRORS as exc:
@@ -411,8 +474,8 @@ class SmtpTransport:
                 rest = [i for i in indices if i not in results]
                 return list(results.values()) + [Result(i, exc.status, exc.dsn, exc.text) for i in rest]
             except _NETWORK_ERRORS as exc:
-                if reused and attempt == 1 and not results:
-                    continue  # the relay closed an idle connection: one fresh try
+                if (reused or isinstance(exc, NotSent)) and attempt == 1 and not results:
+                    continue  # the relay closed an idle connection, or nothing was sent: one fresh try
                 text = f"lost connection with {self.relay}: {_describe(exc)}"
                 return list(results.values()) + [Result(i, DEFERRED, "4.4.2", text) for i in indices if i not in results]
             finally:
@@ -432,6 +495,9 @@ class SmtpTransport:
         if utf8:
             options.append("SMTPUTF8")
         encoding = "utf-8" if utf8 else "ascii"
+        if conn.pipeline is not None:
+            txn = Transaction(env.sender, tuple(env.recipients[i] for i in chunk), data.data, tuple(options), encoding)
+            return await self._pipelined(conn, conn.pipeline, txn, chunk)
         try:
             await smtp.mail(env.sender, options=options, encoding=encoding)
         except aiosmtplib.SMTPResponseException as exc:
@@ -464,6 +530,36 @@ class SmtpTransport:
         # run sent the message again.
         text = outcome.reply_text(resp.code, resp.message)
         return results + [Result(i, SENT, outcome.enhanced(resp.code, resp.message), text) for i in accepted]
+
+    async def _pipelined(self, conn: _Conn, pipeline: Pipeline, txn: Transaction, chunk: list[int]) -> list[Result]:
+        """``_transaction`` on a pipelining connection: the same outcomes from the replies of one pipelined group."""
+        try:
+            replies = await pipeline.send(txn)
+        except ReplyError as exc:  # out of step (closed, deferred) or 421 (the relay is closing)
+            self._check_in_step(conn.smtp, exc, exc.command)
+            return self._refused(exc, chunk, "mail" if exc.command == "MAIL" else
+                                 "rcpt" if exc.command == "RCPT" else "data")
+        if replies.mail.code != 250:
+            refusal = aiosmtplib.SMTPResponseException(replies.mail.code, replies.mail.message)
+            if outcome.is_auth_failure(refusal.code, refusal.message, "mail"):
+                raise RelayError(f"relay requires authentication: {outcome.reply_text(refusal.code, refusal.message)}",
+                                 hold=True)
+            return self._refused(refusal, chunk, "mail")
+        results = []
+        accepted = []
+        for i, reply in zip(chunk, replies.rcpt):
+            if reply.code in (250, 251):
+                accepted.append(i)
+            else:
+                results.extend(self._refused(aiosmtplib.SMTPResponseException(reply.code, reply.message), [i], "rcpt"))
+        final = replies.data
+        if not accepted or final is None:
+            return results  # DATA's reply was about an empty transaction, not this message
+        if final.code != 250:
+            refusal = aiosmtplib.SMTPResponseException(final.code, final.message)
+            return results + self._refused(refusal, accepted, "data")
+        text = outcome.reply_text(final.code, final.message)
+        return results + [Result(i, SENT, outcome.enhanced(final.code, final.message), text) for i in accepted]
 
     def _check_in_step(self, smtp: aiosmtplib.SMTP, exc: aiosmtplib.SMTPResponseException, command: str) -> None:
         """Close the session and defer when a refusal is not a 4xx or 5xx reply.
