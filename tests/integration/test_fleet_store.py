@@ -9,7 +9,6 @@ test_fleet_daemons.py drive the same code through real daemons.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from pathlib import Path
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
