@@ -193,3 +193,22 @@ def test_parse_for_dkimpy_gives_dkimpys_result_when_the_message_is_crlf(message:
                                      b"Subject :x\r\n\r\n"])
 def test_parse_for_dkimpy_leaves_it_to_dkimpy_when_the_message_is_unusual(message: bytes) -> None:
     assert dkim.parse_for_dkimpy(message) is None
+
+
+def test_the_signer_loads_without_dnspython_and_dkimpys_dns_lookup_still_loads_it() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pysendmail.daemon import dkim\n"
+        "assert not any(m == 'dns' or m.startswith('dns.') for m in sys.modules), 'dnspython imported'\n"
+        "assert 'dkim.dnsplug' not in sys.modules\n"
+        "lookup = dkim.dkimpy.load_pk_from_dns.__defaults__[0]\n"
+        "assert lookup(b'\\xff') is None\n"  # not UTF-8: dkimpy's real get_txt answers without asking DNS
+        "real = sys.modules['dkim.dnsplug']\n"
+        "assert 'dns.resolver' in sys.modules and real.__file__.endswith('dnsplug.py')\n"
+        "assert dkim.dkimpy.dnsplug is real\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
