@@ -212,3 +212,19 @@ def test_the_signer_loads_without_dnspython_and_dkimpys_dns_lookup_still_loads_i
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_an_rsa_key_whose_halves_do_not_match_is_refused_at_load(tmp_path: Path) -> None:
+    """Keys are loaded without OpenSSL's (slow) validation: one signature checks them instead."""
+    good = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+    # The private exponent of another key with the same public half: the
+    # file parses, but what it signs does not verify.
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+    broken = rsa.RSAPrivateNumbers(good.p, good.q, other.d, good.dmp1, other.dmq1, good.iqmp, good.public_numbers)
+    key = broken.private_key(unsafe_skip_rsa_key_validation=True)
+    path = write_key(tmp_path / "k", key)
+    with pytest.raises(dkim.ConfigError, match="is not a valid RSA key"):
+        dkim.load_key(table(path), "test")
+    path.unlink()
+    write_key(path, good.private_key())
+    assert dkim.load_key(table(path), "test")[0].bits == 2048
