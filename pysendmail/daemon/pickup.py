@@ -543,6 +543,8 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
     queue.write_new(spool.queue, qid, spoolfile.encode(new_env, new_message) + cleanup.refusal_records(refused, now),
                     sync_dir=batch is None)
 
+    size = len(new_message)  # the closure keeps no message bytes alive until the batch commits
+
     def finish() -> None:
         for other in names:
             if other != qid:
@@ -554,7 +556,7 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
             qid,
             f"uid={owner[0]} ({owner[1]})",
             f"from=<{log.safe(new_env.sender)}>",
-            size=len(new_message),
+            size=size,
             nrcpt=len(new_env.recipients),
         )
         cleanup.log_refused(qid, new_env, refused, now)
