@@ -36,6 +36,7 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def fsync_dir(path: str) -> None:
+    """Make the entries of directory ``path`` (names created, renamed, removed) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -44,11 +45,14 @@ def fsync_dir(path: str) -> None:
 
 
 def publish(tmp: str, final: str, data: bytes, exclusive: bool = False, mode: int = 0o600,
-            owner: tuple[int, int] | None = None, replace: bool = True) -> None:
+            owner: tuple[int, int] | None = None, replace: bool = True, sync_dir: bool = True) -> None:
     """Write ``data`` to ``tmp``, fsync, rename (or link, ``replace=False``) it to ``final``, fsync the directory.
 
     The rename is the one atomic step: a reader sees nothing or the whole
     file, and after return both the file and its name survive a crash.
+    ``sync_dir=False`` leaves the directory's sync to the caller, who
+    syncs it once for several files (pickup's Batch) before relying on
+    their names.
     ``exclusive`` refuses an existing ``tmp`` (Maildir's unique names,
     setup's per-process names).  The file is created 0600 and gets
     ``owner`` and ``mode`` before the rename, so it never appears with
@@ -79,4 +83,5 @@ def publish(tmp: str, final: str, data: bytes, exclusive: bool = False, mode: in
         except OSError:
             pass
         raise
-    fsync_dir(os.path.dirname(final) or ".")
+    if sync_dir:
+        fsync_dir(os.path.dirname(final) or ".")

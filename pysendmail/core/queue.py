@@ -151,10 +151,10 @@ def read_state(path: str) -> QueuedMessage:
     return msg
 
 
-def write_new(directory: str, qid: str, data: bytes) -> str:
-    """Create ``directory/qid`` with ``data`` atomically and durably."""
+def write_new(directory: str, qid: str, data: bytes, sync_dir: bool = True) -> str:
+    """Create ``directory/qid`` with ``data`` atomically and durably (its name once ``directory`` is synced)."""
     final = os.path.join(directory, qid)
-    durable.publish(os.path.join(directory, f".{qid}.tmp"), final, data)
+    durable.publish(os.path.join(directory, f".{qid}.tmp"), final, data, sync_dir=sync_dir)
     return final
 
 

@@ -72,10 +72,18 @@ def _qualified(name: str, value: bytes, domain: str) -> bytes:
 
 
 def clean(
-    env: spoolfile.Envelope, message: bytes, qid: str, ctx: Context, owner: tuple[int, str]
+    env: spoolfile.Envelope, message: bytes, qid: str, ctx: Context, owner: tuple[int, str],
+    split: tuple[bytes, bytes] | None = None,
 ) -> tuple[spoolfile.Envelope, bytes, dict[int, str]]:
-    message = normalise_newlines(message)
-    head, body = rfc5322.split_message(message)
+    """See the module docstring.  ``split``: (head, body) of ``message`` once its newlines are normalised.
+
+    Pickup passes what it computed for its checks, so the message is not
+    copied twice more; without it, cleanup does both steps itself.
+    """
+    if split is None:
+        message = normalise_newlines(message)
+        split = rfc5322.split_message(message)
+    head, body = split
     fields = rfc5322.header_fields(head)
     kept = [(n, _qualified(n, v, ctx.aliases.default_domain)) for n, v in fields if n.lower() not in _DROP]
     names = {n.lower() for n, _ in kept}

@@ -23,8 +23,10 @@ Security:   private keys never reach a log or an exception text; a key file
             a directory above it) and refused rather than used.
 Crashes:    nothing on disk; a crash mid-signing leaves the message queued.
 See also:   RFC 6376 (DKIM), RFC 8301 (key sizes, no SHA-1), RFC 8463
-            (Ed25519); dkimpy, whose canonicalisation and header selection
-            we use unchanged.
+            (Ed25519); dkimpy, whose header selection and signature field
+            we use unchanged, and whose relaxed canonicalisation we
+            reproduce (relaxed_body, relaxed_headers) without its regular
+            expressions.
 
 Speed: dkimpy computes the RSA private-key operation in pure Python
 (about 8 ms for 2048 bits).  When the ``cryptography`` package is there we
@@ -37,22 +39,62 @@ two names its sign() looks up in the ``dkim`` module
 (RSASSA_PKCS1_v1_5_sign, parse_pem_private_key) with wrappers that fall
 back to dkimpy's own functions for any key not registered here; a dkimpy
 without those names is detected and signs at its own speed.
+dkimpy's relaxed canonicalisation runs one re.sub match per run of white
+space: for a 10 KB text that cost as much as the RSA step.  While we sign,
+``relaxed_body`` and ``relaxed_headers`` do the same with bytes methods
+(the signature is byte for byte dkimpy's: tests compare them); a signature
+now costs about the RSA step.
 """
 
 from __future__ import annotations
 
 import base64
+import importlib
 import os
 import pwd
 import stat
+import sys
 import threading
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
-import dkim as dkimpy
-
 from pysendmail.core import config, log, rfc5322, sections, trust
 from pysendmail.core.errors import ConfigError
+
+
+def _import_dkimpy() -> Any:
+    """dkimpy, without the dnspython it imports for verifying (about 40 ms of every daemon start, and its memory).
+
+    dkimpy's __init__ runs ``from dkim.dnsplug import get_txt`` to look
+    keys up when it verifies; the daemon only signs.  While dkimpy loads,
+    a stand-in ``dkim.dnsplug`` sits in sys.modules; its get_txt (which
+    dkimpy keeps as its default DNS function) loads the real module on its
+    first call, and nothing else ever sees the stand-in, so a verification
+    that uses DNS in this process still works.
+    """
+    if "dkim" in sys.modules or "dkim.dnsplug" in sys.modules:
+        import dkim
+
+        return dkim
+    stand_in = types.ModuleType("dkim.dnsplug")
+
+    def get_txt(name: bytes, timeout: float = 5) -> Any:
+        if sys.modules.get("dkim.dnsplug") is stand_in:
+            del sys.modules["dkim.dnsplug"]
+        return importlib.import_module("dkim.dnsplug").get_txt(name, timeout=timeout)
+
+    stand_in.get_txt = get_txt  # type: ignore[attr-defined]
+    sys.modules["dkim.dnsplug"] = stand_in
+    try:
+        import dkim
+    finally:
+        if sys.modules.get("dkim.dnsplug") is stand_in:
+            del sys.modules["dkim.dnsplug"]
+    return dkim
+
+
+dkimpy = _import_dkimpy()
 
 ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
 DEFAULT_HEADERS = (
@@ -100,33 +142,86 @@ def _install_fast_rsa() -> bool:
 
 FAST_RSA = _install_fast_rsa()
 
-# Dual signing (RSA + Ed25519) canonicalises the same body twice, and body
-# canonicalisation is over half of a signature's cost.  While _sign_with
-# runs, the first result is kept for that body object and that algorithm;
-# outside it (verification, other callers) nothing is cached.
+
+def relaxed_body(body: bytes) -> bytes:
+    """dkimpy's relaxed body canonicalisation (RFC 6376 3.4.4), with bytes methods instead of re.sub.
+
+    dkimpy rewrites every run of white space with a regular expression:
+    one match, and one Python-level replacement, per run, which for a
+    10 KB text is about as much CPU as the RSA signature itself.  Here a
+    run becomes one space by halving (a tab is a space first), then the
+    one space left before each CRLF goes; that is dkimpy's result
+    (tests/unit/test_dkim_sign.py compares both on many shapes).  Linear
+    in the body times the log of its longest run.  The end of the body is
+    dkimpy's own code.
+    """
+    if b"\t" in body:
+        body = body.replace(b"\t", b" ")
+    while b"  " in body:
+        body = body.replace(b"  ", b" ")
+    body = body.replace(b" \r\n", b"\r\n")
+    return _correct_empty_body(_strip_trailing_lines(body))  # type: ignore[no-any-return]
+
+
+def relaxed_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """dkimpy's relaxed header canonicalisation (RFC 6376 3.4.2), without regular expressions.
+
+    Unfolding removes CRLF and lone LF, as dkimpy's ``\\r?\\n`` does; runs of
+    white space become one space; the value is stripped; the name is
+    lower-cased and stripped at its end.
+    """
+    out = []
+    for name, value in headers:
+        value = value.replace(b"\r\n", b"").replace(b"\n", b"")
+        if b"\t" in value:
+            value = value.replace(b"\t", b" ")
+        while b"  " in value:
+            value = value.replace(b"  ", b" ")
+        out.append((name.lower().rstrip(), value.strip() + b"\r\n"))
+    return out
+
+
+# While _sign_with runs (and only then: verification and other callers get
+# dkimpy's own code), relaxed canonicalisation is ours (above), and the
+# body's result is kept for that body object and algorithm: dual signing
+# (RSA + Ed25519) would otherwise canonicalise the same body twice.
 _canon = threading.local()
+_canonicalization = getattr(dkimpy, "canonicalization", None)
+_RELAXED = getattr(_canonicalization, "Relaxed", None)
+_strip_trailing_lines: Any = getattr(_canonicalization, "strip_trailing_lines", None)
+_correct_empty_body: Any = getattr(_canonicalization, "correct_empty_body", None)
 
 
-def _install_body_cache() -> None:
+def _install_fast_canon() -> None:
     policy = getattr(dkimpy, "CanonicalizationPolicy", None)
-    pure = getattr(policy, "canonicalize_body", None)
-    if policy is None or pure is None or getattr(pure, "_pysendmail", False):
+    pure_body = getattr(policy, "canonicalize_body", None)
+    pure_headers = getattr(policy, "canonicalize_headers", None)
+    if policy is None or pure_body is None or pure_headers is None or getattr(pure_body, "_pysendmail", False):
         return
+    # A dkimpy without these names canonicalises at its own speed (still cached).
+    fast = _RELAXED is not None and _strip_trailing_lines is not None and _correct_empty_body is not None
 
-    def cached(self: Any, body: bytes) -> Any:
+    def canon_body(self: Any, body: bytes) -> Any:
         memo = getattr(_canon, "memo", None)
         if memo is None:
-            return pure(self, body)
+            return pure_body(self, body)
         key = (id(body), self.body_algorithm)
         if key not in memo:
-            memo[key] = (body, pure(self, body))  # body kept alive: its id stays unique
+            # body kept alive: its id stays unique
+            memo[key] = (body, relaxed_body(body) if fast and self.body_algorithm is _RELAXED else pure_body(self, body))
         return memo[key][1]
 
-    cached._pysendmail = True  # type: ignore[attr-defined]
-    policy.canonicalize_body = cached
+    def canon_headers(self: Any, headers: Any) -> Any:
+        if fast and self.header_algorithm is _RELAXED and getattr(_canon, "memo", None) is not None:
+            return relaxed_headers(headers)
+        return pure_headers(self, headers)
+
+    canon_body._pysendmail = True  # type: ignore[attr-defined]
+    policy.canonicalize_body = canon_body
+    policy.canonicalize_headers = canon_headers
 
 
-_install_body_cache()
+_install_fast_canon()
 
 
 def parse_for_dkimpy(message: bytes) -> tuple[list[list[bytes]], bytes] | None:
@@ -248,7 +343,11 @@ def parse_private_key(data: bytes, path: str, domain: str, algorithm: str) -> tu
         if b"ENCRYPTED" in data:
             raise ConfigError(f"{what} is protected by a passphrase the daemon cannot type: store it unencrypted, mode 0600")
         try:
-            key = serialization.load_pem_private_key(data, password=None)
+            # OpenSSL's RSA key validation (primality of p and q and the
+            # rest) is 30-50 ms of every daemon start for a 2048-bit key.
+            # What matters here, that the private half signs what the
+            # public half verifies, is checked below with one signature.
+            key = serialization.load_pem_private_key(data, password=None, unsafe_skip_rsa_key_validation=True)
         except (ValueError, TypeError):
             raise ConfigError(
                 f"{what} is not a private key in PEM form: make one with 'pysendmail dkim keygen'"
@@ -266,6 +365,9 @@ def parse_private_key(data: bytes, path: str, domain: str, algorithm: str) -> tu
         if algorithm != "rsa-sha256":
             raise ConfigError(f'{what} is an RSA key but dkim.algorithm is {algorithm}: set algorithm = "rsa-sha256"')
         bits = key.key_size
+        if not _rsa_consistent(key):
+            raise ConfigError(f"{what} is not a valid RSA key (its signatures do not verify with its own public key): "
+                              "make a new one with 'pysendmail dkim keygen'")
         if bits < MIN_BITS:
             raise ConfigError(
                 f"{what} has only {bits} bits, and receivers ignore RSA keys under {MIN_BITS} bits (RFC 8301): "
@@ -289,6 +391,21 @@ def parse_private_key(data: bytes, path: str, domain: str, algorithm: str) -> tu
         public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return base64.b64encode(seed), public, 256, None
     raise ConfigError(f"{what} is a {type(key).__name__.lstrip('_')}, but DKIM signs with RSA or Ed25519 keys only")
+
+
+def _rsa_consistent(key: Any) -> bool:
+    """True when ``key`` signs what its public key verifies (a key loaded without OpenSSL's validation)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    probe = b"pysendmail DKIM key check"
+    try:
+        signature = key.sign(probe, padding.PKCS1v15(), hashes.SHA256())
+        key.public_key().verify(signature, probe, padding.PKCS1v15(), hashes.SHA256())
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def load_key(table: sections.DkimConfig, where: str, fast: bool = True) -> tuple[Key, list[str]]:

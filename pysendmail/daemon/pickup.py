@@ -33,7 +33,10 @@ Security:   incoming/ is writable by every local user.  Each check below
 Crashes:    queue/<qid> is complete before incoming/<qid> is unlinked; a
             crash between the two leaves both, and the next pickup sees
             queue/<qid> exists and only unlinks the incoming copy: no
-            duplicate.  Unready (0600) files are left alone until stale.
+            duplicate.  A pass writes (and fsyncs) each queue file, then
+            syncs queue/ once, and only then unlinks the incoming files
+            and logs them (``Batch``): a crash anywhere in a pass leaves
+            every submission in incoming/, queued or not.  Unready (0600) files are left alone until stale.
             The scanner's memory is only an optimisation: a new process
             lists and looks at everything once.
 See also:   Postfix pickup(8) and cleanup(8); ../shared/DESIGN.md.
@@ -46,8 +49,9 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 
-from pysendmail.core import config, layout, log, queue, rfc5322, spoolfile
+from pysendmail.core import config, durable, layout, log, queue, rfc5322, spoolfile
 from pysendmail.core.qid import QID_LEN, is_qid
 from pysendmail.daemon import cleanup
 from pysendmail.daemon.quarantine import Bounds, Quarantine
@@ -250,17 +254,67 @@ def _lmode(path: str) -> int:
         return 0
 
 
+_OWNER_NAMES: dict[int, tuple[float, str]] = {}
+OWNER_NAME_TTL = 60.0  # a renamed or removed account shows in Received lines within a minute
+
+
 def _owner_name(uid: int) -> str:
+    """The login name of ``uid`` (its number when it has none), cached: getpwuid reads /etc/passwd each time."""
     import pwd
 
+    now = time.monotonic()
+    known = _OWNER_NAMES.get(uid)
+    if known is not None and now - known[0] < OWNER_NAME_TTL:
+        return known[1]
     try:
-        return pwd.getpwuid(uid).pw_name
+        name = pwd.getpwuid(uid).pw_name
     except KeyError:
-        return str(uid)
+        name = str(uid)
+    if len(_OWNER_NAMES) >= 1024:  # bounded: every local uid may submit
+        _OWNER_NAMES.clear()
+    _OWNER_NAMES[uid] = (now, name)
+    return name
 
 
-def refusal(env: spoolfile.Envelope, message: bytes) -> str | None:
-    """Why sendmail would have refused this envelope and message (exit 65); None if it would not."""
+class Batch:
+    """Submissions of one pickup pass whose queue files are written but whose incoming names remain.
+
+    Each queue file is complete and fsynced under its final name when
+    pickup_one returns; ``commit`` then fsyncs queue/ once for all of them
+    and only after that removes their incoming names and logs them: one
+    directory sync per pass instead of one per message, and still no
+    incoming file is removed before its queue entry is durable.  A name
+    in ``claimed`` (a queued submission's, or another name for it) is not
+    looked at again in the pass.
+    """
+
+    def __init__(self, spool: layout.Spool) -> None:
+        self.spool = spool
+        self.claimed: set[str] = set()
+        self.finishers: list[Callable[[], None]] = []
+
+    def add(self, names: list[str], finish: Callable[[], None]) -> None:
+        self.claimed.update(names)
+        self.finishers.append(finish)
+
+    def commit(self) -> None:
+        """Make the pass's queue entries durable, then remove their incoming names."""
+        if not self.finishers:
+            return
+        durable.fsync_dir(self.spool.queue)  # raises: every incoming name stays, the next pass finishes them
+        finishers, self.finishers = self.finishers, []
+        self.claimed.clear()
+        for finish in finishers:
+            finish()
+
+
+def refusal(env: spoolfile.Envelope, message: bytes, head: bytes | None = None) -> str | None:
+    """Why sendmail would have refused this envelope and message (exit 65); None if it would not.
+
+    ``head``: the header section of ``message`` with its newlines
+    normalised, when the caller has it (pickup_one shares that step with
+    cleanup instead of making two copies of the message).
+    """
     try:
         if env.sender:
             rfc5322.check_addr_spec(env.sender)
@@ -270,7 +324,8 @@ def refusal(env: spoolfile.Envelope, message: bytes) -> str | None:
             rfc5322.check_addr_spec(rcpt)
     except rfc5322.AddressError as exc:
         return f"bad address: {exc}"
-    head, _ = rfc5322.split_message(normalise_newlines(message))
+    if head is None:
+        head, _ = rfc5322.split_message(normalise_newlines(message))
     if b"\0" in head:
         return "the message headers hold a NUL byte"
     return rfc5322.header_limit_error(head)
@@ -295,19 +350,23 @@ def pickup_all(
     names = scan.candidates(spool.incoming, now)
     handled = 0
     pos = 0
+    batch = Batch(spool)
     try:
         for pos, name in enumerate(names):
             if limit is not None and handled >= limit:
                 return queued, True  # the rest: pending, first in the next pass
-            if name in scan.stuck:
+            if name in scan.stuck or name in batch.claimed:
                 continue
             scan.looked += 1
             seen = scan.left.pop(name, None)
             scan.young.discard(name)
-            qid = pickup_one(spool, name, ctx, max_size, scan, seen[1] if seen else None)
+            qid = pickup_one(spool, name, ctx, max_size, scan, seen[1] if seen else None, batch)
             if qid:
                 queued.append(qid)
                 handled += 1
+                continue
+            if name in batch.claimed:
+                handled += 1  # found queued already: its incoming name goes with the batch
                 continue
             try:
                 st = os.lstat(spool.incoming_file(name))
@@ -327,16 +386,21 @@ def pickup_all(
         pos = len(names)
     finally:
         # An exception (a full disk while queueing) must not make the
-        # scanner forget the names this pass did not reach.
+        # scanner forget the names this pass did not reach, nor leave the
+        # submissions queued before it half done.
         scan.pending.update(names[pos:])
+        batch.commit()
     return queued, bool(scan.sweep or scan.pending)
 
 
 def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: int,
-               scan: Scanner | None = None, seen: float | None = None) -> str | None:
+               scan: Scanner | None = None, seen: float | None = None, batch: Batch | None = None) -> str | None:
     """Deal with incoming/<name>: its queue id when queued, else None (left alone or dealt with).
 
     ``seen``: when this process first saw the entry (for unready files).
+    With a ``batch``, the incoming names of a queued submission (and of
+    one found queued already) are removed by ``batch.commit()``, after
+    queue/ is synced; without one, before this returns.
     """
     path = spool.incoming_file(name)
     try:
@@ -378,7 +442,13 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
         _quarantine(spool, name, f"unexpected mode {mode:04o}", scan)
         return None
     if os.path.exists(spool.queue_file(name)):
-        os.unlink(path)  # crash after queueing, before this unlink: already queued
+        # A crash after queueing, before this unlink: already queued.  Its
+        # queue/ entry may not be durable yet (killed before the sync).
+        if batch is not None:
+            batch.add([name], lambda: _unlink(path, ""))
+        else:
+            durable.fsync_dir(spool.queue)
+            os.unlink(path)
         return None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -416,7 +486,11 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
         # The envelope claims another uid than the file's owner: forged.
         _quarantine(spool, name, f"envelope uid {env.uid} is not the file owner's uid {st.st_uid}", scan)
         return None
-    why = refusal(env, message)
+    # Newlines normalised and the header section found once, for the
+    # checks and for cleanup: two more copies of the message otherwise.
+    message = normalise_newlines(message)
+    head, body = rfc5322.split_message(message)
+    why = refusal(env, message, head)
     if why:
         # The file need not come from sendmail: what sendmail refuses with
         # exit 65 (a bad address, a header section over the limits that
@@ -450,29 +524,47 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
             return None
         qid = real_name(names, env, st)
         if os.path.exists(spool.queue_file(qid)):
-            for other in names:  # queued before a crash; only the names were left
-                _unlink(spool.incoming_file(other), "")
+            # Queued before a crash; only the names were left.
+            def forget() -> None:
+                for other in names:
+                    _unlink(spool.incoming_file(other), "")
+
+            if batch is not None:
+                batch.add(names, forget)
+            else:
+                durable.fsync_dir(spool.queue)
+                forget()
             return None
     owner = (st.st_uid, _owner_name(st.st_uid))
-    new_env, new_message, refused = cleanup.clean(env, message, qid, ctx, owner)
+    new_env, new_message, refused = cleanup.clean(env, message, qid, ctx, owner, split=(head, body))
     now = time.time()
     # Local recipients with nowhere to go are failed in the same atomic
     # write: they bounce, and can never reach the relay.
-    queue.write_new(spool.queue, qid, spoolfile.encode(new_env, new_message) + cleanup.refusal_records(refused, now))
-    for other in names:
-        if other != qid:
-            _unlink(spool.incoming_file(other),
-                    f"pickup: incoming/{log.safe(other)} removed: another name (hard link) for {qid}, "
-                    f"uid {st.st_uid}'s submission, queued once as {qid}")
-    os.unlink(spool.incoming_file(qid))
-    log.event(
-        qid,
-        f"uid={owner[0]} ({owner[1]})",
-        f"from=<{log.safe(new_env.sender)}>",
-        size=len(new_message),
-        nrcpt=len(new_env.recipients),
-    )
-    cleanup.log_refused(qid, new_env, refused, now)
+    queue.write_new(spool.queue, qid, spoolfile.encode(new_env, new_message) + cleanup.refusal_records(refused, now),
+                    sync_dir=batch is None)
+
+    size = len(new_message)  # the closure keeps no message bytes alive until the batch commits
+
+    def finish() -> None:
+        for other in names:
+            if other != qid:
+                _unlink(spool.incoming_file(other),
+                        f"pickup: incoming/{log.safe(other)} removed: another name (hard link) for {qid}, "
+                        f"uid {st.st_uid}'s submission, queued once as {qid}")
+        os.unlink(spool.incoming_file(qid))
+        log.event(
+            qid,
+            f"uid={owner[0]} ({owner[1]})",
+            f"from=<{log.safe(new_env.sender)}>",
+            size=size,
+            nrcpt=len(new_env.recipients),
+        )
+        cleanup.log_refused(qid, new_env, refused, now)
+
+    if batch is not None:
+        batch.add(names, finish)
+    else:
+        finish()
     return qid
 
 

@@ -368,7 +368,8 @@ def serialize(fields: Fields) -> bytes:
 def _long_lines(data: bytes) -> bool:
     if len(data) <= MAX_LINE:
         return False
-    return any(len(line) > MAX_LINE for line in data.split(b"\r\n"))
+    # map/max stay in C: a generator per line was most of prepare()'s cost.
+    return max(map(len, data.split(b"\r\n"))) > MAX_LINE
 
 
 def _bare_cr(data: bytes) -> bool:

@@ -313,3 +313,50 @@ def test_submission_into_symlinked_incoming_exits_78_naming_directory(env: Env, 
     assert proc.returncode == 78, proc.stderr
     assert str(incoming) in one_sentence(proc.stderr)
     assert list(elsewhere.iterdir()) == []
+
+
+# ------------------------------------------------------------------ pickup batches under kill -9
+
+
+def test_sigkill_during_pickup_batches_loses_nothing_and_delivers_each_once(tmp_path: Path, relay_factory) -> None:
+    """Pickup syncs queue/ once per pass and only then unlinks that pass's
+    incoming files (daemon/pickup.py Batch).  A real daemon is SIGKILLed
+    while a pass has written some queue files and unlinked nothing; at
+    every kill each submission is still in incoming/ or in queue/, none is
+    quarantined, and in the end each is delivered exactly once."""
+    import concurrent.futures
+
+    from tests.conftest import relay_env, stop_process, wait_until
+
+    relay = relay_factory("implicit")
+    relay.rcpt_replies["someone@example.net"] = "451 4.3.0 try later"  # nothing leaves: queue/ only grows
+    e = relay_env(tmp_path, relay)
+    total = 250
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda n: e.sendmail("-t", "-i", input=b"To: someone@example.net\nSubject: batch %03d\n\n"
+                                           b"body %d\n" % (n, n), check=True), range(total)))
+    submitted = set(e.incoming())
+    assert len(submitted) == total
+
+    for point in (30, 130, 190):  # inside the first, second and third passes of 100
+        with open(tmp_path / f"daemon-{point}.log", "wb") as log:
+            proc = subprocess.Popen([program("pysendmail"), "daemon"], env=e.environ, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: len(e.queued()) >= point or proc.poll() is not None, f"{point} queue files",
+                       timeout=60)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            stop_process(proc)
+        assert proc.returncode == -signal.SIGKILL, (tmp_path / f"daemon-{point}.log").read_text()
+        queued, incoming = set(e.queued()), set(e.incoming())
+        assert queued | incoming == submitted, f"lost at kill {point}: {sorted(submitted - queued - incoming)[:5]}"
+        assert os.listdir(e.spool / "quarantine") == []
+
+    relay.rcpt_replies.clear()
+    e.flush()  # picks up what is left and tries everything now (sendmail -q ignores the backoff)
+
+    subjects = [m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for m in relay.messages]
+    assert sorted(subjects) == [b"batch %03d" % n for n in range(total)]
+    assert e.incoming() == [] and e.queued() == [] and os.listdir(e.spool / "quarantine") == []
