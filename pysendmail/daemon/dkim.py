@@ -347,7 +347,10 @@ def parse_private_key(data: bytes, path: str, domain: str, algorithm: str) -> tu
             # rest) is 30-50 ms of every daemon start for a 2048-bit key.
             # What matters here, that the private half signs what the
             # public half verifies, is checked below with one signature.
-            key = serialization.load_pem_private_key(data, password=None, unsafe_skip_rsa_key_validation=True)
+            try:
+                key = serialization.load_pem_private_key(data, password=None, unsafe_skip_rsa_key_validation=True)
+            except TypeError:  # cryptography < 39 (Debian 12 has 38) has no such option: it validates
+                key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError):
             raise ConfigError(
                 f"{what} is not a private key in PEM form: make one with 'pysendmail dkim keygen'"

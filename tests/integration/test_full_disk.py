@@ -116,9 +116,11 @@ def test_daemon_survives_enospc_in_pickup_and_delivers_when_space_returns(full_e
         full_env.sendmail("-t", "-i", input=message(1024, "third"))  # a wake-up finds space again
         wait_until(lambda: len(full_env.delivered()) == 3, "delivery after space returned", timeout=90)
         assert full_env.incoming() == [] and full_env.queued() == []
+        # Logged at the end of the round that wrote again, which may be just
+        # after its deliveries reached the Maildir.
+        wait_until(lambda: "writes work again, resuming" in d.log(), "the recovery to be logged")
         log = d.log()
         assert log.count("cannot pick up new mail") == 1, log
-        assert "writes work again, resuming" in log
         assert "Traceback" not in log and "internal error" not in log
         assert d.stop() == 0
     finally:
