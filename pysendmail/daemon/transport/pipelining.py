@@ -79,6 +79,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import re
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -86,15 +87,25 @@ from typing import Callable
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
-from aiosmtplib.protocol import (
-    COMMAND_INJECTION_REGEX,
-    MAX_LINE_LENGTH,
-    MAX_RESPONSE_LENGTH,
-    PERIOD_REGEX,
-    SMTPProtocol,
-    normalize_message_line_endings,
-)
+from aiosmtplib.protocol import MAX_LINE_LENGTH, PERIOD_REGEX, SMTPProtocol
 from aiosmtplib.response import SMTPResponse
+
+# The protocol takes over from aiosmtplib's through its connection-lost
+# callback (_on_connection_lost) and its QUIT mark (_quit_sent), which
+# aiosmtplib has had since 5.1.  With an older one (Debian 12 ships 2.0)
+# the session keeps aiosmtplib's one-command-at-a-time dialogue: slower
+# at a distance, never wrong (smtp.py reads SUPPORTED).
+SUPPORTED = hasattr(aiosmtplib.SMTP, "_on_connection_lost")
+MAX_RESPONSE_LENGTH = MAX_LINE_LENGTH * 4  # a whole reply, as aiosmtplib 5.1 bounds it
+COMMAND_INJECTION_REGEX = re.compile(rb"[\x00-\x1f\x7f]")  # C0 controls and DEL never go into a command
+_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
+
+
+def normalize_message_line_endings(message: bytes) -> bytes:
+    """CRLF for every line ending (a lone CR or LF too), and one at the end, as DATA sends it."""
+    message = _LINE_ENDINGS.sub(b"\r\n", message)
+    return message if message.endswith(b"\r\n") else message + b"\r\n"
+
 
 INVALID = -1  # aiosmtplib's code for a reply it could not parse (SMTPStatus.invalid_response)
 
