@@ -38,15 +38,7 @@ class FakeTransport:
         self.on_disk: list[bytes] = []  # the queue file's bytes at each deliver call
         self.resets = 0
         self.closed = False
-        self._signer: Signer | None = None
-
-    @property
-    def signer(self) -> Signer | None:
-        return self._signer
-
-    @signer.setter
-    def signer(self, value: Signer | None) -> None:
-        self._signer = value
+        self.signer: Signer | None = None
 
     def plan(self, msg: QueuedMessage) -> Plan:
         return Plan("fake", None, None, chunked(msg.pending(), self.max_rcpt), self.blocked)

@@ -226,8 +226,9 @@ def test_expired_access_token_is_refreshed_by_the_running_daemon_and_stored_befo
     assert stored(e)["refresh_token"] == seen[-1][1]
 
 
-def test_refused_token_is_refreshed_once_and_retried_on_the_same_session(
-        tmp_path: Path, relay_factory, oauth_server: OAuthServer, daemons) -> None:
+def delivering_with_a_token(tmp_path: Path, relay_factory, oauth_server: OAuthServer,
+                            daemons) -> tuple[Relay, Env, Daemon]:
+    """Signed in, a daemon running, and a first message delivered with the server's token."""
     relay = relay_factory("implicit", oauth=("XOAUTH2",))
     relay.oauth_check = oauth_server.check_access_token
     e = oauth_env(tmp_path, relay, oauth_server)
@@ -235,6 +236,12 @@ def test_refused_token_is_refreshed_once_and_retried_on_the_same_session(
     d = daemons(e)
     submit(e, "one")
     relay.wait_for(1)
+    return relay, e, d
+
+
+def test_refused_token_is_refreshed_once_and_retried_on_the_same_session(
+        tmp_path: Path, relay_factory, oauth_server: OAuthServer, daemons) -> None:
+    relay, e, d = delivering_with_a_token(tmp_path, relay_factory, oauth_server, daemons)
     before = oauth_server.refreshes
     oauth_server.expire_access_tokens()  # the daemon's copy still looks valid to it
 
@@ -251,13 +258,7 @@ def test_refused_token_is_refreshed_once_and_retried_on_the_same_session(
 
 def test_token_refused_again_after_refresh_holds_without_a_second_refresh(
         tmp_path: Path, relay_factory, oauth_server: OAuthServer, daemons) -> None:
-    relay = relay_factory("implicit", oauth=("XOAUTH2",))
-    relay.oauth_check = oauth_server.check_access_token
-    e = oauth_env(tmp_path, relay, oauth_server)
-    assert login(e, oauth_server)[0] == 0
-    d = daemons(e)
-    submit(e, "one")
-    relay.wait_for(1)
+    relay, e, d = delivering_with_a_token(tmp_path, relay_factory, oauth_server, daemons)
     attempts = oauth_server.refresh_attempts
     relay.oauth_check = lambda token: False  # the relay refuses every token from now on
     assert relay.quitting.wait(20)

@@ -55,15 +55,7 @@ class MaildirTransport:
         # Signed like relayed mail, so that a developer sees (and can verify)
         # the DKIM-Signature a receiver would get; a local Maildir takes
         # 8-bit and UTF-8 as they are, so only over-long lines are changed.
-        self._signer: Signer | None = None
-
-    @property
-    def signer(self) -> Signer | None:
-        return self._signer
-
-    @signer.setter
-    def signer(self, value: Signer | None) -> None:
-        self._signer = value
+        self.signer: Signer | None = None
 
     def _unique(self) -> str:
         self._count += 1
@@ -81,11 +73,11 @@ class MaildirTransport:
         return final
 
     def plan(self, msg: QueuedMessage) -> Plan:
-        header_from = rfc5322.first_from(msg.message) if msg.message and self._signer is not None else None
+        header_from = rfc5322.first_from(msg.message) if msg.message and self.signer is not None else None
         return Plan(None, None, header_from, chunked(msg.pending(), 0))
 
     async def deliver(self, msg: QueuedMessage, indices: list[int], plan: Plan) -> list[Result]:
-        data = wire.for_delivery(msg, eightbit=True, utf8=True, signer=self._signer,
+        data = wire.for_delivery(msg, eightbit=True, utf8=True, signer=self.signer,
                                  header_from=plan.header_from).data
         body = data.replace(b"\r\n", b"\n")
         sender = msg.envelope.sender
