@@ -503,7 +503,33 @@ def run(cfg: config.Config, interval: int | None) -> int:
     return _serve_locked(cfg, interval, lock)
 
 
+M_ARENA_MAX = -8  # glibc's mallopt(3) parameter
+
+
+def limit_malloc_arenas() -> None:
+    """One glibc malloc arena for the daemon's threads, set before the first worker thread starts.
+
+    glibc gives each thread that allocates its own arena and keeps what
+    they free: with pickup and signing in worker threads beside the loop,
+    100,000 messages picked up left RSS at 76 MB instead of 52 MB
+    (bench/drain's 100k phase).  The threads take turns at the GIL anyway,
+    so one arena costs no throughput.  MALLOC_ARENA_MAX in the environment
+    wins; another C library (musl) is left alone.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+
+
 def _serve_locked(cfg: config.Config, interval: int | None, lock: SpoolLock) -> int:
+    limit_malloc_arenas()
     try:
         asyncio.run(Daemon(cfg, interval).serve())
     finally:
