@@ -192,14 +192,21 @@ def test_pkce_login_refuses_an_address_from_another_attempt(tmp_path: Path, rela
     assert not token_file(e).exists() and oauth_server.code_logins == 0
 
 
+def signed_in(tmp_path: Path, relay_factory, oauth_server: OAuthServer,
+              mechanism: str = "XOAUTH2") -> tuple[Relay, Env]:
+    """A relay that takes only the server's live tokens, and a config signed in to it by the device flow."""
+    relay = relay_factory("implicit", oauth=(mechanism,))
+    relay.oauth_check = oauth_server.check_access_token
+    e = oauth_env(tmp_path, relay, oauth_server)
+    assert login(e, oauth_server)[0] == 0
+    return relay, e
+
+
 # ------------------------------------------------------------------ refresh in the running daemon
 def test_expired_access_token_is_refreshed_by_the_running_daemon_and_stored_before_use(
         tmp_path: Path, relay_factory, oauth_server: OAuthServer, daemons) -> None:
-    relay = relay_factory("implicit", oauth=("OAUTHBEARER",))
-    relay.oauth_check = oauth_server.check_access_token
     oauth_server.access_lifetime = 2
-    e = oauth_env(tmp_path, relay, oauth_server)
-    assert login(e, oauth_server)[0] == 0
+    relay, e = signed_in(tmp_path, relay_factory, oauth_server, "OAUTHBEARER")
     seen: list[tuple[str | None, str | None]] = []  # (stored refresh token, the pair's) at first use
 
     def first_use(access: str, refresh: str | None) -> None:
@@ -229,10 +236,7 @@ def test_expired_access_token_is_refreshed_by_the_running_daemon_and_stored_befo
 def delivering_with_a_token(tmp_path: Path, relay_factory, oauth_server: OAuthServer,
                             daemons) -> tuple[Relay, Env, Daemon]:
     """Signed in, a daemon running, and a first message delivered with the server's token."""
-    relay = relay_factory("implicit", oauth=("XOAUTH2",))
-    relay.oauth_check = oauth_server.check_access_token
-    e = oauth_env(tmp_path, relay, oauth_server)
-    assert login(e, oauth_server)[0] == 0
+    relay, e = signed_in(tmp_path, relay_factory, oauth_server)
     d = daemons(e)
     submit(e, "one")
     relay.wait_for(1)
@@ -275,10 +279,7 @@ def test_token_refused_again_after_refresh_holds_without_a_second_refresh(
 
 def test_oversized_token_answer_defers_and_shows_refresh_failing_since(
         tmp_path: Path, relay_factory, oauth_server: OAuthServer) -> None:
-    relay = relay_factory("implicit", oauth=("XOAUTH2",))
-    relay.oauth_check = oauth_server.check_access_token
-    e = oauth_env(tmp_path, relay, oauth_server)
-    assert login(e, oauth_server)[0] == 0
+    relay, e = signed_in(tmp_path, relay_factory, oauth_server)
     kept = stored(e)["refresh_token"]
     oauth_server.pad_token_response = 3 << 20  # more than the 1 MiB pysendmail reads
     submit(e, "waits")
@@ -301,11 +302,8 @@ def test_oversized_token_answer_defers_and_shows_refresh_failing_since(
 # ------------------------------------------------------------------ crash
 def test_rotation_survives_kill_9_between_token_response_and_file_write(
         tmp_path: Path, relay_factory, oauth_server: OAuthServer, daemons) -> None:
-    relay = relay_factory("implicit", oauth=("OAUTHBEARER",))
-    relay.oauth_check = oauth_server.check_access_token
     oauth_server.access_lifetime = 2
-    e = oauth_env(tmp_path, relay, oauth_server)
-    assert login(e, oauth_server)[0] == 0
+    relay, e = signed_in(tmp_path, relay_factory, oauth_server, "OAUTHBEARER")
     d = daemons(e)
     submit(e, "before the crash")
     relay.wait_for(1)
@@ -346,10 +344,7 @@ def test_rotation_survives_kill_9_between_token_response_and_file_write(
 # ------------------------------------------------------------------ revocation
 def test_revoked_login_holds_route_with_hint_then_new_login_delivers_nothing_lost(
         tmp_path: Path, relay_factory, oauth_server: OAuthServer, daemons) -> None:
-    relay = relay_factory("implicit", oauth=("XOAUTH2",))
-    relay.oauth_check = oauth_server.check_access_token
-    e = oauth_env(tmp_path, relay, oauth_server)
-    assert login(e, oauth_server)[0] == 0
+    relay, e = signed_in(tmp_path, relay_factory, oauth_server)
     d = daemons(e)
     submit(e, "one")
     relay.wait_for(1)
