@@ -32,7 +32,8 @@ at a time from its buffer, so pipelined commands are really processed in
 order; the relay's replies are held and written together only when no
 complete command is left in its input (after one turn of the event loop
 for bytes already in transit), as a pipelining server flushes: each
-flush is one round trip, counted in ``flushes``.  ``split_replies`` =
+flush is one round trip, counted in ``flushes``; each reply held for a
+later command of its group counts in ``held``.  ``split_replies`` =
 f(n) -> offsets cuts each flush of n bytes at those offsets into separate
 writes (a short pause between them), so replies reach the client merged
 and split at arbitrary byte boundaries.  ``chunking=True`` also offers
@@ -358,6 +359,8 @@ class _SMTP(SMTP):
         if self.relay.pipelining and self._input_has_command():
             await asyncio.sleep(0)  # bytes already in transit join the input first
             if self._input_has_command():
+                with self.relay.cond:
+                    self.relay.held += 1
                 return  # RFC 2920 3.2: the reply waits for the group's last command
         await self._flush(self.relay.split_replies)
 
@@ -420,6 +423,7 @@ class Relay:
         self.chunking = chunking
         self.split_replies: Callable[[int], list[int]] | None = None  # flush of n bytes -> cut offsets
         self.flushes = 0  # writes of held replies: the client's round trips
+        self.held = 0  # replies held for a later command of the same group: the client pipelined
         self.extra_after_eod = b""  # written after each reply to an end of data: a reply to no command
         self.inject_after_starttls = b""  # written in clear right after the 220 to STARTTLS (a MITM's bytes)
         self.commands: list[str] = []  # every command word, in order

@@ -162,6 +162,7 @@ def test_warm_connection_costs_one_round_trip_per_message(relay_factory, chunkin
     # flush with the previous message's end of data: one round trip each,
     # plus the last end of data and QUIT (one command at a time: 5 each).
     assert relay.flushes - before["flushes"] <= len(msgs) + 2
+    assert relay.held >= 3 * len(msgs)  # at least MAIL and both RCPTs of each waited for its DATA
 
 
 def test_relay_without_pipelining_gets_one_command_per_round_trip(relay_factory) -> None:

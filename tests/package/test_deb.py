@@ -395,6 +395,7 @@ def test_php_mail_daemon_upgrade_remove_purge(installed: Chroot, debs: tuple[Pat
         log = daemon.communicate(timeout=60)[0]
     assert daemon.returncode == 0, log
     assert got.tls and got.rcpt_tos == ["someone@example.net"], log
+    assert relay.held > 0, "Debian 12's python3-aiosmtplib (2.0) should carry the pipelining layer"
     assert b"Subject: from the package" in got.data and b"Hello from Debian 12." in got.data
     assert re.search(r"status=sent", log), log
     assert relay.password not in log

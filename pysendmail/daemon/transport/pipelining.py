@@ -83,19 +83,18 @@ import re
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import MAX_LINE_LENGTH, PERIOD_REGEX, SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 
-# The protocol takes over from aiosmtplib's through its connection-lost
-# callback (_on_connection_lost) and its QUIT mark (_quit_sent), which
-# aiosmtplib has had since 5.1.  With an older one (Debian 12 ships 2.0)
-# the session keeps aiosmtplib's one-command-at-a-time dialogue: slower
-# at a distance, never wrong (smtp.py reads SUPPORTED).
-SUPPORTED = hasattr(aiosmtplib.SMTP, "_on_connection_lost")
+# What this layer takes from aiosmtplib is what 2.0 (Debian 12), 4.0
+# (Debian 13) and 5.x all have: SMTPProtocol's constructor with ``loop``,
+# its writer, command lock and STARTTLS, and SMTP's _create_connection.
+# The connection-lost notice and the QUIT mark, which those versions do
+# differently (or not at all), are kept here.
 MAX_RESPONSE_LENGTH = MAX_LINE_LENGTH * 4  # a whole reply, as aiosmtplib 5.1 bounds it
 COMMAND_INJECTION_REGEX = re.compile(rb"[\x00-\x1f\x7f]")  # C0 controls and DEL never go into a command
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
@@ -129,9 +128,11 @@ class PipeliningProtocol(SMTPProtocol):
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop | None = None,
-        connection_lost_callback: Callable[[SMTPProtocol], None] | None = None,
+        on_lost: Callable[[PipeliningProtocol], None] | None = None,
     ) -> None:
-        super().__init__(loop=loop, connection_lost_callback=connection_lost_callback)
+        super().__init__(loop=loop)
+        self._on_lost = on_lost  # told once the connection is gone, after every waiter has its answer
+        self._quit_sent = False
         self._expected: collections.deque[asyncio.Future[SMTPResponse]] = collections.deque()
         self._unclaimed: collections.deque[asyncio.Future[SMTPResponse]] = collections.deque()
         # The reply being received: its bytes (only ever one partial reply
@@ -147,6 +148,7 @@ class PipeliningProtocol(SMTPProtocol):
     # --- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self._response_waiter = None  # aiosmtplib's single waiter: this reader never sets or reads it
         self._unclaimed.append(self._expect_one())  # the greeting
 
     def adopt(self, old: SMTPProtocol) -> None:
@@ -224,6 +226,13 @@ class PipeliningProtocol(SMTPProtocol):
             lost.__cause__ = exc
         self._fail(lost, close=False)
         super().connection_lost(exc)
+        if self._on_lost is not None:
+            self._on_lost(self)
+
+    async def execute_command(self, *args: bytes, timeout: float | None = None) -> SMTPResponse:
+        if args == (b"QUIT",):
+            self._quit_sent = True  # a close instead of the 221 is then the answer (see connection_lost)
+        return await super().execute_command(*args, timeout=timeout)
 
     def _fail(self, exc: BaseException, close: bool = True) -> None:
         """Every reply still expected fails with ``exc``, and so does every later one: out of step is final."""
@@ -303,14 +312,19 @@ class PipeliningProtocol(SMTPProtocol):
 class PipeliningSMTP(aiosmtplib.SMTP):
     """aiosmtplib.SMTP on a PipeliningProtocol; ``pipelining``/``chunking`` say what the server offers."""
 
-    async def _create_connection(self, timeout: float | None) -> SMTPResponse:
-        response = await super()._create_connection(timeout)
+    async def _create_connection(self, *args: Any, **kwargs: Any) -> SMTPResponse:
+        # (aiosmtplib 2.0 passes no argument, later versions the timeout)
+        response = await super()._create_connection(*args, **kwargs)
         old = self.protocol
         if old is not None and not isinstance(old, PipeliningProtocol):
-            fresh = PipeliningProtocol(loop=self.loop, connection_lost_callback=self._on_connection_lost)
+            fresh = PipeliningProtocol(loop=self.loop, on_lost=self._protocol_lost)
             fresh.adopt(old)
             self.protocol = fresh
         return response
+
+    def _protocol_lost(self, protocol: PipeliningProtocol) -> None:
+        if protocol is self.protocol:
+            self.close()
 
     @property
     def pipelining(self) -> bool:

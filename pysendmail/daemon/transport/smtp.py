@@ -50,7 +50,6 @@ from pysendmail.daemon import oauth, outcome, secrets, wire
 from pysendmail.daemon.routing.settings import Relay
 from pysendmail.daemon.providers import BOUNCE, HOLD_MESSAGE, HOLD_ROUTE, PAUSE, PRESETS
 from pysendmail.daemon.transport.base import DEFERRED, FAILED, HELD, SENT, Result, one_line
-from pysendmail.daemon.transport.pipelining import SUPPORTED as PIPELINING_SUPPORTED
 from pysendmail.daemon.transport.pipelining import NotSent, Pipeline, PipeliningSMTP, ReplyError, Transaction
 
 TYPE_CHECKING = False
@@ -132,7 +131,7 @@ class _Conn:
 
 class SmtpTransport:
     # 'pysendmail test' puts a tracing one (plain aiosmtplib.SMTP, so one command at a time) here
-    smtp_class: type[aiosmtplib.SMTP] = PipeliningSMTP if PIPELINING_SUPPORTED else aiosmtplib.SMTP
+    smtp_class: type[aiosmtplib.SMTP] = PipeliningSMTP
 
     def __init__(self, relay: dict[str, object], helo: str, name: str = "default",
                  provider: str | None = None, *, health: RouteHealth | None = None, clock: Clock = SYSTEM,
