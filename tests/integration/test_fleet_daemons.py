@@ -69,25 +69,27 @@ def day_count(redis: RedisServer, e: Env) -> object:
 
 @pytest.mark.slow  # three daemons, end to end
 def test_three_hosts_share_one_daily_budget_exactly(tmp_path: Path, relay_factory, daemons, redis) -> None:
+    # The issue's numbers: rate_per_day = 100 and 300 messages spread over the hosts.
+    rate, per_host = 100, 100
     relay = relay_factory()
-    relay.daily_quota = 10  # the provider's own count: overspending would show as refusals
-    envs = fleet_envs(tmp_path, relay, redis, rate_per_day=10)
+    relay.daily_quota = rate  # the provider's own count: overspending would show as refusals
+    envs = fleet_envs(tmp_path, relay, redis, rate_per_day=rate)
     for e in envs:
         daemons(e)
     for n, e in enumerate(envs):
-        for i in range(10):
+        for i in range(per_host):
             submit(e, f"host{n}-{i}")
-    relay.wait_for(10)
+    relay.wait_for(rate, timeout=120)
     # What is left waits for the fleet's budget on every host that still has mail; the relay refused none.
     waiting = [e for e in envs if mailq(e)]
     for e in waiting:
         wait_until(lambda: route(e)["state"] == "budget", "the route to wait for the fleet's budget")
         assert "the fleet's sending budget (rate_per_day)" in str(route(e)["why"])
-    assert sum(len(mailq(e)) for e in envs) == 20
-    assert len(relay.messages) == 10 and relay.quota_refusals == 0
-    assert day_count(redis, envs[0]) == 10
-    assert len({subject(m) for m in relay.messages}) == 10
-    wait_until(lambda: "fleet:       redis as host1.example.org, account localhost/robot@example.org: 10 sent in the "
+    assert sum(len(mailq(e)) for e in envs) == len(envs) * per_host - rate
+    assert len(relay.messages) == rate and relay.quota_refusals == 0
+    assert day_count(redis, envs[0]) == rate
+    assert len({subject(m) for m in relay.messages}) == rate
+    wait_until(lambda: f"fleet:       redis as host1.example.org, account localhost/robot@example.org: {rate} sent in the "
                "last 24 h by every host" in envs[1].run("pysendmail", "status", check=True).stdout.decode(),
                "host1's status to show the fleet's count")
     # host1 may have sent nothing itself, yet shows the account's last success, and where it happened.
