@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Env, relay_env, wait_until
+from tests.conftest import Env, relay_env, wait_until, write_config
 from tests.fakes.redisd import RedisServer, cleanup
 from tests.fakes.relay import PROVIDER_REPLIES, Relay
 from tests.integration.test_daemon import Daemon, daemons, mailq, subject, submit  # noqa: F401 (fixture)
@@ -183,8 +183,6 @@ def test_route_resume_without_a_daemon_lifts_the_fleets_pause(tmp_path: Path, re
     ('redis = "http://127.0.0.1/"\nfleet_size_hint = 3', b"is not redis://"),
 ])
 def test_bad_fleet_table_is_refused_with_one_sentence(tmp_path: Path, table: str, words: bytes) -> None:
-    from tests.conftest import write_config
-
     e = write_config(tmp_path, f"[fleet]\n{table}\n")
     proc = e.run("pysendmail", "config", "check")
     assert proc.returncode == 78 and words in proc.stderr, proc.stderr
