@@ -315,7 +315,7 @@ def parse_interval(text: str) -> int:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     total, number = 0, ""
     for c in text:
-        if c.isdigit():
+        if "0" <= c <= "9" and len(number) < 18:  # ASCII digits ("²" is not one to int()), a bounded count
             number += c
         elif c in units and number:
             total += int(number) * units[c]

@@ -24,9 +24,14 @@ from pysendmail.core.errors import ConfigError
 LOOPBACK = ("127.0.0.1", "::1")
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²" and other digits int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _ipv4(text: str) -> bool:
     parts = text.split(".")
-    return len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts)
+    return len(parts) == 4 and all(_digits(p) and len(p) <= 3 and int(p) <= 255 for p in parts)
 
 
 def _ipv6(text: str) -> bool:
@@ -54,10 +59,6 @@ def _ipv6_words(text: str) -> list[int]:
     return first + [0] * (8 - len(first) - len(last)) + last
 
 
-def is_ip(text: str) -> bool:
-    return _ipv4(text) or _ipv6(text)
-
-
 def is_loopback(ip: str) -> bool:
     """127.0.0.0/8, ::1, and ::ffff:127.x.y.z (an IPv4 loopback written as IPv6)."""
     if _ipv4(ip):
@@ -69,7 +70,7 @@ def is_loopback(ip: str) -> bool:
 
 
 def _port(text: str, where: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not _digits(text) or not 0 < int(text) < 65536:
         raise ConfigError(f"{where}: {text!r} is not a port number (1 to 65535)")
     return int(text)
 
@@ -77,7 +78,7 @@ def _port(text: str, where: str) -> int:
 def parse_listen(text: str, where: str) -> tuple[list[str], int]:
     """(addresses to bind, port) for ``PORT``, ``localhost:PORT``, ``IPv4:PORT`` or ``[IPv6]:PORT``."""
     text = text.strip()
-    if text.isdigit():
+    if _digits(text):
         return list(LOOPBACK), _port(text, where)
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
@@ -125,7 +126,7 @@ def parse_redis_url(text: str, where: str) -> RedisEndpoint:
         db = 0
         for item in query.split("&") if query else []:
             key, _, value = item.partition("=")
-            if key != "db" or not value.isdigit():
+            if key != "db" or not _digits(value):
                 raise ConfigError(f"{where}: unix:// takes only ?db=N, not {item!r}")
             db = int(value)
         if not path.startswith("/"):
@@ -153,6 +154,6 @@ def parse_redis_url(text: str, where: str) -> RedisEndpoint:
     if tail.partition("?")[2]:
         raise ConfigError(f"{where}: options in the URL are not read; use the [fleet] keys (tls, ca_file, "
                           "password_file)")
-    if db_text and not db_text.isdigit():
+    if db_text and not _digits(db_text):
         raise ConfigError(f"{where}: the database after the host must be a number (redis://HOST:6379/0)")
     return RedisEndpoint(host, port, None, int(db_text or 0), username, scheme == "rediss")

@@ -237,7 +237,7 @@ def _command(s: _Session, verb: str, arg: str, host: str, rfile: _Input) -> bool
             s.reply(f"553 5.1.7 {exc}")
             return None
         size = params.get("SIZE", "0")
-        if not size.isdigit():
+        if not (size.isascii() and size.isdigit() and len(size) <= 18):
             s.reply("501 5.5.4 Bad SIZE parameter")
             return None
         if int(size) > s.max_size:

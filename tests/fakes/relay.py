@@ -191,6 +191,8 @@ class _Handler:
         session.host_name = hostname
         if not self.relay.eightbitmime:  # a relay that takes 7-bit only (RFC 6152 not offered)
             responses = [r for r in responses if r != "250-8BITMIME"]
+        if self.relay.size_param is not None:  # what the relay says after SIZE, whatever it is
+            responses = [f"250-SIZE {self.relay.size_param}" if r.startswith("250-SIZE") else r for r in responses]
         extra = ["250-PIPELINING"] * self.relay.pipelining + ["250-CHUNKING"] * self.relay.chunking
         return responses[:-1] + extra + responses[-1:]
 
@@ -424,6 +426,7 @@ class Relay:
         self.split_replies: Callable[[int], list[int]] | None = None  # flush of n bytes -> cut offsets
         self.flushes = 0  # writes of held replies: the client's round trips
         self.held = 0  # replies held for a later command of the same group: the client pipelined
+        self.size_param: str | None = None  # replaces the number in the EHLO reply's SIZE line
         self.extra_after_eod = b""  # written after each reply to an end of data: a reply to no command
         self.inject_after_starttls = b""  # written in clear right after the 220 to STARTTLS (a MITM's bytes)
         self.commands: list[str] = []  # every command word, in order

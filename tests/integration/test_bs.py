@@ -156,6 +156,8 @@ def test_bs_session_queues_two_messages_with_their_envelopes(session: Start, bs_
     assert smtp.docmd("DATA")[0] == 503
     assert smtp.docmd("MAIL", "FROM:<not an address>")[0] in (501, 553)
     assert smtp.docmd("MAIL", f"FROM:<app@example.org> SIZE={MAX_SIZE + 1}")[0] == 552
+    smtp.send("MAIL FROM:<app@example.org> SIZE=\u00b2\r\n".encode())  # a digit to isdigit(), not to int()
+    assert smtp.getreply()[0] == 501
 
     # First message: smtplib's own MAIL/RCPT/DATA (it dot-stuffs the body).
     assert smtp.mail("app@example.org", ["BODY=8BITMIME", f"SIZE={len(FIRST)}"])[0] == 250

@@ -181,6 +181,7 @@ def test_route_resume_without_a_daemon_lifts_the_fleets_pause(tmp_path: Path, re
     ('redis = "redis://127.0.0.1:6379/0"\nfallback = "ignore"', b"must be share or pause"),
     ('fleet_size_hint = 3', b"needs fleet.redis"),
     ('redis = "http://127.0.0.1/"\nfleet_size_hint = 3', b"is not redis://"),
+    ('redis = "redis://127.0.0.1:6379/\u00b2"\nfleet_size_hint = 3', b"must be a number"),
 ])
 def test_bad_fleet_table_is_refused_with_one_sentence(tmp_path: Path, table: str, words: bytes) -> None:
     e = write_config(tmp_path, f"[fleet]\n{table}\n")

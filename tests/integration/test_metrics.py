@@ -177,6 +177,7 @@ def test_metrics_listen_on_a_public_address_needs_allow_remote(tmp_path: Path) -
     ('listen = "example.org:9469"', b"not an IPv4 address"),
     ('textfile = "/tmp/metrics.txt"', b"ending in .prom"),
     ('listen = "127.0.0.1:99999"', b"not a port number"),
+    ('listen = "127.0.0.1:\u00b2"', b"not a port number"),  # a digit to isdigit(), not to int()
 ])
 def test_bad_metrics_keys_are_refused_with_one_sentence(tmp_path: Path, value: str, words: bytes) -> None:
     e = write_config(tmp_path, f"[metrics]\n{value}\n")

@@ -162,3 +162,18 @@ def test_unreadable_reply_to_quit_changes_nothing(tmp_path, relay_factory, shape
     for stderr in logs:
         clean_log(stderr)
     assert copies(relay, "shaped") == 1 and mailq(e) == []
+
+
+@pytest.mark.parametrize("size", ["\u00b2", "9" * 5000, "-1", "10 20"])
+def test_ehlo_size_no_number_can_read_is_ignored_and_the_message_goes(tmp_path, relay_factory, size: str) -> None:
+    # "²" is a digit to str.isdigit() but not to int(); 5000 digits are over
+    # int()'s conversion limit: either used to escape the session as ValueError.
+    relay = relay_factory("implicit")
+    relay.size_param = size
+    e = make_env(tmp_path, relay_table(relay, password_file(tmp_path)))
+    submit(e, "someone@example.net", subject="size")
+
+    stderr = run_queue(e)
+
+    clean_log(stderr)
+    assert copies(relay, "size") == 1 and mailq(e) == []

@@ -174,7 +174,7 @@ def test_parse_interval_returns_seconds_when_given_sendmail_units(text: str, sec
     assert parse_interval(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["0", "0m", "15x", "m", "1.5h", "-5m"])
+@pytest.mark.parametrize("text", ["0", "0m", "15x", "m", "1.5h", "-5m", "\u00b2m", "9" * 5000 + "s"])
 def test_parse_interval_raises_usage_error_when_not_an_interval(text: str) -> None:
     with pytest.raises(UsageError, match=f"-q{text}"):
         parse_interval(text)

@@ -119,7 +119,9 @@ class _Conn:
         self.last_used = now
         ext = smtp.esmtp_extensions
         size = ext.get("size", "")
-        self.max_size = int(size) if size.isdigit() else 0
+        # The relay's number, when it is one: ASCII digits ("²" is a digit to isdigit(), not to int()),
+        # and few enough of them (int() refuses over 4300).
+        self.max_size = int(size) if size.isascii() and size.isdigit() and len(size) <= 18 else 0
         self.eightbit = "8bitmime" in ext
         self.smtputf8 = "smtputf8" in ext
         self.messages = 0
