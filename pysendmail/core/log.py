@@ -58,10 +58,6 @@ def set_format(name: str) -> None:
     _format = name
 
 
-def get_format() -> str:
-    return _format
-
-
 def add_observer(fn: Callable[[Record], None]) -> None:
     """Call ``fn(fields)`` for every ``event`` (after the line is written); an observer must not raise."""
     _observers.append(fn)

@@ -96,7 +96,6 @@ SYNC_INTERVAL = 5.0  # seconds between views read back (and reconnection tries) 
 MAX_BLOCK = 7 * 86400.0  # no pause read from Redis lasts longer than this
 MAX_TEXT = 512  # characters kept of a reason or an outcome read from Redis
 DAY, MINUTE = 86400.0, 60.0
-ZADD_CHUNK = 200  # members per ZADD in the script (Lua's stack is finite)
 
 # KEYS: minute zset, day zset, pause hash, hold hash.
 # ARGV: per_minute, per_day, day units, member stem.
@@ -134,7 +133,7 @@ if per_day > 0 then
   local i = 0
   while i < units do
     local args = {}
-    local stop = math.min(units, i + 200)
+    local stop = math.min(units, i + 200)  -- members per ZADD: Lua's stack is finite
     while i < stop do
       table.insert(args, now)
       table.insert(args, ARGV[4] .. '|' .. i)

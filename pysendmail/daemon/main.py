@@ -435,7 +435,7 @@ class Daemon:
 
     async def _start_fleet(self) -> None:
         """[fleet]: Redis now, so that an idle host shares its view too (daemon/fleet.py)."""
-        fleet = getattr(self.manager.transport, "fleet", None)
+        fleet = self.manager.transport.fleet
         if fleet is None:
             return
 

@@ -54,7 +54,7 @@ Contract:   ``Exporter(daemon)``; ``await start()`` inside the daemon's
                                                refreshing works
               oauth_token_expiry_timestamp_seconds{route}
                                                the last access token's expiry
-              fleet_*                          from daemon/fleet.py (``add_collector``)
+              fleet_*                          from daemon/fleet.py (``Fleet.collect``)
               daemon_start_time_seconds        gauge
             Counters start at 0 with the daemon (Prometheus' rate() takes
             resets in its stride); outcomes are counted from the log
@@ -78,7 +78,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -137,21 +137,8 @@ def render(families: Iterable[Family]) -> str:
     return "\n".join(out) + "\n"
 
 
-# ------------------------------------------------------------ hooks for other modules
-Collector = Callable[[], Iterable[Family]]
-_collectors: list[Collector] = []
+# ------------------------------------------------------------ token states
 TOKEN_STATES = ("ok", "refresh-failing", "login-needed", "unknown", "config")
-
-
-def add_collector(fn: Collector) -> None:
-    """More families at each collection (daemon/fleet.py's); ``fn`` runs on the event loop and must not block."""
-    if fn not in _collectors:
-        _collectors.append(fn)
-
-
-def remove_collector(fn: Collector) -> None:
-    if fn in _collectors:
-        _collectors.remove(fn)
 
 
 # ------------------------------------------------------------ what is measured
@@ -339,10 +326,10 @@ class Exporter:
         out += self._token_families(disk, now)
         transport = self.daemon.manager.transport
         fleet = transport.fleet
-        for fn in list(_collectors) + ([fleet.collect] if fleet is not None else []):
+        if fleet is not None:
             try:
-                out += list(fn())
-            except Exception as exc:  # a hook's bug must not take the metrics down
+                out += list(fleet.collect())
+            except Exception as exc:  # a bug there must not take the metrics down
                 log.log(f"daemon: metrics collector failed: {exc!r}")
         start = Family("daemon_start_time_seconds", "gauge", "When the daemon started (Unix time).")
         start.add(self.started)

@@ -114,8 +114,6 @@ ENDPOINTS: dict[str, Endpoints] = {
         "mail:smtp", "xoauth2", "device", device_grant=("device_code", "code"),
     ),
 }
-OAUTH_KEYS = ("oauth_client_id", "oauth_client_secret_file", "oauth_tenant", "oauth_scope", "oauth_token_url",
-              "oauth_device_url", "oauth_authorize_url", "oauth_token_file")
 # Google's loopback/"out of band" redirect for a headless login: the user
 # copies the address the browser ends on (it need not load).
 PKCE_REDIRECT = "http://localhost"
@@ -249,7 +247,7 @@ def _read_file(path: str) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _owner_for(path: str) -> tuple[int, int] | None:
+def _owner_for() -> tuple[int, int] | None:
     """As root: the daemon's user (the owner of the spool's state/, as config.daemon_user chose it)."""
     if os.geteuid() != 0:
         return None
@@ -270,7 +268,7 @@ def _ensure_dir(path: str, owner: tuple[int, int] | None) -> None:
 
 def _write_file(path: str, data: dict[str, Any]) -> None:
     """Durably replace the token file: temporary name, 0600, owner, fsync, rename, directory fsync."""
-    owner = _owner_for(path)
+    owner = _owner_for()
     _ensure_dir(path, owner)
     body = json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
     directory, base = os.path.split(path)
@@ -294,7 +292,7 @@ class _Locked:
         self.fd = -1
 
     def __enter__(self) -> _Locked:
-        owner = _owner_for(self.path)
+        owner = _owner_for()
         _ensure_dir(self.path, owner)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         if owner is not None:
@@ -483,11 +481,11 @@ def _record(s: OAuthSettings, refresh_token: str | None, **fields: object) -> di
     return data
 
 
-def refresh_blocking(s: OAuthSettings, held: str | None = None) -> tuple[str, float | None, str]:
-    """One refresh (blocking: the daemon runs it in a thread); (access token, expiry, refresh token used).
+def refresh_blocking(s: OAuthSettings) -> tuple[str, float | None]:
+    """One refresh (blocking: the daemon runs it in a thread); (access token, expiry).
 
-    Under the file's lock: the file's refresh token wins over ``held`` (a
-    new login replaced it); a rotated one is written durably before this
+    Under the file's lock, with the file's refresh token (a new login may
+    have replaced it); a rotated one is written durably before this
     returns.  Failures are recorded in the file (refresh failing since,
     login needed) and raised as RefreshFailed or LoginNeeded.
     """
@@ -527,7 +525,7 @@ def refresh_blocking(s: OAuthSettings, held: str | None = None) -> tuple[str, fl
         # old refresh token once the new pair is used would otherwise leave
         # us, after a crash here, with a dead one.
         _write_file(s.token_file, _record(s, keep, access_expires_at=expires))
-        return access, expires, keep
+        return access, expires
 
 
 class TokenSource:
@@ -540,7 +538,6 @@ class TokenSource:
         self._expires: float | None = None
         self._obtained = 0.0
         self._lock: asyncio.Lock | None = None
-        self.refreshes = 0
 
     def _usable(self) -> bool:
         if self._access is None:
@@ -563,9 +560,8 @@ class TokenSource:
             if self._access is not None and (self._access != seen or (not force and self._usable())):
                 return self._access, self._access != seen  # another connection refreshed meanwhile
             self.forget()
-            access, expires, _ = await asyncio.to_thread(refresh_blocking, self.settings)
+            access, expires = await asyncio.to_thread(refresh_blocking, self.settings)
             self._access, self._expires, self._obtained = access, expires, self.clock()
-            self.refreshes += 1
             return access, True
 
 

@@ -102,8 +102,6 @@ def _check_text(flag: str, value: str) -> str:
     return value
 
 
-
-
 def parse(argv: list[str]) -> Options:
     opts = Options()
     i = 0

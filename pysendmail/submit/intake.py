@@ -18,7 +18,6 @@ See also:   sendmail(8) -i and -t; Postfix sendmail(1); RFC 5321 2.3.8
 from __future__ import annotations
 
 from pysendmail.core import rfc5322
-from pysendmail.core.rfc5322 import normalise_newlines
 from pysendmail.core.errors import DataError
 
 TYPE_CHECKING = False  # typing costs 6 ms of start-up; mypy reads this name as True
@@ -65,7 +64,7 @@ def read_message(stream: BinaryIO, ignore_dots: bool, max_size: int) -> bytes:
         if lines and lines[-1] == b".":  # "." at end of input without newline
             lines.pop()
         data = b"".join(lines)
-    message = normalise_newlines(data)
+    message = rfc5322.normalise_newlines(data)
     if message.startswith(b"From ") and b"\r\n" in message:
         # An mbox "From " envelope line (mailx, procmail) is not a header.
         message = message.split(b"\r\n", 1)[1]

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 class FakeTransport:
     tls_version = ""
-    pool_size = 1
     concurrency = 1
     idle_timeout = 0.0
 

@@ -61,7 +61,6 @@ class Router:
         first = self.routes[self.routing.default.relay]
         self.relay = first.smtp.relay
         self.tls_version = ""
-        self.pool_size = sum(r.smtp.pool_size for r in self.routes.values())
         self.concurrency = sum(r.smtp.concurrency for r in self.routes.values())
         self.idle_timeout = min(r.smtp.idle_timeout for r in self.routes.values())
         self._signer: Signer | None = None

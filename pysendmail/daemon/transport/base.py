@@ -91,7 +91,6 @@ class Plan:
 class Transport(Protocol):
     relay: str  # where the last delivery went, for the log line
     tls_version: str
-    pool_size: int  # connections at most
     concurrency: int  # deliveries the daemon runs at once (several per connection when they pipeline)
     idle_timeout: float  # seconds a pooled connection may stay idle
     routes: dict[str, Route]  # by name; {} for a transport without routes (Maildir)

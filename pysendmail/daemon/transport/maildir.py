@@ -40,7 +40,6 @@ def ensure_maildir(path: str) -> None:
 
 class MaildirTransport:
     tls_version = ""
-    pool_size = 1
     concurrency = 1
     idle_timeout = 0.0
 

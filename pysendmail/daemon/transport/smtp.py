@@ -430,9 +430,6 @@ class SmtpTransport:
     # ------------------------------------------------------------ delivery
     async def deliver(self, msg: QueuedMessage, indices: list[int], *, header_from: str | None = None) -> list[Result]:
         """One transaction for ``indices`` (at most max_recipients_per_message of them)."""
-        return await self._deliver(msg, indices, header_from=header_from)
-
-    async def _deliver(self, msg: QueuedMessage, indices: list[int], *, header_from: str | None = None) -> list[Result]:
         env = msg.envelope
         needs_utf8 = not (env.sender.isascii() and all(env.recipients[i].isascii() for i in indices))
         results: dict[int, Result] = {}
