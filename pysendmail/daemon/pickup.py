@@ -17,7 +17,7 @@ Contract:   ``pickup_all(spool, ctx, max_size, limit, scanner)`` takes
             that are new or changed, not one lstat per entry ever planted;
             the daemon feeds it the names inotify reports
             (daemon/watch.py), so that it need not list incoming/ at all.
-            ``refusal(env, message)`` re-checks what sendmail checks
+            ``refusal(env, head)`` re-checks what sendmail checks
             (RFC 5321 address syntax, the header limits of core/rfc5322.py,
             NUL in headers): a file that fails is quarantined, since it need
             not come from sendmail.  Log lines escape the file's name and
@@ -308,12 +308,11 @@ class Batch:
             finish()
 
 
-def refusal(env: spoolfile.Envelope, message: bytes, head: bytes | None = None) -> str | None:
+def refusal(env: spoolfile.Envelope, head: bytes) -> str | None:
     """Why sendmail would have refused this envelope and message (exit 65); None if it would not.
 
-    ``head``: the header section of ``message`` with its newlines
-    normalised, when the caller has it (pickup_one shares that step with
-    cleanup instead of making two copies of the message).
+    ``head``: the message's header section, its newlines normalised
+    (pickup_one shares that step with cleanup).
     """
     try:
         if env.sender:
@@ -324,8 +323,6 @@ def refusal(env: spoolfile.Envelope, message: bytes, head: bytes | None = None) 
             rfc5322.check_addr_spec(rcpt)
     except rfc5322.AddressError as exc:
         return f"bad address: {exc}"
-    if head is None:
-        head, _ = rfc5322.split_message(normalise_newlines(message))
     if b"\0" in head:
         return "the message headers hold a NUL byte"
     return rfc5322.header_limit_error(head)
@@ -400,8 +397,18 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
     ``seen``: when this process first saw the entry (for unready files).
     With a ``batch``, the incoming names of a queued submission (and of
     one found queued already) are removed by ``batch.commit()``, after
-    queue/ is synced; without one, before this returns.
+    queue/ is synced; without one, before this returns (a batch of one).
     """
+    if batch is not None:
+        return _pickup_one(spool, name, ctx, max_size, scan, seen, batch)
+    own = Batch(spool)
+    qid = _pickup_one(spool, name, ctx, max_size, scan, seen, own)
+    own.commit()
+    return qid
+
+
+def _pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: int,
+                scan: Scanner | None, seen: float | None, batch: Batch) -> str | None:
     path = spool.incoming_file(name)
     try:
         lst = os.lstat(path)
@@ -444,11 +451,7 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
     if os.path.exists(spool.queue_file(name)):
         # A crash after queueing, before this unlink: already queued.  Its
         # queue/ entry may not be durable yet (killed before the sync).
-        if batch is not None:
-            batch.add([name], lambda: _unlink(path, ""))
-        else:
-            durable.fsync_dir(spool.queue)
-            os.unlink(path)
+        batch.add([name], lambda: _unlink(path, ""))
         return None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -490,7 +493,7 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
     # checks and for cleanup: two more copies of the message otherwise.
     message = normalise_newlines(message)
     head, body = rfc5322.split_message(message)
-    why = refusal(env, message, head)
+    why = refusal(env, head)
     if why:
         # The file need not come from sendmail: what sendmail refuses with
         # exit 65 (a bad address, a header section over the limits that
@@ -529,11 +532,7 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
                 for other in names:
                     _unlink(spool.incoming_file(other), "")
 
-            if batch is not None:
-                batch.add(names, forget)
-            else:
-                durable.fsync_dir(spool.queue)
-                forget()
+            batch.add(names, forget)
             return None
     owner = (st.st_uid, _owner_name(st.st_uid))
     new_env, new_message, refused = cleanup.clean(env, message, qid, ctx, owner, split=(head, body))
@@ -541,7 +540,7 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
     # Local recipients with nowhere to go are failed in the same atomic
     # write: they bounce, and can never reach the relay.
     queue.write_new(spool.queue, qid, spoolfile.encode(new_env, new_message) + cleanup.refusal_records(refused, now),
-                    sync_dir=batch is None)
+                    sync_dir=False)  # the batch syncs queue/ before any incoming name goes
 
     size = len(new_message)  # the closure keeps no message bytes alive until the batch commits
 
@@ -561,10 +560,7 @@ def pickup_one(spool: layout.Spool, name: str, ctx: cleanup.Context, max_size: i
         )
         cleanup.log_refused(qid, new_env, refused, now)
 
-    if batch is not None:
-        batch.add(names, finish)
-    else:
-        finish()
+    batch.add(names, finish)
     return qid
 
 
