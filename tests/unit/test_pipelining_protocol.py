@@ -18,7 +18,7 @@ from aiosmtplib.protocol import MAX_LINE_LENGTH
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pysendmail.daemon.transport.pipelining import MAX_RESPONSE_LENGTH, PipeliningProtocol
+from pysendmail.daemon.transport.pipelining import MAX_RESPONSE_LENGTH, PipeliningProtocol, normalize_message_line_endings
 
 TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
 REPLY = st.tuples(st.sampled_from([211, 250, 251, 354, 421, 451, 503, 550, 554]), st.lists(TEXT, min_size=1, max_size=4))
@@ -229,3 +229,14 @@ def test_421_mid_group_fails_its_transaction_and_the_rest_were_never_answered() 
         srv.close()
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize(("content", "sent"), [
+    (b"a\r\nb\r\n", b"a\r\nb\r\n"),  # what the daemon queues: unchanged
+    (b"a\nb", b"a\r\nb\r\n"),
+    (b"a\rb\r\n", b"a\r\nb\r\n"),  # a lone CR ends a line, as aiosmtplib's DATA has it
+    (b"a\r\r\nb\n\r", b"a\r\n\r\nb\r\n\r\n"),
+    (b"", b"\r\n"),
+])
+def test_message_line_endings_become_crlf_with_one_at_the_end(content: bytes, sent: bytes) -> None:
+    assert normalize_message_line_endings(content) == sent

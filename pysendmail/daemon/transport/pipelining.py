@@ -87,7 +87,7 @@ from typing import Any, Callable
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
-from aiosmtplib.protocol import MAX_LINE_LENGTH, PERIOD_REGEX, SMTPProtocol
+from aiosmtplib.protocol import LINE_ENDINGS_REGEX, MAX_LINE_LENGTH, PERIOD_REGEX, SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 
 # What this layer takes from aiosmtplib is what 2.0 (Debian 12), 4.0
@@ -97,13 +97,17 @@ from aiosmtplib.response import SMTPResponse
 # differently (or not at all), are kept here.
 MAX_RESPONSE_LENGTH = MAX_LINE_LENGTH * 4  # a whole reply, as aiosmtplib 5.1 bounds it
 COMMAND_INJECTION_REGEX = re.compile(rb"[\x00-\x1f\x7f]")  # C0 controls and DEL never go into a command
-_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 
 
 def normalize_message_line_endings(message: bytes) -> bytes:
     """CRLF for every line ending (a lone CR or LF too), and one at the end, as DATA sends it."""
-    message = _LINE_ENDINGS.sub(b"\r\n", message)
-    return message if message.endswith(b"\r\n") else message + b"\r\n"
+    crlf = message.count(b"\r\n")
+    if not (crlf == message.count(b"\n") == message.count(b"\r") and message.endswith(b"\r\n")):
+        # (what the daemon queues is CRLF already: three counts in C instead of a rewrite)
+        message = LINE_ENDINGS_REGEX.sub(b"\r\n", message)
+        if not message.endswith(b"\r\n"):
+            message += b"\r\n"
+    return message
 
 
 INVALID = -1  # aiosmtplib's code for a reply it could not parse (SMTPStatus.invalid_response)
