@@ -18,7 +18,11 @@ from aiosmtplib.protocol import MAX_LINE_LENGTH
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pysendmail.daemon.transport.pipelining import MAX_RESPONSE_LENGTH, PipeliningProtocol, normalize_message_line_endings
+from pysendmail.daemon.transport.pipelining import (
+    MAX_RESPONSE_LENGTH,
+    PipeliningProtocol,
+    normalize_message_line_endings,
+)
 
 TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
 REPLY = st.tuples(st.sampled_from([211, 250, 251, 354, 421, 451, 503, 550, 554]), st.lists(TEXT, min_size=1, max_size=4))
