@@ -23,6 +23,10 @@ import time
 
 from pysendmail.core import config, layout
 
+TYPE_CHECKING = False  # mypy reads this name as True
+if TYPE_CHECKING:
+    from pysendmail.daemon.routes import Routing
+
 START_DAEMON = ("start it with 'systemctl enable --now pysendmail.service' (the systemd unit), "
                 "or run 'pysendmail daemon' under your supervisor (runit, s6, supervisord)")
 
@@ -47,15 +51,16 @@ def delivery(cfg: config.Config, spool: layout.Spool, daemon_pid: int | None,
     return False, "not needed: sendmail starts a delivery run after each submission (spool.deliver_without_daemon)"
 
 
-def _routes_from_config(cfg: config.Config) -> dict[str, dict[str, object]]:
+def _routes_from_config(cfg: config.Config) -> tuple[dict[str, dict[str, object]], Routing | None]:
+    """What status shows of each relay, and the resolved relays (None when there are none to read)."""
     if not cfg.relay_configured:
-        return {}
+        return {}, None
     from pysendmail.daemon import routes
 
     try:
         routing = routes.resolve(cfg)
     except Exception as exc:  # status must still show the queue with a broken relay table
-        return {"?": {"relay": f"configuration problem: {exc}"}}
+        return {"?": {"relay": f"configuration problem: {exc}"}}, None
     out: dict[str, dict[str, object]] = {}
     for name, s in routing.relays.items():
         out[name] = {
@@ -63,20 +68,21 @@ def _routes_from_config(cfg: config.Config) -> dict[str, dict[str, object]]:
             "provider": s.provider,
             "from_policy": s.values.get("from_policy"),
         }
-    return out
+    return out, routing
 
 
 def collect(cfg: config.Config, spool: layout.Spool, pid: int | None, counts: dict[str, int],
             run_pid: int | None = None) -> dict[str, object]:
     from pysendmail.daemon.routing.state import open_store
 
-    routes = _routes_from_config(cfg)
+    routes, routing = _routes_from_config(cfg)
     for name, entry in open_store(spool).load().items():
         if name in routes:
             routes[name].update({k: v for k, v in entry.items() if k != "relay"})
     from pysendmail.daemon.oauth import token_states
 
-    for name, token in token_states(cfg).items():  # auth = "oauth2": valid until, refresh failing, login needed
+    # auth = "oauth2": valid until, refresh failing, login needed (with the relays resolved once)
+    for name, token in (token_states(cfg, routing.relays) if routing is not None else {}).items():
         if name in routes:
             routes[name]["oauth2"] = token
     note = delivery(cfg, spool, pid, run_pid)

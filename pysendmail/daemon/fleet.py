@@ -278,6 +278,10 @@ class Fleet:
         settings = Settings.from_config(cfg)
         return None if settings is None else cls(settings, cfg.hostname())
 
+    def _local_until(self, server_until: object, now: float) -> float:
+        """A deadline on Redis's clock as this host's time, at most MAX_BLOCK ahead (Redis is not trusted)."""
+        return min(_float(server_until) - self.offset, now + MAX_BLOCK)
+
     # ------------------------------------------------------------ keys
     def key(self, account: Account, what: str) -> str:
         # {...}: a Redis Cluster hash tag, so one account's keys share a slot (a script needs that).
@@ -505,7 +509,7 @@ class Fleet:
             view.block = None
             return Grant(True)
         if reply[0] == "blocked" and len(reply) >= 8:
-            until = min(_float(reply[2]) - self.offset, time.time() + MAX_BLOCK)
+            until = self._local_until(reply[2], time.time())
             block = Block(reply[1], until, reply[3], reply[4], reply[5])
             view.block = block
             return Grant(False, until, describe(block, self.host), block)
@@ -548,7 +552,7 @@ class Fleet:
         fields = [_text(x) for x in reply]
         self.offset = _float(fields[3]) - time.time()
         if fields[1] != self.host:  # another host's longer block stands
-            view.block = Block(kind, min(_float(fields[0]) - self.offset, time.time() + MAX_BLOCK), fields[2],
+            view.block = Block(kind, self._local_until(fields[0], time.time()), fields[2],
                                fields[1], verdict)
 
     async def clear(self, account: Account) -> bool:
@@ -596,7 +600,7 @@ class Fleet:
             view.blocks = {}
             for kind, entry in (("pause", pause), ("hold", hold)):
                 got = {_text(k): _text(v) for k, v in (entry or {}).items()}
-                until = min(_float(got.get("until")) - self.offset, now + MAX_BLOCK)
+                until = self._local_until(got.get("until"), now)
                 if until > now:
                     view.blocks[kind] = Block(kind, until, got.get("reason", ""), got.get("host", ""),
                                               got.get("verdict", ""))
@@ -835,22 +839,19 @@ class FleetRouteStore:
                         for name, entry in routes.items()}, now)
 
     def resume(self, name: str) -> None:
+        """'route resume' (a command, never the daemon): the file's marks, then the account's in Redis."""
         self.file.resume(name)
         from pysendmail.daemon import routes
 
         relay = routes.resolve(self.cfg).relays.get(name)
-        self.said = clear_now(self.cfg, relay.values) if relay is not None else ""
+        account = account_of(relay.values) if relay is not None else None
+        self.said = clear_now(self.fleet, account) if account is not None else ""
 
 
-def clear_now(cfg: config.Config, values: dict[str, object]) -> str:
-    """'route resume' without a daemon: lift the fleet's pause and hold of this route's account; what happened."""
-    account = account_of(values)
-    fleet = Fleet.from_config(cfg)
-    if fleet is None or account is None:
-        return ""
+def clear_now(fleet: Fleet, account: Account) -> str:
+    """Lift the fleet's pause and hold of ``account`` with a connection of its own; what happened."""
 
     async def run() -> bool:
-        assert fleet is not None and account is not None
         try:
             await fleet.start()
             return await fleet.clear(account)

@@ -89,16 +89,6 @@ class Route:
             return now + wait, f"sending budget ({self.settings.where}.rate_per_minute / rate_per_day) used up"
         return self.link.budget_block(now) if self.link is not None else None
 
-    def state(self, now: float) -> str:
-        """One word for 'pysendmail route list': paused, held, down, budget or ok (unavailable()'s order)."""
-        if self.pause_until > now:
-            return "paused"
-        if self.hold_until > now:
-            return "held"
-        if self.down_until > now:
-            return "down"
-        return "budget" if self.over_budget(now) else "ok"
-
     # ------------------------------------------------------------ the session's reports (RouteHealth)
     def logged_in(self) -> None:
         self.auth_failures = 0
@@ -173,7 +163,9 @@ class Route:
             "hold_until": self.hold_until if held else None,
             "hold_reason": self.hold_reason if held else None,
             "auth_failures": self.auth_failures,
-            "state": self.state(now),
+            # One word for 'pysendmail route list', in unavailable()'s order.
+            "state": ("paused" if paused else "held" if held else "down" if self.down_until > now
+                      else "budget" if blocked else "ok"),
             "sent_times": self.rate.snapshot(now),
         }
 
