@@ -502,10 +502,7 @@ class SmtpTransport:
         except aiosmtplib.SMTPResponseException as exc:
             self._check_in_step(smtp, exc, "MAIL")
             await self._rset(smtp)
-            if outcome.is_auth_failure(exc.code, exc.message, "mail"):
-                raise RelayError(f"relay requires authentication: {outcome.reply_text(exc.code, exc.message)}",
-                                 hold=True) from None
-            return self._refused(exc, chunk, "mail")
+            return self._mail_refused(exc, chunk)
         results = []
         accepted = []
         for i in chunk:
@@ -524,11 +521,7 @@ class SmtpTransport:
             self._check_in_step(smtp, exc, "DATA")
             await self._rset(smtp)
             return results + self._refused(exc, accepted, "data")
-        # A multi-line 250 (RFC 5321 4.2.1) is joined into one line here:
-        # its line breaks once made the done record unwritable, so every
-        # run sent the message again.
-        text = outcome.reply_text(resp.code, resp.message)
-        return results + [Result(i, SENT, outcome.enhanced(resp.code, resp.message), text) for i in accepted]
+        return results + self._sent(resp.code, resp.message, accepted)
 
     async def _pipelined(self, conn: _Conn, pipeline: Pipeline, txn: Transaction, chunk: list[int]) -> list[Result]:
         """``_transaction`` on a pipelining connection: the same outcomes from the replies of one pipelined group."""
@@ -539,11 +532,7 @@ class SmtpTransport:
             return self._refused(exc, chunk, "mail" if exc.command == "MAIL" else
                                  "rcpt" if exc.command == "RCPT" else "data")
         if replies.mail.code != 250:
-            refusal = aiosmtplib.SMTPResponseException(replies.mail.code, replies.mail.message)
-            if outcome.is_auth_failure(refusal.code, refusal.message, "mail"):
-                raise RelayError(f"relay requires authentication: {outcome.reply_text(refusal.code, refusal.message)}",
-                                 hold=True)
-            return self._refused(refusal, chunk, "mail")
+            return self._mail_refused(aiosmtplib.SMTPResponseException(replies.mail.code, replies.mail.message), chunk)
         results = []
         accepted = []
         for i, reply in zip(chunk, replies.rcpt):
@@ -557,8 +546,22 @@ class SmtpTransport:
         if final.code != 250:
             refusal = aiosmtplib.SMTPResponseException(final.code, final.message)
             return results + self._refused(refusal, accepted, "data")
-        text = outcome.reply_text(final.code, final.message)
-        return results + [Result(i, SENT, outcome.enhanced(final.code, final.message), text) for i in accepted]
+        return results + self._sent(final.code, final.message, accepted)
+
+    def _mail_refused(self, exc: aiosmtplib.SMTPResponseException, chunk: list[int]) -> list[Result]:
+        """MAIL refused: a missing or refused login holds the route; anything else is this message's refusal."""
+        if outcome.is_auth_failure(exc.code, exc.message, "mail"):
+            raise RelayError(f"relay requires authentication: {outcome.reply_text(exc.code, exc.message)}",
+                             hold=True) from None
+        return self._refused(exc, chunk, "mail")
+
+    @staticmethod
+    def _sent(code: int, message: str, accepted: list[int]) -> list[Result]:
+        # A multi-line 250 (RFC 5321 4.2.1) is joined into one line here:
+        # its line breaks once made the done record unwritable, so every
+        # run sent the message again.
+        text = outcome.reply_text(code, message)
+        return [Result(i, SENT, outcome.enhanced(code, message), text) for i in accepted]
 
     def _check_in_step(self, smtp: aiosmtplib.SMTP, exc: aiosmtplib.SMTPResponseException, command: str) -> None:
         """Close the session and defer when a refusal is not a 4xx or 5xx reply.
