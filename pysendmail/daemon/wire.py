@@ -521,7 +521,7 @@ def for_delivery(msg: QueuedMessage, *, eightbit: bool, utf8: bool, signer: Sign
     if prepared.changes:
         log.event(msg.qid, f"converted for the relay ({', '.join(prepared.changes)})")
     if signer is not None and signer.keys:
-        same = prepared.data is msg.message and header_from is not None
+        same = prepared.data is msg.message  # else the From is read again, from the changed bytes
         fields, keys = signer.sign(prepared.data, header_from=header_from if same else None)
         if keys:
             prepared.data = fields + prepared.data

@@ -72,7 +72,8 @@ class MaildirTransport:
         return final
 
     def plan(self, msg: QueuedMessage) -> Plan:
-        header_from = rfc5322.first_from(msg.message) if msg.message and self.signer is not None else None
+        signing = self.signer is not None and bool(self.signer.keys)  # the From is read for the signer only
+        header_from = rfc5322.first_from(msg.message) if msg.message and signing else None
         return Plan(None, None, header_from, chunked(msg.pending(), 0))
 
     async def deliver(self, msg: QueuedMessage, indices: list[int], plan: Plan) -> list[Result]:
