@@ -213,7 +213,7 @@ def _check_oauth(cfg: config.Config, name: str, s: RelaySettings, label: str,
     """auth = "oauth2": endpoints, the client secret file, the token file and the token's state."""
     from pysendmail.daemon import oauth
 
-    settings = oauth.settings(s.values, s.where, name, s.provider, cfg.spool_path)
+    settings = oauth.settings(s.values, s.where, name, s.provider)
     assert settings is not None  # ConfigError above: the caller reports it
     out: list[tuple[str, str]] = [(OK, f"{label}: OAuth2 ({settings.flow} login) at {settings.token_url}")]
     if settings.client_secret_file:

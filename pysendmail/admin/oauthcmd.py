@@ -70,7 +70,7 @@ def login(cfg: config.Config, name: str | None, out: TextIO, answer: Callable[[]
     from pysendmail.daemon import oauth
 
     name, s = pick_relay(cfg, name)
-    settings = oauth.settings(s.values, s.where, name, s.provider, cfg.spool_path)
+    settings = oauth.settings(s.values, s.where, name, s.provider)
     assert settings is not None
     if settings.flow == "device":
         oauth.login_device(settings, out)

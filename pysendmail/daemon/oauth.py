@@ -1,10 +1,11 @@
 """OAuth2 for the relay: provider endpoints, the token file, the daemon's refreshing token source.
 
-Contract:   ``settings(values, where, name, provider, spool_path)`` returns
+Contract:   ``settings(values, where, name, provider)`` returns
             the OAuthSettings of a relay with ``auth = "oauth2"`` (endpoints
             and scope: the relay's own keys over the provider's row in
-            ENDPOINTS; the token file: ``oauth_token_file``, else
-            SPOOL/state/oauth/NAME.json), None for any other relay, or
+            ENDPOINTS; the token file: ``oauth_token_file``, which
+            config.build defaults to SPOOL/state/oauth/NAME.json), None for
+            any other relay, or
             raises ConfigError naming the key.  ``read_state(s)`` returns
             what status, route list and config check show (valid until,
             refresh failing since, login needed), never the token.
@@ -161,8 +162,7 @@ def _https(url: str, key: str) -> str:
     return url
 
 
-def settings(values: dict[str, object], where: str, name: str, provider: str | None,
-             spool_path: str | None = None) -> OAuthSettings | None:
+def settings(values: dict[str, object], where: str, name: str, provider: str | None) -> OAuthSettings | None:
     """The relay's OAuth2 settings, or None when its ``auth`` is not "oauth2"."""
     if str(values.get("auth") or "").lower() != "oauth2":
         return None
@@ -207,9 +207,7 @@ def settings(values: dict[str, object], where: str, name: str, provider: str | N
     scope = pick("oauth_scope", row.scope if row else None)
     if not scope:
         raise ConfigError(f"{where}.auth = \"oauth2\" needs {where}.oauth_scope (provider custom)")
-    token_file = pick("oauth_token_file", None)
-    if token_file is None and spool_path:
-        token_file = os.path.join(spool_path, "state", "oauth", f"{name}.json")  # what config.build fills in
+    token_file = pick("oauth_token_file", None)  # config.build fills in SPOOL/state/oauth/NAME.json
     if not token_file or not os.path.isabs(token_file):
         raise ConfigError(f"{where}.oauth_token_file must be an absolute path, not {token_file!r}")
     secret_file = pick("oauth_client_secret_file", None)
@@ -397,7 +395,7 @@ def token_states(cfg: config.Config, relays: Mapping[str, routes.RelaySettings] 
         if str(relay.values.get("auth") or "").lower() != "oauth2":
             continue
         try:
-            found = settings(relay.values, relay.where, name, relay.provider, cfg.spool_path)
+            found = settings(relay.values, relay.where, name, relay.provider)
         except PysendmailError as exc:
             out[name] = {"state": "config", "text": str(exc)}
             continue
