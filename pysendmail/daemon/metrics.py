@@ -199,12 +199,12 @@ class DiskView:
     def __init__(self, daemon: Daemon, key_paths: list[str]) -> None:
         spool = daemon.spool
         self.tokens: dict[str, dict[str, object]] = {}
-        if daemon.cfg.relay_configured and any(
-                str(t.get("auth") or "").lower() == "oauth2" for t in [daemon.cfg.values["relay"],
-                                                                      *daemon.cfg.relays.values()]):
+        routes = daemon.manager.transport.routes  # the relays as the daemon resolved them at start
+        if any(str(r.settings.values.get("auth") or "").lower() == "oauth2" for r in routes.values()):
             from pysendmail.daemon import oauth
 
-            self.tokens = oauth.token_states(daemon.cfg)  # the token files: small, read here off the loop
+            # The token files: small, read here off the loop.
+            self.tokens = oauth.token_states(daemon.cfg, {name: r.settings for name, r in routes.items()})
         try:
             ids = queue.list_ids(spool.queue)
         except OSError:
