@@ -87,23 +87,22 @@ def login(cfg: config.Config, name: str | None, out: TextIO, answer: Callable[[]
 def _resume_if_held(cfg: config.Config, name: str) -> None:
     """A route held for want of a login goes again now; a provider's pause is left alone."""
     import os
+    import time
 
     from pysendmail.admin import routecmd
     from pysendmail.core import layout
+    from pysendmail.daemon.routing.state import describe, open_store
 
     spool = layout.Spool(cfg.spool_path)
     if not os.path.isdir(spool.state):
         return
     try:
-        rows = {str(r["name"]): r for r in routecmd.collect(cfg, spool)}
+        state, _, _ = describe(open_store(spool).load().get(name, {}), time.time())
     except (OSError, errors.PysendmailError):
         return
-    if rows.get(name, {}).get("state") == "held":
+    if state == "held":
         routecmd.cmd_resume(cfg, name)
 
 
 def run(cfg: config.Config, args: argparse.Namespace) -> int:
-    def answer() -> str:
-        return sys.stdin.readline()
-
-    return login(cfg, args.relay, sys.stdout, answer)
+    return login(cfg, args.relay, sys.stdout, sys.stdin.readline)
