@@ -49,7 +49,7 @@ import sys
 import time
 from typing import Any
 
-from pysendmail.admin.status import when
+from pysendmail.admin.status import fleet_line, when
 from pysendmail.core import config, errors, layout
 from pysendmail.daemon.routing.state import describe, open_store
 
@@ -140,8 +140,6 @@ def cmd_list(cfg: config.Config, as_json: bool) -> int:
             line += f"\n  oauth2: {r['oauth2_text']}"
         sys.stdout.write(line + "\n")
         if isinstance(r["fleet"], dict):
-            from pysendmail.admin.status import fleet_line
-
             sys.stdout.write("  " + fleet_line(r["fleet"]) + "\n")
     return 0
 

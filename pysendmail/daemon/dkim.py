@@ -155,12 +155,17 @@ def relaxed_body(body: bytes) -> bytes:
     in the body times the log of its longest run.  The end of the body is
     dkimpy's own code.
     """
-    if b"\t" in body:
-        body = body.replace(b"\t", b" ")
-    while b"  " in body:
-        body = body.replace(b"  ", b" ")
-    body = body.replace(b" \r\n", b"\r\n")
+    body = _one_space(body).replace(b" \r\n", b"\r\n")
     return _correct_empty_body(_strip_trailing_lines(body))  # type: ignore[no-any-return]
+
+
+def _one_space(data: bytes) -> bytes:
+    """Every run of spaces and tabs as one space: a tab becomes a space, then runs halve."""
+    if b"\t" in data:
+        data = data.replace(b"\t", b" ")
+    while b"  " in data:
+        data = data.replace(b"  ", b" ")
+    return data
 
 
 def relaxed_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -172,11 +177,7 @@ def relaxed_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
     """
     out = []
     for name, value in headers:
-        value = value.replace(b"\r\n", b"").replace(b"\n", b"")
-        if b"\t" in value:
-            value = value.replace(b"\t", b" ")
-        while b"  " in value:
-            value = value.replace(b"  ", b" ")
+        value = _one_space(value.replace(b"\r\n", b"").replace(b"\n", b""))
         out.append((name.lower().rstrip(), value.strip() + b"\r\n"))
     return out
 
